@@ -1,0 +1,3 @@
+from mnist_cli.cli import app
+
+app(prog_name="mnist")

@@ -1,0 +1,173 @@
+"""Everything the user sees: Rich consoles, progress bars, tables. The core never prints."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from mnist_cli.errors import MnistError
+    from mnist_cli.evaluation import Report
+    from mnist_cli.training import EpochRecord, TrainConfig
+
+out = Console(highlight=False)  # results: tables and JSON
+err = Console(stderr=True, highlight=False)  # progress, notes and errors
+
+
+def print_error(error: MnistError) -> None:
+    err.print(f"[bold red]Error:[/] {error.message}", soft_wrap=True)
+    if error.hint:
+        err.print(f"[dim]Hint:[/] {error.hint}", soft_wrap=True)
+
+
+def note(message: str) -> None:
+    err.print(message, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+class DownloadProgress:
+    """One progress bar per downloaded file; a download callback for `download_mnist`."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+            disable=not err.is_terminal,
+        )
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> DownloadProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        if name not in self._tasks:
+            self._tasks[name] = self._progress.add_task(name, total=total)
+        self._progress.update(self._tasks[name], completed=done, total=total)
+
+
+class TrainProgress:
+    """Rich bars over epochs and batches on a terminal; one plain line per epoch elsewhere."""
+
+    def __init__(self) -> None:
+        self.live = err.is_terminal
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=err, disable=not self.live,
+        )
+        self._epochs: Any = None
+        self._batches: Any = None
+
+    def __enter__(self) -> TrainProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def on_start(self, *, config: TrainConfig, device: str, start_epoch: int, steps: int) -> None:
+        note(
+            f"Training {config.model} on {device}: {config.epochs} epochs, batch "
+            f"{config.batch_size}, peak lr {config.lr:g}, seed {config.seed}"
+            + (f" (resuming at epoch {start_epoch + 1})" if start_epoch else "")
+        )
+        self._epochs = self._progress.add_task(
+            "epochs", total=config.epochs, completed=start_epoch, status=""
+        )
+        self._batches = self._progress.add_task("batches", total=steps, status="")
+
+    def on_batch(self, *, epoch: int, step: int, steps: int, loss: float, rate: float) -> None:
+        if self.live:
+            self._progress.update(
+                self._batches, completed=step, description=f"epoch {epoch + 1}",
+                status=f"loss {loss:.4f}  {rate:,.0f} img/s",
+            )
+
+    def on_epoch(self, record: EpochRecord, *, best: bool) -> None:
+        self._progress.update(self._epochs, completed=record.epoch)
+        line = (
+            f"epoch {record.epoch:>3}  train loss {record.train_loss:.4f}  "
+            f"val acc {record.val_accuracy:.2%}  lr {record.lr:.2e}  "
+            f"{record.seconds:.1f}s  {record.images_per_second:,.0f} img/s"
+            + ("  best" if best else "")
+        )
+        if self.live:
+            self._progress.console.print(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _shade(count: int, largest: int, diagonal: bool) -> str:
+    if count == 0:
+        return "dim"
+    strength = 0.25 + 0.75 * count / max(largest, 1)
+    level = int(40 + 160 * strength)
+    return f"on rgb(0,{level},0)" if diagonal else f"on rgb({level},0,0)"
+
+
+def show_report(report: Report) -> None:
+    """Print accuracy, per-class scores and the confusion matrix shaded by count."""
+    out.print(
+        f"[bold]{report.model}[/]: accuracy [bold]{report.accuracy:.2%}[/] "
+        f"({report.images - report.errors}/{report.images}), mean loss {report.loss:.4f}"
+    )
+    scores = Table(title="Per class", title_justify="left")
+    for column in ("digit", "precision", "recall", "F1", "support"):
+        scores.add_column(column, justify="right")
+    for row in report.classes:
+        scores.add_row(row.label, f"{row.precision:.4f}", f"{row.recall:.4f}", f"{row.f1:.4f}",
+                       str(row.support))
+    out.print(scores)
+    confusion = Table(title="Confusion (rows: true, columns: predicted)", title_justify="left")
+    confusion.add_column("")
+    labels = [row.label for row in report.classes]
+    for label in labels:
+        confusion.add_column(label, justify="right")
+    off_diagonal = max(
+        (n for i, row in enumerate(report.confusion) for j, n in enumerate(row) if i != j),
+        default=0,
+    )
+    on_diagonal = max((report.confusion[i][i] for i in range(len(labels))), default=0)
+    for i, row in enumerate(report.confusion):
+        cells = [
+            f"[{_shade(n, on_diagonal if i == j else off_diagonal, i == j)}]{n}[/]"
+            for j, n in enumerate(row)
+        ]
+        confusion.add_row(labels[i], *cells)
+    out.print(confusion)
+
+
+@contextmanager
+def status(message: str) -> Iterator[None]:
+    with err.status(message) if err.is_terminal else _plain(message):
+        yield
+
+
+@contextmanager
+def _plain(message: str) -> Iterator[None]:
+    yield

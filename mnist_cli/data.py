@@ -1,0 +1,118 @@
+"""The MNIST files on disk: names, official checksums, the IDX reader and the train/validation split."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mnist_cli.errors import DataError
+
+DEFAULT_DATA_DIR = Path("datafiles")  # as in the tutorial
+CLASS_LABELS = [str(digit) for digit in range(10)]
+IMAGE_SIZE = 28
+NORMALIZATION = {"mean": 0.1307, "std": 0.3081}  # pixel mean and std of the training images
+
+# Uncompressed file name -> MD5 of its official bytes (the .gz wrappers vary between mirrors).
+OFFICIAL_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
+_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
+_FIX = "run `mnist download` (or `mnist download --from FOLDER`) to replace it"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (N x 28 x 28 uint8) and labels (N, int64) of one part of the dataset."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def raw_dir(data_dir: Path | str) -> Path:
+    """The folder holding the four uncompressed files, as `torchvision.datasets.MNIST` reads it."""
+    return Path(data_dir) / "MNIST" / "raw"
+
+
+def md5_of(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def parse_idx(data: bytes, *, name: str, labels: bool) -> np.ndarray:
+    """Decode the bytes of an IDX images or labels file, checking every field; raise DataError."""
+    magic = _LABELS_MAGIC if labels else _IMAGES_MAGIC
+    ndim = magic & 0xFF
+    header_size = 4 + 4 * ndim
+    if len(data) < header_size:
+        raise DataError(f"{name}: truncated ({len(data)} bytes, no complete header)", hint=_FIX)
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise DataError(
+            f"{name}: not an IDX {'labels' if labels else 'images'} file "
+            f"(magic number 0x{found:08x}, expected 0x{magic:08x})",
+            hint=_FIX,
+        )
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if not labels and dims[1:] != [IMAGE_SIZE, IMAGE_SIZE]:
+        raise DataError(f"{name}: images are {dims[1]}x{dims[2]}, expected 28x28", hint=_FIX)
+    expected = header_size + int(np.prod(dims, dtype=np.int64))
+    if len(data) != expected:
+        state = "truncated" if len(data) < expected else "longer than its header says"
+        raise DataError(
+            f"{name}: {state} ({len(data)} bytes, header says {expected} for {dims[0]} items)",
+            hint=_FIX,
+        )
+    array = np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims)
+    if labels:
+        if array.size and array.max() > 9:
+            raise DataError(f"{name}: label {int(array.max())} is not a digit 0-9", hint=_FIX)
+        return array.astype(np.int64)
+    return array.copy()
+
+
+def load_split(data_dir: Path | str, split: str) -> Split:
+    """Read and validate the images and labels of `split` ("train" or "test")."""
+    folder = raw_dir(data_dir)
+    images_name, labels_name = SPLIT_FILES[split]
+    arrays = []
+    for name, is_labels in ((images_name, False), (labels_name, True)):
+        path = folder / name
+        if not path.is_file():
+            raise DataError(
+                f"MNIST {split} data not found: {path} is missing",
+                hint="run `mnist download` (or `mnist download --from FOLDER` offline)",
+            )
+        arrays.append(parse_idx(path.read_bytes(), name=str(path), labels=is_labels))
+    images, labels = arrays
+    if len(images) != len(labels):
+        raise DataError(
+            f"{folder}: {len(images)} {split} images but {len(labels)} labels", hint=_FIX
+        )
+    return Split(images, labels)
+
+
+def split_train_validation(train: Split, validation_size: int, seed: int) -> tuple[Split, Split]:
+    """Hold out `validation_size` training images, chosen by `seed`, for picking checkpoints."""
+    if not 0 < validation_size < len(train):
+        raise DataError(
+            f"validation size {validation_size} must be between 1 and {len(train) - 1}"
+        )
+    order = np.random.default_rng(seed).permutation(len(train))
+    held, kept = order[:validation_size], order[validation_size:]
+    return (
+        Split(train.images[kept], train.labels[kept]),
+        Split(train.images[held], train.labels[held]),
+    )

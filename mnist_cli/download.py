@@ -1,0 +1,145 @@
+"""Getting the four MNIST files: from torchvision's mirrors, or imported from a local folder."""
+
+from __future__ import annotations
+
+import gzip
+import urllib.request
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_cli.data import OFFICIAL_MD5, md5_of, parse_idx, raw_dir
+from mnist_cli.errors import DownloadError
+from mnist_cli.files import atomic_write
+
+# (file name, bytes done, bytes in total or None when the server does not say)
+ProgressCallback = Callable[[str, int, "int | None"], None]
+
+_CHUNK = 1 << 16
+_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What happened to one file: "present" (kept as it was), "downloaded" or "imported"."""
+
+    name: str
+    path: Path
+    status: str
+    source: str
+
+
+def torchvision_resources() -> tuple[list[str], list[tuple[str, str]]]:
+    """torchvision's MNIST mirror list and its (gzip name, gzip MD5) pairs."""
+    from torchvision.datasets import MNIST
+
+    return list(MNIST.mirrors), list(MNIST.resources)
+
+
+def _is_official(path: Path, name: str) -> bool:
+    return path.is_file() and md5_of(path.read_bytes()) == OFFICIAL_MD5[name]
+
+
+def _fetch(url: str, name: str, on_progress: ProgressCallback | None) -> bytes:
+    with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        chunks, done = [], 0
+        while chunk := response.read(_CHUNK):
+            chunks.append(chunk)
+            done += len(chunk)
+            if on_progress:
+                on_progress(name, done, total)
+    return b"".join(chunks)
+
+
+def download_mnist(
+    data_dir: Path | str,
+    *,
+    mirrors: Sequence[str] | None = None,
+    resources: Sequence[tuple[str, str]] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> list[FileOutcome]:
+    """Download, check and unpack the four files into `raw_dir(data_dir)`; skip valid ones."""
+    default_mirrors, default_resources = torchvision_resources()
+    mirrors = list(mirrors if mirrors is not None else default_mirrors)
+    resources = list(resources if resources is not None else default_resources)
+    folder = raw_dir(data_dir)
+    outcomes = []
+    for gz_name, gz_md5 in resources:
+        name = gz_name.removesuffix(".gz")
+        target = folder / name
+        if _is_official(target, name):
+            outcomes.append(FileOutcome(name, target, "present", str(target)))
+            continue
+        failures = []
+        for mirror in mirrors:
+            url = f"{mirror}{gz_name}"
+            try:
+                packed = _fetch(url, name, on_progress)
+                if md5_of(packed) != gz_md5:
+                    raise ValueError(f"MD5 {md5_of(packed)} does not match {gz_md5}")
+                data = gzip.decompress(packed)
+                if md5_of(data) != OFFICIAL_MD5[name]:
+                    raise ValueError("unpacked bytes do not match the official MD5")
+            except (OSError, ValueError, EOFError, zlib.error) as error:
+                failures.append(f"{url}: {error}")
+                continue
+            atomic_write(target, lambda out: out.write(data))
+            outcomes.append(FileOutcome(name, target, "downloaded", url))
+            break
+        else:
+            tried = "\n".join(f"  tried {failure}" for failure in failures) or "  no mirror given"
+            raise DownloadError(
+                f"could not download {gz_name}:\n{tried}",
+                hint="if you have the files, import them with `mnist download --from FOLDER`",
+            )
+    return outcomes
+
+
+def _find_source(folder: Path, name: str) -> Path:
+    stem, kind = name.rsplit("-", 1)  # "train-images", "idx3-ubyte"
+    candidates = [f"{name}", f"{name}.gz", f"{stem}.{kind}", f"{stem}.{kind}.gz"]
+    for candidate in candidates:
+        if (folder / candidate).is_file():
+            return folder / candidate
+    raise DownloadError(
+        f"{folder}: no {name} file (looked for {', '.join(candidates)})",
+        hint="point --from at the folder that holds the four MNIST files",
+    )
+
+
+def import_mnist(
+    data_dir: Path | str, source: Path | str, *, verify_md5: bool = True
+) -> list[FileOutcome]:
+    """Copy the four files from a local folder (gzip or not), validating each before writing."""
+    source = Path(source)
+    if not source.is_dir():
+        raise DownloadError(f"{source}: not a folder", hint="--from takes a folder")
+    folder = raw_dir(data_dir)
+    prepared = []
+    for name, official in OFFICIAL_MD5.items():
+        path = _find_source(source, name)
+        try:
+            data = path.read_bytes()
+            if data[:2] == b"\x1f\x8b":
+                data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as error:
+            raise DownloadError(f"{path}: cannot be read or unpacked ({error})") from error
+        if verify_md5 and md5_of(data) != official:
+            raise DownloadError(
+                f"{path}: not the official MNIST file (MD5 {md5_of(data)}, expected {official})",
+                hint="use the original files, or --no-verify for a deliberate subset",
+            )
+        parse_idx(data, name=str(path), labels="labels" in name)
+        prepared.append((name, path, data))
+    outcomes = []
+    for name, path, data in prepared:
+        target = folder / name
+        if target.is_file() and target.read_bytes() == data:
+            outcomes.append(FileOutcome(name, target, "present", str(path)))
+        else:
+            atomic_write(target, lambda out: out.write(data))
+            outcomes.append(FileOutcome(name, target, "imported", str(path)))
+    return outcomes

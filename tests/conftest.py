@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SUBSET = Path(__file__).parent / "data" / "mnist-subset"  # 4,000 train + 1,000 test real digits
+
+
+@pytest.fixture(scope="session")
+def subset_dir() -> Path:
+    return SUBSET
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A data folder with the shipped subset imported, as `mnist download --from` does."""
+    from mnist_cli.download import import_mnist
+
+    folder = tmp_path / "datafiles"
+    import_mnist(folder, SUBSET, verify_md5=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A cnn trained briefly on the subset, shared by tests that only read it."""
+    from mnist_cli.download import import_mnist
+    from mnist_cli.training import default_config, train
+
+    root = tmp_path_factory.mktemp("trained")
+    import_mnist(root / "datafiles", SUBSET, verify_md5=False)
+    config = default_config("cnn", epochs=3, validation_size=500)
+    train(config, data_dir=root / "datafiles", out_dir=root / "params", device="cpu")
+    return {"data_dir": root / "datafiles", "checkpoint": root / "params" / "best.pt",
+            "out_dir": root / "params"}

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from mnist_cli.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from mnist_cli.errors import CheckpointError
+from mnist_cli.models import build_model, default_arguments
+
+
+def payload(model):
+    return {
+        "architecture": "fc",
+        "arguments": default_arguments("fc"),
+        "state_dict": model.state_dict(),
+        "normalization": {"mean": 0.1307, "std": 0.3081},
+        "class_labels": [str(d) for d in range(10)],
+    }
+
+
+def test_round_trip_rebuilds_the_same_model(tmp_path):
+    model = build_model("fc")
+    save_checkpoint(payload(model), tmp_path / "m.pt")
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model_from_checkpoint(loaded)(x), model.eval()(x))
+
+
+def test_missing_checkpoint_says_to_train(tmp_path):
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(tmp_path / "none.pt")
+    assert "mnist train" in caught.value.hint
+
+
+def test_text_file_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "m.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="m.pt"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
+class Payload:
+    def __reduce__(self):
+        return (exec, ("open(%r, 'w').write('ran')" % str(MARKER),))
+
+
+MARKER = None
+
+
+def test_pickled_code_is_refused_and_never_runs(tmp_path):
+    global MARKER
+    MARKER = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as out:
+        pickle.dump({"x": Payload()}, out)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not MARKER.exists()
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    model = build_model("fc")
+    target = tmp_path / "last.pt"
+    save_checkpoint(payload(model), target)
+    before = target.read_bytes()
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(payload(model), target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import pytest
+
+from mnist_cli import data
+from mnist_cli.data import OFFICIAL_MD5, md5_of, raw_dir
+from mnist_cli.download import download_mnist, import_mnist
+from mnist_cli.errors import DownloadError
+
+
+def test_import_writes_the_torchvision_layout(tmp_path, subset_dir):
+    outcomes = import_mnist(tmp_path, subset_dir, verify_md5=False)
+    assert [o.status for o in outcomes] == ["imported"] * 4
+    for name in OFFICIAL_MD5:
+        assert (tmp_path / "MNIST" / "raw" / name).is_file()
+    assert len(data.load_split(tmp_path, "test")) == 1000
+
+
+def test_import_again_changes_nothing(tmp_path, subset_dir):
+    import_mnist(tmp_path, subset_dir, verify_md5=False)
+    before = {p: p.stat().st_mtime_ns for p in raw_dir(tmp_path).iterdir()}
+    outcomes = import_mnist(tmp_path, subset_dir, verify_md5=False)
+    assert {o.status for o in outcomes} == {"present"}
+    assert {p: p.stat().st_mtime_ns for p in raw_dir(tmp_path).iterdir()} == before
+
+
+def test_import_checks_official_md5_and_writes_nothing(tmp_path, subset_dir):
+    with pytest.raises(DownloadError, match="not the official MNIST file"):
+        import_mnist(tmp_path / "out", subset_dir)
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_accepts_uncompressed_dotted_names(tmp_path, subset_dir):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in OFFICIAL_MD5:
+        stem, kind = name.rsplit("-", 1)
+        (source / f"{stem}.{kind}").write_bytes(gzip.decompress((subset_dir / f"{name}.gz").read_bytes()))
+    outcomes = import_mnist(tmp_path / "out", source, verify_md5=False)
+    assert [o.status for o in outcomes] == ["imported"] * 4
+
+
+def test_import_names_a_missing_file(tmp_path, subset_dir):
+    source = tmp_path / "src"
+    shutil.copytree(subset_dir, source)
+    (source / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DownloadError, match="no t10k-labels-idx1-ubyte file"):
+        import_mnist(tmp_path / "out", source, verify_md5=False)
+
+
+def test_download_reports_every_mirror_and_leaves_no_file(tmp_path):
+    # Port 9 on loopback refuses at once: an offline mirror without touching the network.
+    mirrors = ["http://127.0.0.1:9/a/", "http://127.0.0.1:9/b/"]
+    with pytest.raises(DownloadError) as caught:
+        download_mnist(tmp_path, mirrors=mirrors, resources=[("train-images-idx3-ubyte.gz", "0")])
+    assert "127.0.0.1:9/a/" in caught.value.message and "127.0.0.1:9/b/" in caught.value.message
+    assert "--from" in caught.value.hint
+    assert not any(tmp_path.rglob("*ubyte*"))
+
+
+@pytest.fixture
+def file_mirror(tmp_path, subset_dir, monkeypatch):
+    """A local file:// mirror of the subset, with the subset's MD5s standing in as official."""
+    resources = []
+    for name in OFFICIAL_MD5:
+        packed = (subset_dir / f"{name}.gz").read_bytes()
+        monkeypatch.setitem(OFFICIAL_MD5, name, md5_of(gzip.decompress(packed)))
+        resources.append((f"{name}.gz", md5_of(packed)))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in OFFICIAL_MD5:
+        (broken / f"{name}.gz").write_bytes(b"not gzip")
+    return [broken.as_uri() + "/", subset_dir.as_uri() + "/"], resources
+
+
+def test_download_falls_back_to_the_next_mirror_with_progress(tmp_path, file_mirror):
+    mirrors, resources = file_mirror
+    seen = []
+    outcomes = download_mnist(tmp_path / "d", mirrors=mirrors, resources=resources,
+                              on_progress=lambda name, done, total: seen.append((name, done)))
+    assert [o.status for o in outcomes] == ["downloaded"] * 4
+    assert all(o.source.startswith(mirrors[1]) for o in outcomes)
+    assert {name for name, _ in seen} == set(OFFICIAL_MD5)
+    again = download_mnist(tmp_path / "d", mirrors=mirrors, resources=resources)
+    assert [o.status for o in again] == ["present"] * 4

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from mnist_cli.evaluation import build_report, evaluate_checkpoint, save_error_grid
+
+
+def test_report_counts_from_logits():
+    labels = np.array([0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 2])
+    logits = np.eye(10)[predicted]
+    report = build_report("m", labels, logits, loss=0.5)
+    assert report.accuracy == 0.8 and report.errors == 1
+    assert report.confusion[0][:3] == [1, 1, 0] and report.confusion[1][:3] == [0, 2, 0]
+    one = report.classes[1]
+    assert (one.precision, one.recall, one.support) == (2 / 3, 1.0, 2)
+    assert report.classes[0].recall == 0.5
+    assert report.to_dict()["classes"][2]["f1"] == 1.0
+
+
+def test_evaluate_and_save_the_errors(trained, tmp_path):
+    report, wrong = evaluate_checkpoint(trained["checkpoint"], data_dir=trained["data_dir"],
+                                        device="cpu")
+    assert report.images == 1000
+    assert sum(map(sum, report.confusion)) == 1000
+    assert len(wrong.labels) == report.errors
+    assert (wrong.labels != wrong.predicted).all()
+    grid = save_error_grid(wrong, tmp_path / "errors.png")
+    width, height = Image.open(grid).size
+    assert width == 16 * 56 and height >= 68

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mnist_cli.checkpoints import load_checkpoint
+from mnist_cli.errors import OutputError, TrainingInterrupted
+from mnist_cli.evaluation import evaluate_checkpoint
+from mnist_cli.training import TrainCallback, default_config, one_cycle_lr, train
+
+TINY = {"epochs": 2, "validation_size": 500, "batch_size": 128}
+
+
+def test_one_cycle_rises_then_decays_to_zero():
+    lrs = [one_cycle_lr(step, 100, 1.0, 0.25) for step in range(101)]
+    assert lrs[0] == pytest.approx(0.04)
+    assert max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 25
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_recipes_and_overrides():
+    assert default_config("fc").model == "fc"
+    assert default_config("cnn", epochs=3, lr=None).epochs == 3
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        default_config("cnn", epochs=0)
+    with pytest.raises(ValueError, match="unknown model"):
+        default_config("vit")
+
+
+def test_trained_model_is_far_above_chance(trained):
+    report, _ = evaluate_checkpoint(trained["checkpoint"], data_dir=trained["data_dir"], device="cpu")
+    assert report.accuracy > 0.9  # chance is 0.1; 3 epochs on 3,500 digits
+
+
+def test_checkpoint_describes_itself(trained):
+    payload = load_checkpoint(trained["checkpoint"])
+    assert payload["architecture"] == "cnn"
+    assert payload["class_labels"] == [str(d) for d in range(10)]
+    assert payload["normalization"] == {"mean": 0.1307, "std": 0.3081}
+    assert payload["options"]["epochs"] == 3 and payload["options"]["seed"] == 0
+    assert len(payload["history"]) == 3
+    assert payload["val_accuracy"] == max(row["val_accuracy"] for row in payload["history"])
+    last = load_checkpoint(trained["out_dir"] / "last.pt")
+    assert last["epoch"] == 3 and "optimizer" in last
+
+
+def _weights(path):
+    return load_checkpoint(path)["state_dict"]
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_weights(data_dir, tmp_path):
+    config = default_config("cnn", **TINY)
+    for name in ("a", "b"):
+        train(config, data_dir=data_dir, out_dir=tmp_path / name, device="cpu")
+    assert _same(_weights(tmp_path / "a/last.pt"), _weights(tmp_path / "b/last.pt"))
+    train(default_config("cnn", seed=1, **TINY), data_dir=data_dir, out_dir=tmp_path / "c",
+          device="cpu")
+    assert not _same(_weights(tmp_path / "a/last.pt"), _weights(tmp_path / "c/last.pt"))
+
+
+class InterruptAt(TrainCallback):
+    """Sends this process a real SIGINT at one batch, as Ctrl-C would."""
+
+    def __init__(self, epoch: int, step: int):
+        self.at = (epoch, step)
+
+    def on_batch(self, *, epoch, step, steps, loss, rate):
+        if (epoch, step) == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_saves_and_resume_gives_the_same_weights(data_dir, tmp_path):
+    config = default_config("cnn", **TINY)
+    train(config, data_dir=data_dir, out_dir=tmp_path / "whole", device="cpu")
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(config, data_dir=data_dir, out_dir=tmp_path / "cut", device="cpu",
+              callback=InterruptAt(epoch=1, step=10))
+    assert caught.value.exit_code == 130 and "--resume" in caught.value.hint
+    saved = load_checkpoint(tmp_path / "cut/last.pt")
+    assert (saved["epoch"], saved["step"]) == (1, 10)
+    result = train(None, data_dir=data_dir, out_dir=tmp_path / "cut", device="cpu", resume=True)
+    assert [row.epoch for row in result.history] == [1, 2]
+    assert _same(_weights(tmp_path / "whole/last.pt"), _weights(tmp_path / "cut/last.pt"))
+
+
+def test_out_that_is_a_file_fails_before_training(data_dir, tmp_path):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(OutputError, match="is a file"):
+        train(default_config("cnn", **TINY), data_dir=data_dir, out_dir=tmp_path / "taken",
+              device="cpu")
+
+
+def test_a_running_train_holds_the_out_folder(data_dir, tmp_path):
+    out = tmp_path / "params"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (out / ".lock").write_text(str(sleeper.pid))
+        with pytest.raises(OutputError, match="another `mnist train`"):
+            train(default_config("cnn", **TINY), data_dir=data_dir, out_dir=out, device="cpu")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # The holder is gone: its stale lock is taken over.
+    result = train(default_config("cnn", epochs=1, validation_size=500), data_dir=data_dir,
+                   out_dir=out, device="cpu")
+    assert result.best_path.is_file() and not (out / ".lock").exists()
