@@ -11,7 +11,7 @@ from torch import nn
 
 from mnist_cli.errors import CheckpointError
 from mnist_cli.files import atomic_write
-from mnist_cli.models import build_model
+from mnist_cli.models import Classifier, build_model
 
 FORMAT = "mnist_cli.checkpoint/1"
 _REQUIRED = ("architecture", "arguments", "state_dict", "normalization", "class_labels")
@@ -52,3 +52,9 @@ def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"checkpoint does not match its architecture: {error}") from error
     return model.eval()
+
+
+def classifier_from_checkpoint(payload: dict[str, Any]) -> Classifier:
+    """The checkpoint's network behind its own normalisation: takes pixels in [0, 1]."""
+    norm = payload["normalization"]
+    return Classifier(model_from_checkpoint(payload), norm["mean"], norm["std"]).eval()

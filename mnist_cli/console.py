@@ -171,3 +171,35 @@ def status(message: str) -> Iterator[None]:
 @contextmanager
 def _plain(message: str) -> Iterator[None]:
     yield
+
+
+class PredictionOutput:
+    """Predictions as a table on stdout (or JSON lines); per-file errors on stderr."""
+
+    def __init__(self, *, json_output: bool, top_k: int) -> None:
+        self.json_output, self.top_k = json_output, top_k
+        self.table = Table("file", "digit", "confidence")
+        if top_k > 1:
+            self.table.add_column(f"top {top_k}")
+        self.rows = 0
+
+    def __enter__(self) -> PredictionOutput:
+        return self
+
+    def add(self, result: Any) -> None:
+        if result.error is not None:
+            err.print(f"[red]{result.path}[/]: {result.error}", soft_wrap=True)
+            return
+        if self.json_output:
+            print_json({"path": result.path, "digit": result.digit,
+                        "probabilities": result.probabilities})
+            return
+        cells = [result.path, str(result.digit), f"{result.confidence:.2%}"]
+        if self.top_k > 1:
+            cells.append("  ".join(f"{d}: {p:.1%}" for d, p in result.top(self.top_k)))
+        self.table.add_row(*cells)
+        self.rows += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.json_output and self.rows:
+            out.print(self.table)

@@ -41,11 +41,11 @@ def _conv_block(inputs: int, outputs: int, kernel: int) -> nn.Sequential:
 class ConvNet(nn.Module):
     """Three conv-BN-ReLU-pool blocks (28 -> 14 -> 7 -> 3) and one linear classifier."""
 
-    def __init__(self, channels: tuple[int, ...] = (32, 64, 128), classes: int = 10):
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 64), classes: int = 10):
         super().__init__()
         first, second, third = channels
         self.features = nn.Sequential(
-            _conv_block(1, first, 5),  # a 5x5 first layer sees whole stroke segments
+            _conv_block(1, first, 3),  # 3x3 everywhere: a 5x5 first layer cost 2x the time on CPU
             _conv_block(first, second, 3),
             _conv_block(second, third, 3),
         )
@@ -60,7 +60,7 @@ def default_arguments(architecture: str) -> dict[str, Any]:
     if architecture == "fc":
         return {"hidden": [512, 256, 256, 128, 64], "classes": 10}
     if architecture == "cnn":
-        return {"channels": [32, 64, 128], "classes": 10}
+        return {"channels": [16, 32, 64], "classes": 10}  # ~24k weights, ~9k img/s on 2 cores
     raise ValueError(f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}")
 
 
@@ -72,3 +72,19 @@ def build_model(architecture: str, arguments: dict[str, Any] | None = None) -> n
     if architecture == "cnn":
         return ConvNet(tuple(arguments["channels"]), arguments["classes"])
     raise ValueError(f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}")
+
+
+class Classifier(nn.Module):
+    """A self-contained model: pixels in [0, 1] (N x 1 x 28 x 28) -> logits and probabilities.
+
+    The normalisation lives inside, so an exported graph needs nothing from this package.
+    """
+
+    def __init__(self, network: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.network = network
+        self.mean, self.std = mean, std
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.network((image - self.mean) / self.std)
+        return logits, torch.softmax(logits, dim=1)

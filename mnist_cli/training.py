@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mnist_cli import __version__
+from mnist_cli.augmentation import random_affine
 from mnist_cli.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from mnist_cli.data import CLASS_LABELS, NORMALIZATION, Split, load_split, split_train_validation
 from mnist_cli.devices import resolve_device
@@ -30,17 +31,22 @@ class TrainConfig:
     """Everything that decides the trained weights (with the data and the device)."""
 
     model: str = "cnn"
-    epochs: int = 8  # the cnn passes 99.5% test accuracy here; more buys little without augmentation
+    epochs: int = 15  # the cnn passes 99.5% test accuracy in ~90 s on 2 CPU cores
     batch_size: int = 256  # keeps two CPU cores busy; ~215 optimiser steps per epoch
     lr: float = 4e-3  # peak of the one-cycle schedule; batch norm makes it stable
     weight_decay: float = 5e-4  # AdamW's decoupled decay, a mild regulariser
+    augment: bool = True  # random rotation, scale and shift per image: +0.1-0.2 points on test
+    label_smoothing: float = 0.1  # keeps logits calibrated; a small gain with augmentation
     warmup: float = 0.25  # share of all steps spent rising to the peak learning rate
     validation_size: int = 5_000  # held out of the 60,000 training images to pick best.pt
     seed: int = 0  # fixes initial weights, the validation split and the batch order
 
 
 # The fully connected net is cheap per step but needs a gentler peak and more epochs.
-RECIPES = {"cnn": TrainConfig(), "fc": TrainConfig(model="fc", epochs=20, lr=1e-3)}
+RECIPES = {
+    "cnn": TrainConfig(),
+    "fc": TrainConfig(model="fc", epochs=20, lr=1e-3, augment=False, label_smoothing=0.0),
+}
 
 
 def default_config(model: str = "cnn", **overrides: Any) -> TrainConfig:
@@ -257,6 +263,7 @@ def _run(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     steps = math.ceil(len(train_split) / config.batch_size)
+    background = -NORMALIZATION["mean"] / NORMALIZATION["std"]  # a blank pixel, normalised
     total_steps = steps * config.epochs
 
     history: list[EpochRecord] = []
@@ -306,7 +313,11 @@ def _run(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            loss = nn.functional.cross_entropy(model(train_x[index]), train_y[index])
+            batch = train_x[index]
+            if config.augment:
+                batch = random_affine(batch, background=background)
+            loss = nn.functional.cross_entropy(model(batch), train_y[index],
+                                               label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,136 @@
+"""Exporting a checkpoint to one self-contained ONNX file, verified against torch before it lands."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mnist_cli import __version__
+from mnist_cli.errors import MnistError
+from mnist_cli.files import atomic_write
+
+FORMATS = ("onnx",)
+DEFAULT_OPSET = 18
+MAX_PROBABILITY_DIFF = 1e-5
+INPUT_DESCRIPTION = (
+    "image: float32 N x 1 x 28 x 28, pixels in [0, 1], light digit on a dark background "
+    "(as MNIST), centred by mass in the 28x28 field; normalisation is inside the graph"
+)
+
+
+class ExportError(MnistError):
+    """The export could not be made, or did not match torch; nothing was written."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    opset: int
+    images: int  # how many images the onnxruntime check compared
+    real_images: bool  # MNIST test images (True) or random ones (False)
+    max_probability_diff: float
+    same_predictions: bool
+    size_bytes: int
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_images(data_dir: Path | str | None, count: int) -> tuple[np.ndarray, bool]:
+    from mnist_cli.data import load_split
+    from mnist_cli.errors import DataError
+
+    if data_dir is not None:
+        try:
+            test = load_split(data_dir, "test")
+            return (test.images[:count, None].astype(np.float32) / 255), True
+        except DataError:
+            pass
+    return np.random.default_rng(0).random((count, 1, 28, 28), dtype=np.float32), False
+
+
+def export_onnx(
+    checkpoint: Path | str,
+    out: Path | str,
+    *,
+    opset: int = DEFAULT_OPSET,
+    data_dir: Path | str | None = "datafiles",
+    check_images: int = 1000,
+) -> ExportResult:
+    """Export with torch's dynamo exporter, add metadata, check, compare with onnxruntime, save."""
+    import onnx
+    import torch
+
+    from mnist_cli.checkpoints import classifier_from_checkpoint, load_checkpoint
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    if opset < DEFAULT_OPSET:
+        raise ExportError(f"--opset {opset}: the exporter needs opset {DEFAULT_OPSET} or newer")
+    payload = load_checkpoint(checkpoint)
+    classifier = classifier_from_checkpoint(payload)
+    example = torch.rand(2, 1, 28, 28)  # a batch of 1 would be specialised into the graph
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                classifier, (example,), dynamo=True, opset_version=opset,
+                input_names=["image"], output_names=["logits", "probabilities"],
+                dynamic_shapes={"image": {0: batch}}, external_data=False, verbose=False,
+            )
+        model = program.model_proto
+    except Exception as error:  # the exporter raises many kinds
+        raise ExportError(f"torch could not export {checkpoint}: {error}") from error
+
+    history = payload.get("history") or []
+    metadata = {
+        "class_labels": json.dumps(payload["class_labels"]),
+        "input": INPUT_DESCRIPTION,
+        "architecture": json.dumps({"name": payload["architecture"],
+                                    "arguments": payload["arguments"]}),
+        "normalization": json.dumps(payload["normalization"]),
+        "source_checkpoint_sha256": sha256_of(checkpoint),
+        "val_accuracy": str(payload.get("val_accuracy", "")),
+        "epochs_trained": str(len(history)),
+        "mnist_cli_version": __version__,
+    }
+    onnx.helper.set_model_props(model, metadata)
+    model.producer_name, model.doc_string = "mnist_cli", INPUT_DESCRIPTION
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise ExportError(f"the exported graph fails onnx.checker: {error}") from error
+    data = model.SerializeToString()
+
+    images, real = _check_images(data_dir, check_images)
+    with torch.no_grad():
+        expected = classifier(torch.from_numpy(images))[1].numpy()
+    got = _onnxruntime_probabilities(data, images)
+    diff = float(np.abs(got - expected).max())
+    same = bool((got.argmax(1) == expected.argmax(1)).all())
+    if diff > MAX_PROBABILITY_DIFF or not same:
+        raise ExportError(
+            f"onnxruntime disagrees with torch (max probability difference {diff:.2e}, "
+            f"same predictions: {same}); nothing written to {out}"
+        )
+    atomic_write(out, lambda handle: handle.write(data))
+    return ExportResult(out, opset, len(images), real, diff, same, len(data))
+
+
+def _onnxruntime_probabilities(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(io.BytesIO(model_bytes).getvalue(),
+                                           providers=["CPUExecutionProvider"])
+    return session.run(["probabilities"], {"image": images})[0]

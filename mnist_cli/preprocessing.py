@@ -1,0 +1,140 @@
+"""Turning a real image into an MNIST-style 28x28 digit, the way MNIST itself was made.
+
+numpy and Pillow only: the onnxruntime path of `mnist predict` must not import torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+from mnist_cli.errors import MnistError
+
+MAX_PIXELS = 50_000_000  # larger canvases are refused before decoding (decompression bombs)
+_BOX = 20  # MNIST scaled each digit to fit a 20x20 box...
+_SIZE = 28  # ...then centred it by mass in a 28x28 field
+_INK = 0.3  # share of the ink's peak above which a pixel counts for the bounding box
+_MIN_CONTRAST = 0.08  # peak ink above the paper, as a share of full scale: below, it is blank
+
+
+class ImageError(MnistError):
+    """One image cannot be used; `mnist predict` reports it and goes on with the others."""
+
+
+def open_image(path: Path | str) -> Image.Image:
+    """Open an image lazily, refusing huge canvases before their pixels are decoded."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image")
+    try:
+        image = Image.open(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{path}: not a readable image ({_reason(error)})") from error
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{path}: {width}x{height} is too large (over {MAX_PIXELS:,} pixels)")
+    try:
+        image.seek(0)  # first frame of an animation
+        image.load()
+    except (OSError, ValueError, EOFError, SyntaxError) as error:
+        raise ImageError(f"{path}: damaged image ({_reason(error)})") from error
+    return image
+
+
+def _reason(error: BaseException) -> str:
+    return str(error).split(" (")[0] or type(error).__name__
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """Luminance in [0, 1] as float32; transparency flattened onto a contrasting background."""
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        return np.clip(values / top, 0, 1).astype(np.float32)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255
+        gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        alpha = rgba[..., 3]
+        if alpha.min() < 0.99:
+            # Strokes drawn on a transparent canvas: put them on the opposite of their own shade.
+            weight = alpha.sum()
+            shade = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
+            background = 0.0 if shade > 0.5 else 1.0
+            gray = gray * alpha + background * (1 - alpha)
+        return gray.astype(np.float32)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255
+
+
+def _ink_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return None
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
+    """Place `digit` (at most 20x20) in a 28x28 field with its centre of mass at (14, 14)."""
+    height, width = digit.shape
+    total = digit.sum()
+    rows, cols = np.indices(digit.shape)
+    centre_row, centre_col = (rows * digit).sum() / total, (cols * digit).sum() / total
+    top = int(round(_SIZE / 2 - centre_row))
+    left = int(round(_SIZE / 2 - centre_col))
+    top = min(max(top, 0), _SIZE - height)  # a lopsided digit may not fit: keep all its ink
+    left = min(max(left, 0), _SIZE - width)
+    field = np.zeros((_SIZE, _SIZE), dtype=np.float32)
+    field[top : top + height, left : left + width] = digit
+    return field
+
+
+def digit_from_array(gray: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """Grayscale [0, 1] array of any size -> 28x28 float32 MNIST-style digit, or ImageError."""
+    gray = np.asarray(gray, dtype=np.float32)
+    if gray.ndim != 2 or gray.size == 0 or not np.isfinite(gray).all():
+        raise ImageError(f"{name}: no digit found (not a finite 2-D image)")
+    paper = float(np.median(gray))
+    if paper > 0.5:  # dark ink on light paper: MNIST is light ink on black
+        gray, paper = 1 - gray, 1 - paper
+    ink = np.clip(gray - paper, 0, None)
+    peak = float(ink.max())
+    if peak < _MIN_CONTRAST:
+        raise ImageError(f"{name}: no digit found (blank image)")
+    ink /= peak
+    mask = ink > _INK
+    if min(mask.shape) > 2 * _SIZE:
+        # Large photos and scans: drop isolated specks of noise before boxing the ink.
+        cleaned = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MedianFilter(5))
+        mask = np.asarray(cleaned) > 127 if np.asarray(cleaned).any() else mask
+    box = _ink_box(mask)
+    if box is None:
+        raise ImageError(f"{name}: no digit found (blank image)")
+    top, bottom, left, right = box
+    crop = np.where(ink[top:bottom, left:right] > _INK / 2, ink[top:bottom, left:right], 0)
+    height, width = crop.shape
+    scale = _BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.BOX if scale < 1 else Image.BILINEAR  # area-average when shrinking
+    digit = np.asarray(Image.fromarray(crop.astype(np.float32)).resize(size, resample))
+    digit = np.clip(digit, 0, 1)
+    if digit.sum() <= 0:
+        raise ImageError(f"{name}: no digit found (blank image)")
+    return _centre_by_mass(digit / digit.max())
+
+
+def load_digit(path: Path | str, *, raw: bool = False) -> np.ndarray:
+    """Read an image file as a 28x28 float32 digit in [0, 1] (light ink on black, like MNIST).
+
+    `raw=True` takes an image that is MNIST-style already: 28x28, light on dark, unchanged.
+    """
+    image = open_image(path)
+    if raw:
+        if image.size != (_SIZE, _SIZE):
+            raise ImageError(f"{path}: --raw needs a 28x28 image, this one is "
+                             f"{image.size[0]}x{image.size[1]}")
+        return to_grayscale(image)
+    image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
+    return digit_from_array(to_grayscale(image), name=str(path))

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mnist_cli.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def commands():
+    import typer.main
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+def test_all_commands_are_registered():
+    assert {"download", "train", "test"} <= set(commands())
+
+
+@pytest.mark.parametrize("command", commands())
+def test_every_command_help_shows_an_example(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example: mnist " + command in result.output
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.startswith("mnist ")
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from mnist_cli.cli import app\n"
+        "try: app(['--help'])\n"
+        "except SystemExit: pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Usage" in done.stdout
+
+
+def test_python_dash_m_is_the_same_command():
+    done = subprocess.run([sys.executable, "-m", "mnist_cli", "--help"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "download" in done.stdout
+
+
+def assert_clean_failure(result, code: int, *fragments: str):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output
+
+
+def test_train_without_data(tmp_path):
+    result = run("train", "--data-dir", tmp_path / "none", "--out", tmp_path / "p")
+    assert_clean_failure(result, 1, "not found", "mnist download")
+
+
+def test_train_with_a_corrupt_file_names_it(data_dir, tmp_path):
+    images = data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:1000])
+    result = run("train", "--data-dir", data_dir, "--out", tmp_path / "p")
+    assert_clean_failure(result, 1, "train-images-idx3-ubyte", "truncated", "mnist download")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_train_on_missing_cuda(data_dir, tmp_path):
+    result = run("train", "--device", "cuda", "--data-dir", data_dir, "--out", tmp_path / "p")
+    assert_clean_failure(result, 2, "CUDA is not available")
+    assert not (tmp_path / "p").exists()
+
+
+def test_resume_refuses_new_options(tmp_path):
+    result = run("train", "--resume", "--epochs", "3", "--out", tmp_path)
+    assert_clean_failure(result, 2, "drop --epochs")
+
+
+def test_bad_option_value(data_dir, tmp_path):
+    result = run("train", "--epochs", "0", "--data-dir", data_dir, "--out", tmp_path / "p")
+    assert_clean_failure(result, 2, "epochs must be at least 1")
+
+
+def test_test_without_checkpoint(tmp_path):
+    result = run("test", "--model", tmp_path / "best.pt")
+    assert_clean_failure(result, 1, "no checkpoint", "mnist train")
+
+
+def test_download_offline_suggests_from(tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    result = run("download", "--data-dir", tmp_path)
+    assert_clean_failure(result, 1, "127.0.0.1:9", "--from")
+
+
+def test_download_from_a_bad_folder(tmp_path):
+    result = run("download", "--from", tmp_path / "nowhere", "--data-dir", tmp_path / "d")
+    assert_clean_failure(result, 1, "not a folder")
+
+
+def test_end_to_end_import_train_test(tmp_path, subset_dir):
+    data, out = tmp_path / "data", tmp_path / "params"
+    result = run("download", "--from", subset_dir, "--no-verify", "--data-dir", data)
+    assert result.exit_code == 0 and "imported" in result.output
+    result = run("download", "--from", subset_dir, "--no-verify", "--data-dir", data)
+    assert "already present and valid" in result.output
+    result = run("train", "--epochs", "2", "--validation-size", "500", "--device", "cpu",
+                 "--data-dir", data, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "epoch   2" in result.output and (out / "best.pt").is_file()
+    result = runner.invoke(app, ["test", "--model", str(out / "best.pt"), "--data-dir", str(data),
+                                 "--json", "--errors", str(tmp_path / "e.png")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == 1000 and report["accuracy"] > 0.9
+    assert len(report["confusion"]) == 10 and (tmp_path / "e.png").is_file()
+    result = run("test", "--model", out / "best.pt", "--data-dir", data)
+    assert "Confusion" in result.output and "precision" in result.output

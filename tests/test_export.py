@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from mnist_cli.checkpoints import classifier_from_checkpoint, load_checkpoint
+from mnist_cli.export import ExportError, export_onnx, sha256_of
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    result = export_onnx(trained["checkpoint"], out, data_dir=trained["data_dir"])
+    return result, trained
+
+
+def test_export_is_checked_against_torch_on_real_images(exported):
+    result, _ = exported
+    assert result.real_images and result.images == 1000
+    assert result.max_probability_diff <= 1e-5 and result.same_predictions
+    onnx.checker.check_model(onnx.load(str(result.path)), full_check=True)
+    assert [p.name for p in result.path.parent.iterdir()] == ["model.onnx"]  # no side .data file
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_dynamic_batch_matches_torch(exported, batch):
+    result, trained = exported
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities"]
+    images = np.random.default_rng(batch).random((batch, 1, 28, 28), dtype=np.float32)
+    logits, probabilities = session.run(None, {"image": images})
+    classifier = classifier_from_checkpoint(load_checkpoint(trained["checkpoint"]))
+    with torch.no_grad():
+        expected_logits, expected = classifier(torch.from_numpy(images))
+    assert logits.shape == (batch, 10)
+    assert np.abs(probabilities - expected.numpy()).max() <= 1e-5
+    assert np.abs(logits - expected_logits.numpy()).max() <= 1e-3
+
+
+def test_metadata_describes_the_model(exported):
+    result, trained = exported
+    meta = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
+    assert json.loads(meta["class_labels"]) == [str(d) for d in range(10)]
+    assert "[0, 1]" in meta["input"]
+    assert json.loads(meta["architecture"])["name"] == "cnn"
+    assert meta["source_checkpoint_sha256"] == sha256_of(trained["checkpoint"])
+    saved = load_checkpoint(trained["checkpoint"])
+    assert float(meta["val_accuracy"]) == pytest.approx(saved["val_accuracy"])
+    assert meta["mnist_cli_version"]
+
+
+def test_random_images_when_no_data(trained, tmp_path):
+    result = export_onnx(trained["checkpoint"], tmp_path / "m.onnx", data_dir=tmp_path / "none")
+    assert not result.real_images and result.same_predictions
+
+
+def test_mismatch_leaves_no_file(trained, tmp_path, monkeypatch):
+    import mnist_cli.export as export
+
+    monkeypatch.setattr(export, "_onnxruntime_probabilities",
+                        lambda data, images: np.full((len(images), 10), 0.1, np.float32))
+    with pytest.raises(ExportError, match="disagrees"):
+        export_onnx(trained["checkpoint"], tmp_path / "m.onnx", data_dir=trained["data_dir"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_old_opset_refused(trained, tmp_path):
+    with pytest.raises(ExportError, match="opset 18 or newer"):
+        export_onnx(trained["checkpoint"], tmp_path / "m.onnx", opset=13)

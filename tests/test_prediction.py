@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mnist_cli.cli import app
+from mnist_cli.data import load_split
+from mnist_cli.errors import MnistError
+from mnist_cli.export import export_onnx
+from mnist_cli.prediction import expand_paths, load_backend, predict_paths
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def models(trained, tmp_path_factory):
+    """The trained checkpoint, its ONNX export and 20 real test digits as inverted PNG 'scans'."""
+    root = tmp_path_factory.mktemp("predict")
+    onnx_path = root / "model.onnx"
+    export_onnx(trained["checkpoint"], onnx_path, data_dir=trained["data_dir"])
+    test = load_split(trained["data_dir"], "test")
+    images = root / "images"
+    (images / "nested").mkdir(parents=True)
+    for i in range(20):
+        scan = Image.fromarray(255 - test.images[i]).resize((112, 112), Image.BILINEAR)
+        folder = images / "nested" if i % 2 else images
+        scan.save(folder / f"{i:02d}-label{test.labels[i]}.png")
+    return {"pt": trained["checkpoint"], "onnx": onnx_path, "images": images,
+            "labels": test.labels[:20]}
+
+
+def test_expand_files_folders_and_globs(models, tmp_path):
+    folder = str(models["images"])
+    found = [p for p, problem in expand_paths([folder]) if problem is None]
+    assert len(found) == 20
+    globbed = [p for p, _ in expand_paths([folder + "/*.png"])]
+    assert len(globbed) == 10
+    problems = dict(expand_paths([str(tmp_path / "missing.png"), str(tmp_path / "*.jpg")]))
+    assert set(problems.values()) == {"no such file or folder", "no file matches this pattern"}
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_both_backends_read_the_digits(models, backend):
+    engine = load_backend(backend, models["pt" if backend == "torch" else "onnx"], "cpu")
+    results = list(predict_paths(engine, [str(models["images"])], batch_size=8))
+    assert len(results) == 20 and all(r.error is None for r in results)
+    truth = [int(r.path.split("label")[1][0]) for r in results]
+    correct = sum(r.digit == t for r, t in zip(results, truth))
+    assert correct >= 17
+    assert all(abs(sum(r.probabilities) - 1) < 1e-4 for r in results)
+
+
+def test_backends_agree(models):
+    torch_engine = load_backend("torch", models["pt"], "cpu")
+    onnx_engine = load_backend("onnxruntime", models["onnx"], "cpu")
+    paths = [str(models["images"])]
+    a = [r.digit for r in predict_paths(torch_engine, paths)]
+    b = [r.digit for r in predict_paths(onnx_engine, paths)]
+    assert a == b
+
+
+def test_missing_model_files():
+    with pytest.raises(MnistError, match="no model at nowhere.onnx") as caught:
+        load_backend("onnxruntime", "nowhere.onnx")
+    assert "mnist export" in caught.value.hint
+    with pytest.raises(MnistError, match="no checkpoint at nowhere.pt") as caught:
+        load_backend("torch", "nowhere.pt")
+    assert "mnist train" in caught.value.hint
+
+
+def test_cli_json_lines_and_bad_files(models, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    Image.new("L", (40, 40), 255).save(tmp_path / "blank.png")
+    good = sorted(models["images"].glob("*.png"))[:3]
+    args = ["predict", *map(str, good), str(tmp_path / "broken.png"), str(tmp_path / "blank.png"),
+            str(tmp_path / "missing.png"), "--backend", "onnxruntime", "--model",
+            str(models["onnx"]), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(p) for p in good]
+    assert all(len(line["probabilities"]) == 10 for line in lines)
+    assert "broken.png: not a readable image" in result.stderr
+    assert "blank.png: no digit found" in result.stderr
+    assert "missing.png: no such file or folder" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_table_with_top_k(models):
+    result = runner.invoke(app, ["predict", str(models["images"]), "--model", str(models["pt"]),
+                                 "--device", "cpu", "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    assert "top 3" in result.stdout and "confidence" in result.stdout
+    assert "running on cpu" in result.stderr
+
+
+def test_onnxruntime_path_never_imports_torch(models):
+    image = next(models["images"].glob("*.png"))
+    code = (
+        "import sys; from mnist_cli.cli import app\n"
+        f"try: app(['predict', {str(image)!r}, '--backend', 'onnxruntime', "
+        f"'--model', {str(models['onnx'])!r}, '--json'])\n"
+        "except SystemExit as e: assert e.code in (0, None), e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["digit"] in range(10)
+
+
+def test_export_command_rejects_unknown_format(trained, tmp_path):
+    result = runner.invoke(app, ["export", "--format", "tflite", "--checkpoint",
+                                 str(trained["checkpoint"]), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "choose from onnx" in result.output
+
+
+def test_export_command_prints_its_checks(trained, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = runner.invoke(app, ["export", "--checkpoint", str(trained["checkpoint"]),
+                                 "--out", str(out), "--data-dir", str(trained["data_dir"])])
+    assert result.exit_code == 0, result.output
+    assert "onnx.checker: passed" in result.output and "1000 MNIST test images" in result.output
+    assert out.is_file()

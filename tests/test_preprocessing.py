@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mnist_cli.preprocessing import ImageError, digit_from_array, load_digit, open_image
+
+
+def centre_of_mass(digit: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.indices(digit.shape)
+    return (rows * digit).sum() / digit.sum(), (cols * digit).sum() / digit.sum()
+
+
+def drawn_seven(size=(200, 160), ink=0, paper=255, offset=(0, 0), mode="L") -> Image.Image:
+    image = Image.new(mode, size, paper)
+    draw = ImageDraw.Draw(image)
+    x, y = offset
+    draw.line([(40 + x, 30 + y), (120 + x, 30 + y), (70 + x, 140 + y)], fill=ink, width=12)
+    return image
+
+
+def test_result_is_mnist_shaped():
+    digit = digit_from_array(np.asarray(drawn_seven(), dtype=np.float32) / 255)
+    assert digit.shape == (28, 28) and digit.dtype == np.float32
+    assert digit.min() >= 0 and digit.max() == pytest.approx(1.0)
+
+
+def test_polarity_detected_both_ways():
+    dark_on_light = digit_from_array(np.asarray(drawn_seven(ink=0, paper=255)) / 255)
+    light_on_dark = digit_from_array(np.asarray(drawn_seven(ink=255, paper=0)) / 255)
+    assert np.abs(dark_on_light - light_on_dark).max() < 1e-5
+    assert dark_on_light[0, 0] == 0  # background is black, as in MNIST
+
+
+def test_off_centre_digit_is_centred_by_mass():
+    image = np.zeros((300, 300), dtype=np.float32)
+    image[20:80, 200:230] = 1.0  # a bar in the top right corner
+    image[20:30, 200:260] = 1.0
+    row, col = centre_of_mass(digit_from_array(image))
+    assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
+
+
+def test_aspect_ratio_is_kept_and_fits_20():
+    image = np.zeros((100, 100), dtype=np.float32)
+    image[10:90, 45:55] = 1.0  # 80 tall, 10 wide
+    digit = digit_from_array(image)
+    rows, cols = np.nonzero(digit > 0.05)
+    height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+    assert height == 20 and 2 <= width <= 4
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P", "I;16", "L"])
+def test_image_modes(tmp_path, mode):
+    base = drawn_seven()
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(base, dtype=np.uint16) * 257)
+        assert image.mode == "I;16"
+    else:
+        image = base.convert(mode)
+    path = tmp_path / f"seven-{mode.replace(';', '')}.png"
+    image.save(path)
+    reference = digit_from_array(np.asarray(base, dtype=np.float32) / 255)
+    assert np.abs(load_digit(path) - reference).mean() < 0.02
+
+
+def test_light_strokes_on_a_transparent_canvas(tmp_path):
+    canvas = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).line([(200, 50), (210, 200)], fill=(255, 255, 255, 255), width=15)
+    canvas.save(tmp_path / "stroke.png")
+    digit = load_digit(tmp_path / "stroke.png")
+    assert digit[0, 0] == 0 and digit.max() == pytest.approx(1.0)
+    assert abs(centre_of_mass(digit)[1] - 14) <= 0.5
+
+
+def test_one_pixel_and_very_large_images(tmp_path):
+    Image.new("L", (1, 1), 255).save(tmp_path / "dot.png")
+    with pytest.raises(ImageError, match="no digit found"):
+        load_digit(tmp_path / "dot.png")  # one pixel: no contrast, so blank
+    drawn_seven(size=(4000, 3000), offset=(3000, 2000)).save(tmp_path / "big.png")
+    digit = load_digit(tmp_path / "big.png")
+    assert digit.shape == (28, 28) and digit.sum() > 10
+
+
+def test_blank_image_is_rejected(tmp_path):
+    Image.new("RGB", (64, 64), (240, 230, 200)).save(tmp_path / "blank.jpg")
+    with pytest.raises(ImageError, match="no digit found"):
+        load_digit(tmp_path / "blank.jpg")
+
+
+def test_raw_takes_mnist_style_images_as_they_are(tmp_path):
+    pixels = np.zeros((28, 28), dtype=np.uint8)
+    pixels[5:20, 13:15] = 255
+    Image.fromarray(pixels).save(tmp_path / "raw.png")
+    assert np.array_equal(load_digit(tmp_path / "raw.png", raw=True), pixels / 255)
+    Image.fromarray(np.zeros((30, 30), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(ImageError, match="needs a 28x28"):
+        load_digit(tmp_path / "big.png", raw=True)
+
+
+def test_huge_canvas_refused_before_decoding(tmp_path, monkeypatch):
+    import mnist_cli.preprocessing as preprocessing
+
+    Image.new("L", (200, 200)).save(tmp_path / "wide.png")
+    monkeypatch.setattr(preprocessing, "MAX_PIXELS", 100 * 100)
+    with pytest.raises(ImageError, match="too large"):
+        open_image(tmp_path / "wide.png")
+
+
+def test_not_an_image(tmp_path):
+    (tmp_path / "fake.png").write_text("hello")
+    with pytest.raises(ImageError, match="not a readable image"):
+        load_digit(tmp_path / "fake.png")
