@@ -35,8 +35,9 @@ class TestEveryEpoch(TrainCallback):
 
     def on_epoch(self, record: EpochRecord, *, best: bool) -> None:
         self.elapsed += record.seconds
-        report, _ = evaluate_checkpoint(self.out_dir / "last.pt", data_dir=self.data_dir,
-                                        device=self.device)
+        report, _ = evaluate_checkpoint(
+            self.out_dir / "last.pt", data_dir=self.data_dir, device=self.device
+        )
         self.rows.append((record, self.elapsed, report.accuracy))
         print(
             f"  epoch {record.epoch:>2}  {record.seconds:5.1f}s  total {self.elapsed:6.1f}s  "
@@ -56,8 +57,14 @@ def run(model: str, data_dir: Path, device: str, epochs: int | None) -> dict:
         best, _ = evaluate_checkpoint(out_dir / "best.pt", data_dir=data_dir, device=device)
     reached = next(((e, t) for r, t, a in probe.rows if a >= TARGET_EARLY for e in [r.epoch]), None)
     per_epoch = sum(r.seconds for r, _, _ in probe.rows) / len(probe.rows)
-    return {"model": model, "epochs": config.epochs, "seconds": probe.elapsed,
-            "per_epoch": per_epoch, "reached": reached, "best_test": best.accuracy}
+    return {
+        "model": model,
+        "epochs": config.epochs,
+        "seconds": probe.elapsed,
+        "per_epoch": per_epoch,
+        "reached": reached,
+        "best_test": best.accuracy,
+    }
 
 
 def main() -> None:
@@ -73,20 +80,26 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor()}")
     results = [run(m, args.data_dir, args.device, args.epochs) for m in args.models.split(",")]
 
-    print("\n| model | epochs | s/epoch | total s | first epoch >= 99.0% test (s) | best.pt test acc |")
+    print("\n| model | epochs | s/epoch | total s | first >= 99.0% test | best.pt test acc |")
     print("|---|---|---|---|---|---|")
     for r in results:
         reached = f"epoch {r['reached'][0]} ({r['reached'][1]:.1f} s)" if r["reached"] else "no"
-        print(f"| {r['model']} | {r['epochs']} | {r['per_epoch']:.1f} | {r['seconds']:.1f} | "
-              f"{reached} | {r['best_test']:.2%} |")
+        print(
+            f"| {r['model']} | {r['epochs']} | {r['per_epoch']:.1f} | {r['seconds']:.1f} | "
+            f"{reached} | {r['best_test']:.2%} |"
+        )
     for r in results:
         target = TARGET_FINAL[r["model"]]
         verdict = "met" if r["best_test"] >= target else "MISSED"
-        print(f"{r['model']}: best.pt test accuracy {r['best_test']:.2%} "
-              f"(target {target:.1%}: {verdict})")
+        print(
+            f"{r['model']}: best.pt test accuracy {r['best_test']:.2%} "
+            f"(target {target:.1%}: {verdict})"
+        )
         if r["model"] == "cnn":
             ok = r["reached"] is not None and r["reached"][1] <= TARGET_SECONDS
-            print(f"cnn: 99.0% within {TARGET_SECONDS:.0f} s of training: {'met' if ok else 'MISSED'}")
+            print(
+                f"cnn: 99.0% within {TARGET_SECONDS:.0f} s of training: {'met' if ok else 'MISSED'}"
+            )
 
 
 if __name__ == "__main__":

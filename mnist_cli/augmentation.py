@@ -12,6 +12,7 @@ def random_affine(
     images: torch.Tensor,
     *,
     background: float,
+    generator: torch.Generator | None = None,
     max_degrees: float = 10.0,
     max_scale: float = 0.1,
     max_shift_pixels: float = 2.0,
@@ -21,7 +22,10 @@ def random_affine(
     One `grid_sample` call for the whole batch, so it costs a fraction of a training step.
     """
     n, _, height, _ = images.shape
-    draw = lambda: torch.rand(n, device=images.device) * 2 - 1  # noqa: E731  uniform in [-1, 1]
+
+    def draw() -> torch.Tensor:  # uniform in [-1, 1], one value per image
+        return torch.rand(n, device=images.device, generator=generator) * 2 - 1
+
     angle = draw() * math.radians(max_degrees)
     scale = 1 + draw() * max_scale
     shift = max_shift_pixels * 2 / height  # grid coordinates span 2 across the image

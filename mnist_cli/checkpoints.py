@@ -38,7 +38,9 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         ) from error
     except Exception as error:  # torch.load raises many types on a damaged file
         raise CheckpointError(f"{path}: not a readable checkpoint ({error!r})") from error
-    missing = [key for key in _REQUIRED if key not in payload] if isinstance(payload, dict) else _REQUIRED
+    missing = (
+        [key for key in _REQUIRED if key not in payload] if isinstance(payload, dict) else _REQUIRED
+    )
     if missing:
         raise CheckpointError(f"{path}: not an mnist checkpoint (missing {', '.join(missing)})")
     return payload

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -49,7 +49,9 @@ def _version(value: bool) -> None:
 def main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Handwritten digit recognition: download MNIST, train, test, export, predict.
@@ -62,7 +64,10 @@ DataDir = Annotated[
     Path, typer.Option("--data-dir", help="Folder holding MNIST (as torchvision lays it out).")
 ]
 Device = Annotated[
-    str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (auto: an accelerator if present).")
+    str,
+    typer.Option(
+        "--device", help="auto, cpu, cuda, cuda:N or mps (auto: an accelerator if present)."
+    ),
 ]
 
 
@@ -70,7 +75,7 @@ Device = Annotated[
 def download(
     data_dir: DataDir = Path("datafiles"),
     source: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--from", help="Import the four files from this local folder (gzip or not)."),
     ] = None,
     verify: Annotated[
@@ -84,7 +89,8 @@ def download(
 
     Example: mnist download --from ~/Downloads/mnist
     """
-    from mnist_cli import console, download as core
+    from mnist_cli import console
+    from mnist_cli import download as core
 
     with _user_errors():
         if source is not None:
@@ -100,14 +106,38 @@ def download(
 @app.command()
 def train(
     model: Annotated[
-        Optional[str], typer.Option(help="Architecture: cnn (default, strongest) or fc (the tutorial's net).")
+        str | None,
+        typer.Option(help="Architecture: cnn (default, strongest) or fc (the tutorial's net)."),
     ] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training images. [default: cnn 15, fc 20]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per optimiser step. [default: 256]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the one-cycle schedule. [default: cnn 4e-3, fc 1e-3]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for weights, validation split and batch order. [default: 0]")] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random rotations, scalings and shifts of each batch. [default: on for cnn, off for fc]")] = None,
-    validation_size: Annotated[Optional[int], typer.Option(help="Training images held out to pick best.pt. [default: 5000]")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Passes over the training images. [default: cnn 15, fc 20]"),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per optimiser step. [default: 256]")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak learning rate of the one-cycle schedule. [default: cnn 4e-3, fc 1e-3]"
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed for weights, validation split and batch order. [default: 0]"),
+    ] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment",
+            help="Random rotations, scalings and shifts of each batch. "
+            "[default: on for cnn, off for fc]",
+        ),
+    ] = None,
+    validation_size: Annotated[
+        int | None,
+        typer.Option(help="Training images held out to pick best.pt. [default: 5000]"),
+    ] = None,
     device: Device = "auto",
     data_dir: DataDir = Path("datafiles"),
     out: Annotated[Path, typer.Option(help="Folder for last.pt and best.pt.")] = Path("params"),
@@ -124,27 +154,44 @@ def train(
     from mnist_cli import console
     from mnist_cli.errors import MnistError
 
-    chosen = {"model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment,
-              "validation_size": validation_size}
+    chosen = {
+        "model": model,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "augment": augment,
+        "validation_size": validation_size,
+    }
     given = [f"--{k.replace('_', '-')}" for k, v in chosen.items() if v is not None]
     if resume and given:
-        console.print_error(MnistError(
-            f"--resume continues with the saved options; drop {', '.join(given)}",
-        ))
+        console.print_error(
+            MnistError(
+                f"--resume continues with the saved options; drop {', '.join(given)}",
+            )
+        )
         raise typer.Exit(code=2)
     with _user_errors():
         from mnist_cli import training
 
         try:
-            config = None if resume else training.default_config(
-                model or "cnn", **{k: v for k, v in chosen.items() if k != "model"}
+            config = (
+                None
+                if resume
+                else training.default_config(
+                    model or "cnn", **{k: v for k, v in chosen.items() if k != "model"}
+                )
             )
         except (ValueError, TypeError) as error:
             console.print_error(MnistError(str(error)))
             raise typer.Exit(code=2) from None
         with console.TrainProgress() as progress:
             result = training.train(
-                config, data_dir=data_dir, out_dir=out, device=device, resume=resume,
+                config,
+                data_dir=data_dir,
+                out_dir=out,
+                device=device,
+                resume=resume,
                 callback=progress,
             )
     console.note(
@@ -155,12 +202,16 @@ def train(
 
 @app.command()
 def test(
-    model: Annotated[Path, typer.Option("--model", help="Checkpoint to evaluate.")] = Path("params/best.pt"),
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint to evaluate.")] = Path(
+        "params/best.pt"
+    ),
     data_dir: DataDir = Path("datafiles"),
     device: Device = "auto",
-    json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the report as one JSON object.")
+    ] = False,
     errors: Annotated[
-        Optional[Path], typer.Option(help="Save a PNG grid of the misclassified digits here.")
+        Path | None, typer.Option(help="Save a PNG grid of the misclassified digits here.")
     ] = None,
 ) -> None:
     """Evaluate a model on the 10,000 MNIST test images.
@@ -186,7 +237,9 @@ def test(
 @app.command()
 def export(
     format: Annotated[str, typer.Option("--format", help="Output format: onnx.")] = "onnx",
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint to export.")] = Path("params/best.pt"),
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint to export.")] = Path(
+        "params/best.pt"
+    ),
     out: Annotated[Path, typer.Option(help="File to write.")] = Path("exported/model.onnx"),
     opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 18,
     data_dir: DataDir = Path("datafiles"),
@@ -206,9 +259,11 @@ def export(
         from mnist_cli.errors import MnistError
 
         if format not in core.FORMATS:
-            console.print_error(MnistError(
-                f"--format {format!r} is not supported; choose from {', '.join(core.FORMATS)}"
-            ))
+            console.print_error(
+                MnistError(
+                    f"--format {format!r} is not supported; choose from {', '.join(core.FORMATS)}"
+                )
+            )
             raise typer.Exit(code=2)
         result = core.export_onnx(checkpoint, out, opset=opset, data_dir=data_dir)
     images = "MNIST test images" if result.real_images else "random images (no MNIST data found)"
@@ -222,16 +277,30 @@ def export(
 
 @app.command()
 def predict(
-    paths: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
-    backend: Annotated[str, typer.Option(help="torch (a .pt checkpoint) or onnxruntime (a .onnx file).")] = "torch",
+    paths: Annotated[
+        list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)
+    ],
+    backend: Annotated[
+        str, typer.Option(help="torch (a .pt checkpoint) or onnxruntime (a .onnx file).")
+    ] = "torch",
     model: Annotated[
-        Optional[Path],
-        typer.Option("--model", help="Model file. [default: params/best.pt for torch, exported/model.onnx for onnxruntime]"),
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Model file. "
+            "[default: params/best.pt for torch, exported/model.onnx for onnxruntime]",
+        ),
     ] = None,
     device: Device = "auto",
-    top_k: Annotated[int, typer.Option("--top-k", min=1, max=10, help="Show the K most likely digits.")] = 1,
-    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image per line.")] = False,
-    raw: Annotated[bool, typer.Option(help="Images are MNIST-style 28x28 already: skip preprocessing.")] = False,
+    top_k: Annotated[
+        int, typer.Option("--top-k", min=1, max=10, help="Show the K most likely digits.")
+    ] = 1,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object per image per line.")
+    ] = False,
+    raw: Annotated[
+        bool, typer.Option(help="Images are MNIST-style 28x28 already: skip preprocessing.")
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 256,
 ) -> None:
     """Read the digit in each image: photos, scans or drawings, any size and position.

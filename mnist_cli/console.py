@@ -51,8 +51,12 @@ class DownloadProgress:
 
     def __init__(self) -> None:
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err,
             disable=not err.is_terminal,
         )
         self._tasks: dict[str, Any] = {}
@@ -76,9 +80,14 @@ class TrainProgress:
     def __init__(self) -> None:
         self.live = err.is_terminal
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=err, disable=not self.live,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=not self.live,
         )
         self._epochs: Any = None
         self._batches: Any = None
@@ -104,7 +113,9 @@ class TrainProgress:
     def on_batch(self, *, epoch: int, step: int, steps: int, loss: float, rate: float) -> None:
         if self.live:
             self._progress.update(
-                self._batches, completed=step, description=f"epoch {epoch + 1}",
+                self._batches,
+                completed=step,
+                description=f"epoch {epoch + 1}",
                 status=f"loss {loss:.4f}  {rate:,.0f} img/s",
             )
 
@@ -140,8 +151,13 @@ def show_report(report: Report) -> None:
     for column in ("digit", "precision", "recall", "F1", "support"):
         scores.add_column(column, justify="right")
     for row in report.classes:
-        scores.add_row(row.label, f"{row.precision:.4f}", f"{row.recall:.4f}", f"{row.f1:.4f}",
-                       str(row.support))
+        scores.add_row(
+            row.label,
+            f"{row.precision:.4f}",
+            f"{row.recall:.4f}",
+            f"{row.f1:.4f}",
+            str(row.support),
+        )
     out.print(scores)
     confusion = Table(title="Confusion (rows: true, columns: predicted)", title_justify="left")
     confusion.add_column("")
@@ -178,7 +194,10 @@ class PredictionOutput:
 
     def __init__(self, *, json_output: bool, top_k: int) -> None:
         self.json_output, self.top_k = json_output, top_k
-        self.table = Table("file", "digit", "confidence")
+        self.table = Table()
+        self.table.add_column("file", overflow="fold")
+        self.table.add_column("digit", justify="right")
+        self.table.add_column("confidence", justify="right")
         if top_k > 1:
             self.table.add_column(f"top {top_k}")
         self.rows = 0
@@ -191,8 +210,9 @@ class PredictionOutput:
             err.print(f"[red]{result.path}[/]: {result.error}", soft_wrap=True)
             return
         if self.json_output:
-            print_json({"path": result.path, "digit": result.digit,
-                        "probabilities": result.probabilities})
+            print_json(
+                {"path": result.path, "digit": result.digit, "probabilities": result.probabilities}
+            )
             return
         cells = [result.path, str(result.digit), f"{result.confidence:.2%}"]
         if self.top_k > 1:

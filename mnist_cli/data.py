@@ -1,4 +1,4 @@
-"""The MNIST files on disk: names, official checksums, the IDX reader and the train/validation split."""
+"""The MNIST files on disk: names, official checksums, the IDX reader, the validation split."""
 
 from __future__ import annotations
 
@@ -107,9 +107,7 @@ def load_split(data_dir: Path | str, split: str) -> Split:
 def split_train_validation(train: Split, validation_size: int, seed: int) -> tuple[Split, Split]:
     """Hold out `validation_size` training images, chosen by `seed`, for picking checkpoints."""
     if not 0 < validation_size < len(train):
-        raise DataError(
-            f"validation size {validation_size} must be between 1 and {len(train) - 1}"
-        )
+        raise DataError(f"validation size {validation_size} must be between 1 and {len(train) - 1}")
     order = np.random.default_rng(seed).permutation(len(train))
     held, kept = order[:validation_size], order[validation_size:]
     return (

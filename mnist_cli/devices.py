@@ -24,15 +24,19 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "mps":
         if not torch.backends.mps.is_available():
-            raise DeviceError("--device mps: Apple's MPS backend is not available here",
-                              hint="use --device cpu or --device auto")
+            raise DeviceError(
+                "--device mps: Apple's MPS backend is not available here",
+                hint="use --device cpu or --device auto",
+            )
         return torch.device("mps")
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
     if not match:
         raise DeviceError(f"--device {name!r} is not one of {DEVICE_CHOICES}")
     if not torch.cuda.is_available():
-        raise DeviceError(f"--device {name}: CUDA is not available on this machine",
-                          hint="use --device cpu or --device auto")
+        raise DeviceError(
+            f"--device {name}: CUDA is not available on this machine",
+            hint="use --device cpu or --device auto",
+        )
     index = int(match.group(1) or 0)
     if index >= torch.cuda.device_count():
         raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")

@@ -7,7 +7,9 @@ import urllib.request
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 from mnist_cli.data import OFFICIAL_MD5, md5_of, parse_idx, raw_dir
 from mnist_cli.errors import DownloadError
@@ -35,6 +37,10 @@ def torchvision_resources() -> tuple[list[str], list[tuple[str, str]]]:
     from torchvision.datasets import MNIST
 
     return list(MNIST.mirrors), list(MNIST.resources)
+
+
+def _write(data: bytes, out: BinaryIO) -> None:
+    out.write(data)
 
 
 def _is_official(path: Path, name: str) -> bool:
@@ -86,7 +92,7 @@ def download_mnist(
             except (OSError, ValueError, EOFError, zlib.error) as error:
                 failures.append(f"{url}: {error}")
                 continue
-            atomic_write(target, lambda out: out.write(data))
+            atomic_write(target, partial(_write, data))
             outcomes.append(FileOutcome(name, target, "downloaded", url))
             break
         else:
@@ -140,6 +146,6 @@ def import_mnist(
         if target.is_file() and target.read_bytes() == data:
             outcomes.append(FileOutcome(name, target, "present", str(path)))
         else:
-            atomic_write(target, lambda out: out.write(data))
+            atomic_write(target, partial(_write, data))
             outcomes.append(FileOutcome(name, target, "imported", str(path)))
     return outcomes

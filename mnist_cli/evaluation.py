@@ -17,14 +17,18 @@ from mnist_cli.devices import resolve_device
 _BATCH = 1000
 
 
-def normalize(images: torch.Tensor, normalization: dict[str, float] = NORMALIZATION) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, normalization: dict[str, float] = NORMALIZATION
+) -> torch.Tensor:
     """uint8 N x 28 x 28 -> float N x 1 x 28 x 28, scaled to [0, 1] then standardised."""
     scaled = images.unsqueeze(1).float().div_(255)
     return scaled.sub_(normalization["mean"]).div_(normalization["std"])
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = _BATCH) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int = _BATCH
+) -> torch.Tensor:
     """Logits of a normalised batch, computed in chunks in eval mode."""
     model.eval()
     return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])

@@ -1,4 +1,4 @@
-"""Exporting a checkpoint to one self-contained ONNX file, verified against torch before it lands."""
+"""Exporting a checkpoint to one self-contained ONNX file, checked against torch before it lands."""
 
 from __future__ import annotations
 
@@ -85,9 +85,15 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                classifier, (example,), dynamo=True, opset_version=opset,
-                input_names=["image"], output_names=["logits", "probabilities"],
-                dynamic_shapes={"image": {0: batch}}, external_data=False, verbose=False,
+                classifier,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["image"],
+                output_names=["logits", "probabilities"],
+                dynamic_shapes={"image": {0: batch}},
+                external_data=False,
+                verbose=False,
             )
         model = program.model_proto
     except Exception as error:  # the exporter raises many kinds
@@ -97,8 +103,9 @@ def export_onnx(
     metadata = {
         "class_labels": json.dumps(payload["class_labels"]),
         "input": INPUT_DESCRIPTION,
-        "architecture": json.dumps({"name": payload["architecture"],
-                                    "arguments": payload["arguments"]}),
+        "architecture": json.dumps(
+            {"name": payload["architecture"], "arguments": payload["arguments"]}
+        ),
         "normalization": json.dumps(payload["normalization"]),
         "source_checkpoint_sha256": sha256_of(checkpoint),
         "val_accuracy": str(payload.get("val_accuracy", "")),
@@ -131,6 +138,7 @@ def export_onnx(
 def _onnxruntime_probabilities(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(io.BytesIO(model_bytes).getvalue(),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        io.BytesIO(model_bytes).getvalue(), providers=["CPUExecutionProvider"]
+    )
     return session.run(["probabilities"], {"image": images})[0]

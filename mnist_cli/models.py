@@ -61,7 +61,9 @@ def default_arguments(architecture: str) -> dict[str, Any]:
         return {"hidden": [512, 256, 256, 128, 64], "classes": 10}
     if architecture == "cnn":
         return {"channels": [16, 32, 64], "classes": 10}  # ~24k weights, ~9k img/s on 2 cores
-    raise ValueError(f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}")
+    raise ValueError(
+        f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}"
+    )
 
 
 def build_model(architecture: str, arguments: dict[str, Any] | None = None) -> nn.Module:
@@ -71,7 +73,9 @@ def build_model(architecture: str, arguments: dict[str, Any] | None = None) -> n
         return FullyConnected(tuple(arguments["hidden"]), arguments["classes"])
     if architecture == "cnn":
         return ConvNet(tuple(arguments["channels"]), arguments["classes"])
-    raise ValueError(f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}")
+    raise ValueError(
+        f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}"
+    )
 
 
 class Classifier(nn.Module):

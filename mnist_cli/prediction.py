@@ -18,8 +18,20 @@ from mnist_cli.preprocessing import ImageError, load_digit
 
 BACKENDS = ("torch", "onnxruntime")
 DEFAULT_MODELS = {"torch": Path("params/best.pt"), "onnxruntime": Path("exported/model.onnx")}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm",
-                  ".ppm", ".pbm", ".pnm"}
+IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".pgm",
+    ".ppm",
+    ".pbm",
+    ".pnm",
+}
 
 
 class ModelError(MnistError):
@@ -77,8 +89,10 @@ class OnnxBackend:
 
         model_path = Path(model_path)
         if not model_path.is_file():
-            raise ModelError(f"no model at {model_path}",
-                             hint="export one with `mnist export --format onnx`, or pass --model")
+            raise ModelError(
+                f"no model at {model_path}",
+                hint="export one with `mnist export --format onnx`, or pass --model",
+            )
         available = onnxruntime.get_available_providers()
         wanted = ["CPUExecutionProvider"]
         if device != "cpu" and "CUDAExecutionProvider" in available:
@@ -169,7 +183,7 @@ def predict_paths(
         )
         results = iter(
             Prediction(path, int(p.argmax()), [float(x) for x in p])
-            for (path, _), p in zip(ready, probabilities)
+            for (path, _), p in zip(ready, probabilities, strict=True)
         )
         for position in range(len(chunk)):
             yield failed[position] if position in failed else next(results)

@@ -133,8 +133,9 @@ def load_digit(path: Path | str, *, raw: bool = False) -> np.ndarray:
     image = open_image(path)
     if raw:
         if image.size != (_SIZE, _SIZE):
-            raise ImageError(f"{path}: --raw needs a 28x28 image, this one is "
-                             f"{image.size[0]}x{image.size[1]}")
+            raise ImageError(
+                f"{path}: --raw needs a 28x28 image, this one is {image.size[0]}x{image.size[1]}"
+            )
         return to_grayscale(image)
     image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
     return digit_from_array(to_grayscale(image), name=str(path))

@@ -122,7 +122,9 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"--out {out_dir}: cannot create the folder ({error.strerror})") from error
+        raise OutputError(
+            f"--out {out_dir}: cannot create the folder ({error.strerror})"
+        ) from error
     lock = out_dir / ".lock"
     for _ in range(2):
         try:
@@ -186,19 +188,6 @@ def _to_device(split: Split, device: torch.device, channels_last: bool) -> tuple
     return images, torch.from_numpy(split.labels).to(device)
 
 
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _restore_rng(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def _config_from(saved: dict[str, Any]) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in saved.items() if k in known})
@@ -224,8 +213,10 @@ def train(
     saved = None
     if resume:
         if not last_path.is_file():
-            raise CheckpointError(f"--resume: no {last_path} to continue from",
-                                  hint="start a new run without --resume")
+            raise CheckpointError(
+                f"--resume: no {last_path} to continue from",
+                hint="start a new run without --resume",
+            )
         saved = load_checkpoint(last_path)
         if "optimizer" not in saved:
             raise CheckpointError(f"--resume: {last_path} holds no optimiser state")
@@ -233,8 +224,9 @@ def train(
     config = config or default_config()
 
     with _exclusive(out_dir), _StopFlag() as stop:
-        return _run(config, saved, Path(data_dir), torch_device, best_path, last_path,
-                    callback, stop)
+        return _run(
+            config, saved, Path(data_dir), torch_device, best_path, last_path, callback, stop
+        )
 
 
 def _run(
@@ -254,14 +246,17 @@ def _run(
     train_x, train_y = _to_device(train_split, device, channels_last)
     val_x, val_y = _to_device(val_split, device, channels_last)
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # initial weights
+    # Augmentation draws from its own generator, saved with last.pt: nothing else can shift it.
+    augment_rng = torch.Generator(device=device).manual_seed(config.seed)
     arguments = saved["arguments"] if saved else default_arguments(config.model)
     model = model_from_checkpoint(saved) if saved else build_model(config.model, arguments)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     steps = math.ceil(len(train_split) / config.batch_size)
     background = -NORMALIZATION["mean"] / NORMALIZATION["std"]  # a blank pixel, normalised
     total_steps = steps * config.epochs
@@ -275,7 +270,10 @@ def _run(
         start_epoch, start_step = saved["epoch"], saved["step"]
         best_acc, best_epoch = saved["best_val_accuracy"], saved["best_epoch"]
         partial_loss, partial_seconds = saved["partial_loss"], saved["partial_seconds"]
-        _restore_rng(saved["rng"], device)
+        try:
+            augment_rng.set_state(saved["augment_rng"])
+        except (RuntimeError, KeyError):  # saved on another kind of device: reseed instead
+            augment_rng.manual_seed(config.seed + start_epoch)
 
     def payload(epoch: int, step: int, val_accuracy: float) -> dict[str, Any]:
         return {
@@ -296,8 +294,12 @@ def _run(
 
     def save_last(epoch: int, step: int, loss_sum: float, seconds: float) -> None:
         state = payload(epoch, step, history[-1].val_accuracy if history else 0.0)
-        state.update(optimizer=optimizer.state_dict(), rng=_rng_state(device),
-                     partial_loss=loss_sum, partial_seconds=seconds)
+        state.update(
+            optimizer=optimizer.state_dict(),
+            augment_rng=augment_rng.get_state(),
+            partial_loss=loss_sum,
+            partial_seconds=seconds,
+        )
         save_checkpoint(state, last_path)
 
     callback.on_start(config=config, device=str(device), start_epoch=start_epoch, steps=steps)
@@ -315,9 +317,10 @@ def _run(
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             batch = train_x[index]
             if config.augment:
-                batch = random_affine(batch, background=background)
-            loss = nn.functional.cross_entropy(model(batch), train_y[index],
-                                               label_smoothing=config.label_smoothing)
+                batch = random_affine(batch, background=background, generator=augment_rng)
+            loss = nn.functional.cross_entropy(
+                model(batch), train_y[index], label_smoothing=config.label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -325,8 +328,13 @@ def _run(
             loss_sum += loss_value * len(index)
             elapsed = time.perf_counter() - started
             done = min((step + 1) * config.batch_size, len(train_split)) - first * config.batch_size
-            callback.on_batch(epoch=epoch, step=step + 1, steps=steps, loss=loss_value,
-                              rate=done / max(elapsed, 1e-9))
+            callback.on_batch(
+                epoch=epoch,
+                step=step + 1,
+                steps=steps,
+                loss=loss_value,
+                rate=done / max(elapsed, 1e-9),
+            )
             if stop.raised:
                 save_last(epoch, step + 1, loss_sum, seconds_before + elapsed)
                 raise TrainingInterrupted(

@@ -27,13 +27,21 @@ def main(source: Path) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(2024)
     for split, (images_name, labels_name) in SPLIT_FILES.items():
-        images = parse_idx(gzip.decompress((source / f"{images_name}.gz").read_bytes()),
-                           name=images_name, labels=False)
-        labels = parse_idx(gzip.decompress((source / f"{labels_name}.gz").read_bytes()),
-                           name=labels_name, labels=True)
+        images = parse_idx(
+            gzip.decompress((source / f"{images_name}.gz").read_bytes()),
+            name=images_name,
+            labels=False,
+        )
+        labels = parse_idx(
+            gzip.decompress((source / f"{labels_name}.gz").read_bytes()),
+            name=labels_name,
+            labels=True,
+        )
         keep = np.sort(rng.choice(len(labels), SIZES[split], replace=False))
-        for name, array, is_labels in ((images_name, images[keep], False),
-                                       (labels_name, labels[keep], True)):
+        for name, array, is_labels in (
+            (images_name, images[keep], False),
+            (labels_name, labels[keep], True),
+        ):
             # mtime=0 keeps the gzip bytes identical from one run to the next
             packed = gzip.compress(idx_bytes(array, is_labels), compresslevel=9, mtime=0)
             (OUT / f"{name}.gz").write_bytes(packed)

@@ -32,5 +32,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import_mnist(root / "datafiles", SUBSET, verify_md5=False)
     config = default_config("cnn", epochs=3, validation_size=500)
     train(config, data_dir=root / "datafiles", out_dir=root / "params", device="cpu")
-    return {"data_dir": root / "datafiles", "checkpoint": root / "params" / "best.pt",
-            "out_dir": root / "params"}
+    return {
+        "data_dir": root / "datafiles",
+        "checkpoint": root / "params" / "best.pt",
+        "out_dir": root / "params",
+    }

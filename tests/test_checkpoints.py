@@ -42,7 +42,7 @@ def test_text_file_is_not_a_checkpoint(tmp_path):
 
 class Payload:
     def __reduce__(self):
-        return (exec, ("open(%r, 'w').write('ran')" % str(MARKER),))
+        return (exec, (f"open({str(MARKER)!r}, 'w').write('ran')",))
 
 
 MARKER = None

@@ -52,8 +52,9 @@ def test_help_does_not_import_torch():
 
 
 def test_python_dash_m_is_the_same_command():
-    done = subprocess.run([sys.executable, "-m", "mnist_cli", "--help"], capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mnist_cli", "--help"], capture_output=True, text=True
+    )
     assert done.returncode == 0 and "download" in done.stdout
 
 
@@ -117,12 +118,34 @@ def test_end_to_end_import_train_test(tmp_path, subset_dir):
     assert result.exit_code == 0 and "imported" in result.output
     result = run("download", "--from", subset_dir, "--no-verify", "--data-dir", data)
     assert "already present and valid" in result.output
-    result = run("train", "--epochs", "2", "--validation-size", "500", "--device", "cpu",
-                 "--data-dir", data, "--out", out)
+    result = run(
+        "train",
+        "--epochs",
+        "2",
+        "--validation-size",
+        "500",
+        "--device",
+        "cpu",
+        "--data-dir",
+        data,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "epoch   2" in result.output and (out / "best.pt").is_file()
-    result = runner.invoke(app, ["test", "--model", str(out / "best.pt"), "--data-dir", str(data),
-                                 "--json", "--errors", str(tmp_path / "e.png")])
+    result = runner.invoke(
+        app,
+        [
+            "test",
+            "--model",
+            str(out / "best.pt"),
+            "--data-dir",
+            str(data),
+            "--json",
+            "--errors",
+            str(tmp_path / "e.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["images"] == 1000 and report["accuracy"] > 0.9

@@ -8,7 +8,11 @@ from mnist_cli.errors import DataError
 
 
 def idx(array: np.ndarray, magic: int) -> bytes:
-    return magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape) + array.tobytes()
+    return (
+        magic.to_bytes(4, "big")
+        + b"".join(n.to_bytes(4, "big") for n in array.shape)
+        + array.tobytes()
+    )
 
 
 def test_parses_images_and_labels():

@@ -38,7 +38,9 @@ def test_import_accepts_uncompressed_dotted_names(tmp_path, subset_dir):
     source.mkdir()
     for name in OFFICIAL_MD5:
         stem, kind = name.rsplit("-", 1)
-        (source / f"{stem}.{kind}").write_bytes(gzip.decompress((subset_dir / f"{name}.gz").read_bytes()))
+        (source / f"{stem}.{kind}").write_bytes(
+            gzip.decompress((subset_dir / f"{name}.gz").read_bytes())
+        )
     outcomes = import_mnist(tmp_path / "out", source, verify_md5=False)
     assert [o.status for o in outcomes] == ["imported"] * 4
 
@@ -79,8 +81,12 @@ def file_mirror(tmp_path, subset_dir, monkeypatch):
 def test_download_falls_back_to_the_next_mirror_with_progress(tmp_path, file_mirror):
     mirrors, resources = file_mirror
     seen = []
-    outcomes = download_mnist(tmp_path / "d", mirrors=mirrors, resources=resources,
-                              on_progress=lambda name, done, total: seen.append((name, done)))
+    outcomes = download_mnist(
+        tmp_path / "d",
+        mirrors=mirrors,
+        resources=resources,
+        on_progress=lambda name, done, total: seen.append((name, done)),
+    )
     assert [o.status for o in outcomes] == ["downloaded"] * 4
     assert all(o.source.startswith(mirrors[1]) for o in outcomes)
     assert {name for name, _ in seen} == set(OFFICIAL_MD5)

@@ -20,8 +20,9 @@ def test_report_counts_from_logits():
 
 
 def test_evaluate_and_save_the_errors(trained, tmp_path):
-    report, wrong = evaluate_checkpoint(trained["checkpoint"], data_dir=trained["data_dir"],
-                                        device="cpu")
+    report, wrong = evaluate_checkpoint(
+        trained["checkpoint"], data_dir=trained["data_dir"], device="cpu"
+    )
     assert report.images == 1000
     assert sum(map(sum, report.confusion)) == 1000
     assert len(wrong.labels) == report.errors

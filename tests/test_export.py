@@ -63,8 +63,11 @@ def test_random_images_when_no_data(trained, tmp_path):
 def test_mismatch_leaves_no_file(trained, tmp_path, monkeypatch):
     import mnist_cli.export as export
 
-    monkeypatch.setattr(export, "_onnxruntime_probabilities",
-                        lambda data, images: np.full((len(images), 10), 0.1, np.float32))
+    monkeypatch.setattr(
+        export,
+        "_onnxruntime_probabilities",
+        lambda data, images: np.full((len(images), 10), 0.1, np.float32),
+    )
     with pytest.raises(ExportError, match="disagrees"):
         export_onnx(trained["checkpoint"], tmp_path / "m.onnx", data_dir=trained["data_dir"])
     assert not any(tmp_path.iterdir())

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -31,8 +30,12 @@ def models(trained, tmp_path_factory):
         scan = Image.fromarray(255 - test.images[i]).resize((112, 112), Image.BILINEAR)
         folder = images / "nested" if i % 2 else images
         scan.save(folder / f"{i:02d}-label{test.labels[i]}.png")
-    return {"pt": trained["checkpoint"], "onnx": onnx_path, "images": images,
-            "labels": test.labels[:20]}
+    return {
+        "pt": trained["checkpoint"],
+        "onnx": onnx_path,
+        "images": images,
+        "labels": test.labels[:20],
+    }
 
 
 def test_expand_files_folders_and_globs(models, tmp_path):
@@ -51,7 +54,7 @@ def test_both_backends_read_the_digits(models, backend):
     results = list(predict_paths(engine, [str(models["images"])], batch_size=8))
     assert len(results) == 20 and all(r.error is None for r in results)
     truth = [int(r.path.split("label")[1][0]) for r in results]
-    correct = sum(r.digit == t for r, t in zip(results, truth))
+    correct = sum(r.digit == t for r, t in zip(results, truth, strict=True))
     assert correct >= 17
     assert all(abs(sum(r.probabilities) - 1) < 1e-4 for r in results)
 
@@ -78,9 +81,18 @@ def test_cli_json_lines_and_bad_files(models, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     Image.new("L", (40, 40), 255).save(tmp_path / "blank.png")
     good = sorted(models["images"].glob("*.png"))[:3]
-    args = ["predict", *map(str, good), str(tmp_path / "broken.png"), str(tmp_path / "blank.png"),
-            str(tmp_path / "missing.png"), "--backend", "onnxruntime", "--model",
-            str(models["onnx"]), "--json"]
+    args = [
+        "predict",
+        *map(str, good),
+        str(tmp_path / "broken.png"),
+        str(tmp_path / "blank.png"),
+        str(tmp_path / "missing.png"),
+        "--backend",
+        "onnxruntime",
+        "--model",
+        str(models["onnx"]),
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -93,8 +105,19 @@ def test_cli_json_lines_and_bad_files(models, tmp_path):
 
 
 def test_cli_table_with_top_k(models):
-    result = runner.invoke(app, ["predict", str(models["images"]), "--model", str(models["pt"]),
-                                 "--device", "cpu", "--top-k", "3"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(models["images"]),
+            "--model",
+            str(models["pt"]),
+            "--device",
+            "cpu",
+            "--top-k",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "top 3" in result.stdout and "confidence" in result.stdout
     assert "running on cpu" in result.stderr
@@ -115,15 +138,35 @@ def test_onnxruntime_path_never_imports_torch(models):
 
 
 def test_export_command_rejects_unknown_format(trained, tmp_path):
-    result = runner.invoke(app, ["export", "--format", "tflite", "--checkpoint",
-                                 str(trained["checkpoint"]), "--out", str(tmp_path / "m")])
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            "--format",
+            "tflite",
+            "--checkpoint",
+            str(trained["checkpoint"]),
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
     assert result.exit_code == 2 and "choose from onnx" in result.output
 
 
 def test_export_command_prints_its_checks(trained, tmp_path):
     out = tmp_path / "m.onnx"
-    result = runner.invoke(app, ["export", "--checkpoint", str(trained["checkpoint"]),
-                                 "--out", str(out), "--data-dir", str(trained["data_dir"])])
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            "--checkpoint",
+            str(trained["checkpoint"]),
+            "--out",
+            str(out),
+            "--data-dir",
+            str(trained["data_dir"]),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "onnx.checker: passed" in result.output and "1000 MNIST test images" in result.output
     assert out.is_file()

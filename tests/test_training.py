@@ -33,7 +33,9 @@ def test_recipes_and_overrides():
 
 
 def test_trained_model_is_far_above_chance(trained):
-    report, _ = evaluate_checkpoint(trained["checkpoint"], data_dir=trained["data_dir"], device="cpu")
+    report, _ = evaluate_checkpoint(
+        trained["checkpoint"], data_dir=trained["data_dir"], device="cpu"
+    )
     assert report.accuracy > 0.9  # chance is 0.1; 3 epochs on 3,500 digits
 
 
@@ -57,13 +59,24 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class UsesTheGlobalRng(TrainCallback):
+    def on_epoch(self, record, *, best):
+        torch.rand(100)  # as a callback building a model would
+
+
 def test_same_seed_same_weights(data_dir, tmp_path):
     config = default_config("cnn", **TINY)
-    for name in ("a", "b"):
-        train(config, data_dir=data_dir, out_dir=tmp_path / name, device="cpu")
+    train(config, data_dir=data_dir, out_dir=tmp_path / "a", device="cpu")
+    train(
+        config, data_dir=data_dir, out_dir=tmp_path / "b", device="cpu", callback=UsesTheGlobalRng()
+    )
     assert _same(_weights(tmp_path / "a/last.pt"), _weights(tmp_path / "b/last.pt"))
-    train(default_config("cnn", seed=1, **TINY), data_dir=data_dir, out_dir=tmp_path / "c",
-          device="cpu")
+    train(
+        default_config("cnn", seed=1, **TINY),
+        data_dir=data_dir,
+        out_dir=tmp_path / "c",
+        device="cpu",
+    )
     assert not _same(_weights(tmp_path / "a/last.pt"), _weights(tmp_path / "c/last.pt"))
 
 
@@ -82,8 +95,13 @@ def test_ctrl_c_saves_and_resume_gives_the_same_weights(data_dir, tmp_path):
     config = default_config("cnn", **TINY)
     train(config, data_dir=data_dir, out_dir=tmp_path / "whole", device="cpu")
     with pytest.raises(TrainingInterrupted) as caught:
-        train(config, data_dir=data_dir, out_dir=tmp_path / "cut", device="cpu",
-              callback=InterruptAt(epoch=1, step=10))
+        train(
+            config,
+            data_dir=data_dir,
+            out_dir=tmp_path / "cut",
+            device="cpu",
+            callback=InterruptAt(epoch=1, step=10),
+        )
     assert caught.value.exit_code == 130 and "--resume" in caught.value.hint
     saved = load_checkpoint(tmp_path / "cut/last.pt")
     assert (saved["epoch"], saved["step"]) == (1, 10)
@@ -95,8 +113,12 @@ def test_ctrl_c_saves_and_resume_gives_the_same_weights(data_dir, tmp_path):
 def test_out_that_is_a_file_fails_before_training(data_dir, tmp_path):
     (tmp_path / "taken").write_text("")
     with pytest.raises(OutputError, match="is a file"):
-        train(default_config("cnn", **TINY), data_dir=data_dir, out_dir=tmp_path / "taken",
-              device="cpu")
+        train(
+            default_config("cnn", **TINY),
+            data_dir=data_dir,
+            out_dir=tmp_path / "taken",
+            device="cpu",
+        )
 
 
 def test_a_running_train_holds_the_out_folder(data_dir, tmp_path):
@@ -111,6 +133,10 @@ def test_a_running_train_holds_the_out_folder(data_dir, tmp_path):
         sleeper.kill()
         sleeper.wait()
     # The holder is gone: its stale lock is taken over.
-    result = train(default_config("cnn", epochs=1, validation_size=500), data_dir=data_dir,
-                   out_dir=out, device="cpu")
+    result = train(
+        default_config("cnn", epochs=1, validation_size=500),
+        data_dir=data_dir,
+        out_dir=out,
+        device="cpu",
+    )
     assert result.best_path.is_file() and not (out / ".lock").exists()
