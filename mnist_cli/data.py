@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,14 @@ OFFICIAL_MD5 = {
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+# Byte sizes of the official files: a file of that size claims to be official, so its MD5 is
+# checked on every load; a deliberate subset (`download --from --no-verify`) is not.
+OFFICIAL_SIZES = {
+    "train-images-idx3-ubyte": 47_040_016,
+    "train-labels-idx1-ubyte": 60_008,
+    "t10k-images-idx3-ubyte": 7_840_016,
+    "t10k-labels-idx1-ubyte": 10_008,
 }
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -68,7 +77,7 @@ def parse_idx(data: bytes, *, name: str, labels: bool) -> np.ndarray:
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     if not labels and dims[1:] != [IMAGE_SIZE, IMAGE_SIZE]:
         raise DataError(f"{name}: images are {dims[1]}x{dims[2]}, expected 28x28", hint=_FIX)
-    expected = header_size + int(np.prod(dims, dtype=np.int64))
+    expected = header_size + math.prod(dims)  # Python ints: a hostile header cannot overflow
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "longer than its header says"
         raise DataError(
@@ -95,7 +104,12 @@ def load_split(data_dir: Path | str, split: str) -> Split:
                 f"MNIST {split} data not found: {path} is missing",
                 hint="run `mnist download` (or `mnist download --from FOLDER` offline)",
             )
-        arrays.append(parse_idx(path.read_bytes(), name=str(path), labels=is_labels))
+        data = path.read_bytes()
+        if len(data) == OFFICIAL_SIZES[name] and md5_of(data) != OFFICIAL_MD5[name]:
+            raise DataError(
+                f"{path}: damaged (its MD5 does not match the official file)", hint=_FIX
+            )
+        arrays.append(parse_idx(data, name=str(path), labels=is_labels))
     images, labels = arrays
     if len(images) != len(labels):
         raise DataError(

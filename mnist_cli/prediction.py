@@ -148,6 +148,11 @@ def load_backend(backend: str, model_path: Path | str | None = None, device: str
     path = Path(model_path) if model_path is not None else DEFAULT_MODELS[backend]
     if backend == "onnxruntime":
         return OnnxBackend(path, device)
+    if path.suffix.lower() == ".onnx":
+        raise ModelError(
+            f"{path}: an ONNX model, not a torch checkpoint",
+            hint="use --backend onnxruntime for .onnx files",
+        )
     return TorchBackend(path, device)
 
 

@@ -5,6 +5,7 @@ numpy and Pillow only: the onnxruntime path of `mnist predict` must not import t
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,14 @@ def open_image(path: Path | str) -> Image.Image:
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image")
     try:
-        image = Image.open(path)
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{path}: too large to decode safely ({_reason(error)})") from error
+    except PermissionError as error:
+        raise ImageError(f"{path}: cannot be read (permission denied)") from error
+    except (OSError, ValueError) as error:
         raise ImageError(f"{path}: not a readable image ({_reason(error)})") from error
     width, height = image.size
     if width * height > MAX_PIXELS:

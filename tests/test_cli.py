@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -152,3 +154,67 @@ def test_end_to_end_import_train_test(tmp_path, subset_dir):
     assert len(report["confusion"]) == 10 and (tmp_path / "e.png").is_file()
     result = run("test", "--model", out / "best.pt", "--data-dir", data)
     assert "Confusion" in result.output and "precision" in result.output
+
+
+def train_command(data_dir, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "mnist_cli",
+        "train",
+        "--epochs",
+        "20",
+        "--validation-size",
+        "3000",
+        "--batch-size",
+        "100",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_sigint_saves_last_pt_and_resume_ends_with_the_same_weights(data_dir, tmp_path):
+    from mnist_cli.checkpoints import load_checkpoint
+
+    whole = subprocess.run(train_command(data_dir, tmp_path / "whole"), capture_output=True)
+    assert whole.returncode == 0, whole.stderr
+    cut = tmp_path / "cut"
+    process = subprocess.Popen(train_command(data_dir, cut), stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if line.startswith("epoch   2"):
+            break
+    # While it runs, a second run on the same folder is refused.
+    second = run("train", "--data-dir", data_dir, "--out", cut, "--device", "cpu")
+    assert_clean_failure(second, 1, "another `mnist train`")
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 130, rest
+    assert "--resume" in rest and "Traceback" not in rest
+    saved = load_checkpoint(cut / "last.pt")
+    assert 2 <= saved["epoch"] < 20
+    resumed = subprocess.run(
+        train_command(data_dir, cut)[:4]
+        + ["--resume", "--data-dir", str(data_dir), "--out", str(cut), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")["state_dict"]
+    b = load_checkpoint(cut / "last.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_out_that_cannot_be_written_fails_before_training(data_dir, tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run("train", "--data-dir", data_dir, "--out", tmp_path / "file" / "params")
+    assert_clean_failure(result, 1, "cannot create the folder")
+    if os.geteuid() != 0:  # root may write to read-only folders
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        result = run("train", "--data-dir", data_dir, "--out", locked)
+        assert_clean_failure(result, 1, "cannot write there")

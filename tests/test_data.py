@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mnist_cli.data import load_split, parse_idx, raw_dir, split_train_validation
 from mnist_cli.errors import DataError
@@ -63,3 +65,37 @@ def test_validation_split_is_fixed_by_seed_and_disjoint(data_dir):
     assert not np.array_equal(held.images, other_held.images)
     kept_rows = {row.tobytes() for row in kept.images}
     assert sum(row.tobytes() in kept_rows for row in held.images) < 5  # only true duplicates
+
+
+def test_a_full_size_file_with_wrong_bytes_fails_the_md5(tmp_path):
+    labels = np.zeros(10_000, np.uint8)  # the official test-labels size, but not its bytes
+    images = np.zeros((10_000, 28, 28), np.uint8)
+    folder = raw_dir(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "t10k-images-idx3-ubyte").write_bytes(idx(images, 0x803))
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(idx(labels, 0x801))
+    with pytest.raises(DataError, match="MD5 does not match") as caught:
+        load_split(tmp_path, "test")
+    assert "t10k-images-idx3-ubyte" in caught.value.message
+    assert "mnist download" in caught.value.hint
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.booleans())
+def test_idx_reader_on_arbitrary_bytes(data, labels):
+    try:
+        array = parse_idx(data, name="fuzz", labels=labels)
+    except DataError:
+        return
+    assert array.ndim == (1 if labels else 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=3, max_size=3), st.binary(max_size=64))
+def test_idx_reader_on_hostile_headers(dims, tail):
+    header = (0x803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+    try:
+        array = parse_idx(header + tail, name="fuzz", labels=False)
+    except DataError:
+        return
+    assert array.shape == tuple(dims) and dims[1:] == [28, 28]

@@ -170,3 +170,42 @@ def test_export_command_prints_its_checks(trained, tmp_path):
     assert result.exit_code == 0, result.output
     assert "onnx.checker: passed" in result.output and "1000 MNIST test images" in result.output
     assert out.is_file()
+
+
+def test_broken_model_files_are_named(models, tmp_path):
+    onnx_bytes = models["onnx"].read_bytes()
+    cases = {
+        "text.onnx": b"just some text",
+        "truncated.onnx": onnx_bytes[: len(onnx_bytes) // 2],
+        "tampered.onnx": onnx_bytes[:200]
+        + bytes(b ^ 0xFF for b in onnx_bytes[200:400])
+        + onnx_bytes[400:],
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(MnistError) as caught:
+            load_backend("onnxruntime", tmp_path / name)
+        assert name in caught.value.message
+    pt_bytes = models["pt"].read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(pt_bytes[: len(pt_bytes) // 2])
+    with pytest.raises(MnistError, match="truncated.pt"):
+        load_backend("torch", tmp_path / "truncated.pt")
+    with pytest.raises(MnistError, match="model.onnx") as caught:
+        load_backend("torch", models["onnx"])
+    assert "--backend onnxruntime" in caught.value.hint
+
+
+def test_onnx_model_with_the_wrong_input_shape(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["probabilities"])],
+        "flat",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 784])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 784])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, tmp_path / "flat.onnx")
+    with pytest.raises(MnistError, match="flat.onnx: expects input"):
+        load_backend("onnxruntime", tmp_path / "flat.onnx")

@@ -1,10 +1,21 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes, arrays
 from PIL import Image, ImageDraw
 
-from mnist_cli.preprocessing import ImageError, digit_from_array, load_digit, open_image
+from mnist_cli.preprocessing import (
+    ImageError,
+    digit_from_array,
+    load_digit,
+    open_image,
+    to_grayscale,
+)
 
 
 def centre_of_mass(digit: np.ndarray) -> tuple[float, float]:
@@ -111,3 +122,102 @@ def test_not_an_image(tmp_path):
     (tmp_path / "fake.png").write_text("hello")
     with pytest.raises(ImageError, match="not a readable image"):
         load_digit(tmp_path / "fake.png")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge canvas: a decompression bomb's calling card."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * 1024)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [8_000, 50_000])
+def test_decompression_bomb_refused_before_decoding(tmp_path, side):
+    (tmp_path / "bomb.png").write_bytes(png_declaring(side, side))
+    with pytest.raises(ImageError, match="too large"):
+        open_image(tmp_path / "bomb.png")
+
+
+def test_broken_files_each_get_a_reason(tmp_path):
+    drawn_seven().save(tmp_path / "ok.png")
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "ok.png").read_bytes()[:200])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    for name, reason in [
+        ("truncated.png", "damaged image"),
+        ("empty.jpg", "not a readable image"),
+        ("folder.png", "is a folder"),
+    ]:
+        with pytest.raises(ImageError, match=reason):
+            load_digit(tmp_path / name)
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    drawn_seven().save(tmp_path / "secret.png")
+    if os.geteuid() == 0:  # root reads anything: make the open fail as it would for a user
+        real_open = Image.open
+
+        def denied(path, *args, **kwargs):
+            if str(path).endswith("secret.png"):
+                raise PermissionError(13, "Permission denied")
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(Image, "open", denied)
+    else:
+        (tmp_path / "secret.png").chmod(0)
+    with pytest.raises(ImageError, match="permission denied"):
+        load_digit(tmp_path / "secret.png")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    arrays(
+        np.float32,
+        array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=80),
+        elements=st.floats(0, 1, width=32),
+    )
+)
+def test_any_array_gives_a_digit_or_no_digit_found(gray):
+    try:
+        digit = digit_from_array(gray)
+    except ImageError as error:
+        assert "no digit found" in error.message
+        return
+    assert digit.shape == (28, 28) and digit.dtype == np.float32
+    assert digit.min() >= 0 and digit.max() <= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["L", "RGB", "RGBA", "LA", "P", "I;16", "1", "CMYK", "F", "I"]),
+    st.integers(1, 120),
+    st.integers(1, 120),
+    st.integers(0, 2**32 - 1),
+)
+def test_any_mode_and_size(mode, width, height, seed):
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    try:
+        digit = digit_from_array(to_grayscale(image))
+    except ImageError as error:
+        assert "no digit found" in error.message
+        return
+    assert digit.shape == (28, 28) and 0 <= digit.min() and digit.max() <= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 300), st.integers(0, 200))
+def test_translation_does_not_change_the_result(dx, dy):
+    reference = digit_from_array(np.asarray(drawn_seven(size=(500, 400))) / 255)
+    moved = digit_from_array(np.asarray(drawn_seven(size=(500, 400), offset=(dx, dy))) / 255)
+    assert np.abs(moved - reference).max() < 0.05
