@@ -10,14 +10,12 @@ shows that predictions stream in batches.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from mnist_cli.data import load_split
