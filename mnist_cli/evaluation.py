@@ -117,6 +117,38 @@ def evaluate_checkpoint(
     return report, Misclassified(test.images[wrong], test.labels[wrong], predicted[wrong])
 
 
+def evaluate_onnx(
+    model_path: Path | str, *, data_dir: Path | str = "datafiles", device: str = "auto"
+) -> tuple[Report, Misclassified]:
+    """Evaluate an exported `.onnx` model through onnxruntime, exactly as a checkpoint."""
+    from mnist_cli.prediction import OnnxBackend
+
+    backend = OnnxBackend(model_path, device)
+    test = load_split(data_dir, "test")
+    logits = np.concatenate(
+        [
+            backend.logits(test.images[i : i + _BATCH, None].astype(np.float32) / 255)
+            for i in range(0, len(test), _BATCH)
+        ]
+    )
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    loss = float(-log_probabilities[np.arange(len(test)), test.labels].mean())
+    report = build_report(str(model_path), test.labels, logits, loss)
+    predicted = logits.argmax(1)
+    wrong = predicted != test.labels
+    return report, Misclassified(test.images[wrong], test.labels[wrong], predicted[wrong])
+
+
+def evaluate_model(
+    model_path: Path | str, *, data_dir: Path | str = "datafiles", device: str = "auto"
+) -> tuple[Report, Misclassified]:
+    """Evaluate a `.pt` checkpoint through torch or a `.onnx` file through onnxruntime."""
+    if Path(model_path).suffix.lower() == ".onnx":
+        return evaluate_onnx(model_path, data_dir=data_dir, device=device)
+    return evaluate_checkpoint(model_path, data_dir=data_dir, device=device)
+
+
 def save_error_grid(errors: Misclassified, path: Path | str, *, columns: int = 16) -> Path:
     """Save the misclassified digits as one PNG grid, each captioned "true>predicted"."""
     from PIL import Image, ImageDraw

@@ -107,14 +107,19 @@ class OnnxBackend:
             raise ModelError(f"{model_path}: expects input {shape}, not N x 1 x 28 x 28 images")
         self.input_name = inputs[0].name
         outputs = [o.name for o in self.session.get_outputs()]
-        if "probabilities" not in outputs:
-            raise ModelError(f"{model_path}: has no 'probabilities' output (outputs: {outputs})")
+        if not {"logits", "probabilities"} <= set(outputs):
+            raise ModelError(
+                f"{model_path}: needs outputs 'logits' and 'probabilities', has {outputs}"
+            )
         self.provider = self.session.get_providers()[0]
         meta = self.session.get_modelmeta().custom_metadata_map
         self.labels = json.loads(meta["class_labels"]) if "class_labels" in meta else None
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(["probabilities"], {self.input_name: images})[0]
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {self.input_name: images})[0]
 
 
 class TorchBackend:

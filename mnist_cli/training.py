@@ -193,6 +193,32 @@ def _config_from(saved: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in saved.items() if k in known})
 
 
+@dataclass(frozen=True)
+class Acceleration:
+    """How to compute, not what: none of these changes the recipe."""
+
+    channels_last: bool  # NHWC convolutions: ~1.3x faster on CPU for the cnn
+    bf16: bool  # autocast matrix work to bfloat16 (CUDA only)
+    compile: bool  # torch.compile the network (opt-in: it costs start-up time)
+    fused_optimizer: bool  # one fused AdamW kernel per step (CUDA only)
+
+
+def default_acceleration(
+    device: torch.device, model: str, *, compile: bool = False
+) -> Acceleration:
+    """The settings measured to help on `device` (benchmarks/gpu_check.py for CUDA)."""
+    cuda = device.type == "cuda"
+    return Acceleration(
+        channels_last=model == "cnn",
+        bf16=cuda,
+        compile=compile,
+        fused_optimizer=cuda,
+    )
+
+
+_REPORT_EVERY = 10  # steps between progress callbacks: reading the loss syncs a GPU
+
+
 def train(
     config: TrainConfig | None = None,
     *,
@@ -201,15 +227,16 @@ def train(
     device: str = "auto",
     resume: bool = False,
     callback: TrainCallback | None = None,
+    compile: bool = False,
+    acceleration: Acceleration | None = None,
 ) -> TrainResult:
     """Train a model, writing `last.pt` every epoch and `best.pt` at the best validation score.
 
     With `resume=True` the run continues from `out_dir/last.pt` with its saved config.
     """
     out_dir = Path(out_dir)
-    callback = callback or TrainCallback()
     torch_device = resolve_device(device)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    last_path = out_dir / "last.pt"
     saved = None
     if resume:
         if not last_path.is_file():
@@ -222,151 +249,200 @@ def train(
             raise CheckpointError(f"--resume: {last_path} holds no optimiser state")
         config = _config_from(saved["options"])
     config = config or default_config()
-
+    acceleration = acceleration or default_acceleration(torch_device, config.model, compile=compile)
     with _exclusive(out_dir), _StopFlag() as stop:
-        return _run(
-            config, saved, Path(data_dir), torch_device, best_path, last_path, callback, stop
+        run = _Run(config, acceleration, torch_device, out_dir, callback or TrainCallback(), stop)
+        return run.execute(Path(data_dir), saved)
+
+
+class _Run:
+    """One training run: model, optimiser and progress, and the checkpoints they make."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        acceleration: Acceleration,
+        device: torch.device,
+        out_dir: Path,
+        callback: TrainCallback,
+        stop: _StopFlag,
+    ) -> None:
+        self.config, self.accel, self.device = config, acceleration, device
+        self.last_path, self.best_path = out_dir / "last.pt", out_dir / "best.pt"
+        self.callback, self.stop = callback, stop
+        self.history: list[EpochRecord] = []
+        self.best_acc, self.best_epoch = -1.0, 0
+
+    def _build(self, saved: dict[str, Any] | None) -> None:
+        config, device = self.config, self.device
+        torch.manual_seed(config.seed)  # initial weights
+        # Augmentation draws from its own generator, saved with last.pt: nothing else shifts it.
+        self.augment_rng = torch.Generator(device=device).manual_seed(config.seed)
+        self.arguments = saved["arguments"] if saved else default_arguments(config.model)
+        model = model_from_checkpoint(saved) if saved else build_model(config.model, self.arguments)
+        self.model = model.to(device)
+        if self.accel.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if self.accel.compile else self.model
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            fused=self.accel.fused_optimizer or None,
         )
 
-
-def _run(
-    config: TrainConfig,
-    saved: dict[str, Any] | None,
-    data_dir: Path,
-    device: torch.device,
-    best_path: Path,
-    last_path: Path,
-    callback: TrainCallback,
-    stop: _StopFlag,
-) -> TrainResult:
-    train_split, val_split = split_train_validation(
-        load_split(data_dir, "train"), config.validation_size, config.seed
-    )
-    channels_last = config.model == "cnn"  # measured ~1.3x faster for the convolutions on CPU
-    train_x, train_y = _to_device(train_split, device, channels_last)
-    val_x, val_y = _to_device(val_split, device, channels_last)
-
-    torch.manual_seed(config.seed)  # initial weights
-    # Augmentation draws from its own generator, saved with last.pt: nothing else can shift it.
-    augment_rng = torch.Generator(device=device).manual_seed(config.seed)
-    arguments = saved["arguments"] if saved else default_arguments(config.model)
-    model = model_from_checkpoint(saved) if saved else build_model(config.model, arguments)
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    steps = math.ceil(len(train_split) / config.batch_size)
-    background = -NORMALIZATION["mean"] / NORMALIZATION["std"]  # a blank pixel, normalised
-    total_steps = steps * config.epochs
-
-    history: list[EpochRecord] = []
-    start_epoch, start_step, best_acc, best_epoch = 0, 0, -1.0, 0
-    partial_loss, partial_seconds = 0.0, 0.0
-    if saved:
-        optimizer.load_state_dict(saved["optimizer"])
-        history = [EpochRecord(**row) for row in saved["history"]]
-        start_epoch, start_step = saved["epoch"], saved["step"]
-        best_acc, best_epoch = saved["best_val_accuracy"], saved["best_epoch"]
-        partial_loss, partial_seconds = saved["partial_loss"], saved["partial_seconds"]
-        try:
-            augment_rng.set_state(saved["augment_rng"])
-        except (RuntimeError, KeyError):  # saved on another kind of device: reseed instead
-            augment_rng.manual_seed(config.seed + start_epoch)
-
-    def payload(epoch: int, step: int, val_accuracy: float) -> dict[str, Any]:
+    def _payload(self, epoch: int, step: int, val_accuracy: float) -> dict[str, Any]:
         return {
             "mnist_cli_version": __version__,
-            "architecture": config.model,
-            "arguments": arguments,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "architecture": self.config.model,
+            "arguments": self.arguments,
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "normalization": dict(NORMALIZATION),
             "class_labels": list(CLASS_LABELS),
             "epoch": epoch,
             "step": step,
             "val_accuracy": val_accuracy,
-            "best_val_accuracy": max(best_acc, val_accuracy),
-            "best_epoch": best_epoch,
-            "options": {**asdict(config), "device": str(device)},
-            "history": [asdict(row) for row in history],
+            "best_val_accuracy": max(self.best_acc, val_accuracy),
+            "best_epoch": self.best_epoch,
+            "options": {
+                **asdict(self.config),
+                "device": str(self.device),
+                "acceleration": asdict(self.accel),
+            },
+            "history": [asdict(row) for row in self.history],
         }
 
-    def save_last(epoch: int, step: int, loss_sum: float, seconds: float) -> None:
-        state = payload(epoch, step, history[-1].val_accuracy if history else 0.0)
+    def _save_last(self, epoch: int, step: int, loss_sum: float, seconds: float) -> None:
+        state = self._payload(epoch, step, self.history[-1].val_accuracy if self.history else 0.0)
         state.update(
-            optimizer=optimizer.state_dict(),
-            augment_rng=augment_rng.get_state(),
+            optimizer=self.optimizer.state_dict(),
+            augment_rng=self.augment_rng.get_state(),
             partial_loss=loss_sum,
             partial_seconds=seconds,
         )
-        save_checkpoint(state, last_path)
+        save_checkpoint(state, self.last_path)
 
-    callback.on_start(config=config, device=str(device), start_epoch=start_epoch, steps=steps)
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        order = _batch_order(len(train_split), config.seed, epoch).to(device)
-        first = start_step if epoch == start_epoch else 0
-        loss_sum = partial_loss if epoch == start_epoch else 0.0
-        seconds_before = partial_seconds if epoch == start_epoch else 0.0
+    def _interrupted(self, where: str) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            f"interrupted {where}; saved {self.last_path}",
+            hint=f"continue with `mnist train --resume --out {self.last_path.parent}`",
+        )
+
+    def execute(self, data_dir: Path, saved: dict[str, Any] | None) -> TrainResult:
+        config, device = self.config, self.device
+        train_split, val_split = split_train_validation(
+            load_split(data_dir, "train"), config.validation_size, config.seed
+        )
+        self.train_x, self.train_y = _to_device(train_split, device, self.accel.channels_last)
+        val_x, val_y = _to_device(val_split, device, self.accel.channels_last)
+        self._build(saved)
+        self.steps = math.ceil(len(train_split) / config.batch_size)
+
+        start_epoch, start_step, partial_loss, partial_seconds = 0, 0, 0.0, 0.0
+        if saved:
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.history = [EpochRecord(**row) for row in saved["history"]]
+            start_epoch, start_step = saved["epoch"], saved["step"]
+            self.best_acc, self.best_epoch = saved["best_val_accuracy"], saved["best_epoch"]
+            partial_loss, partial_seconds = saved["partial_loss"], saved["partial_seconds"]
+            try:
+                self.augment_rng.set_state(saved["augment_rng"])
+            except (RuntimeError, KeyError):  # saved on another kind of device: reseed
+                self.augment_rng.manual_seed(config.seed + start_epoch)
+
+        self.callback.on_start(
+            config=config, device=str(device), start_epoch=start_epoch, steps=self.steps
+        )
+        for epoch in range(start_epoch, config.epochs):
+            resuming = epoch == start_epoch
+            first = start_step if resuming else 0
+            started = time.perf_counter()
+            loss_sum, lr = self._train_epoch(
+                epoch,
+                first,
+                partial_loss if resuming else 0.0,
+                partial_seconds if resuming else 0.0,
+            )
+            train_seconds = time.perf_counter() - started
+            val_loss, val_accuracy = score(self.model, val_x, val_y)
+            record = EpochRecord(
+                epoch=epoch + 1,
+                train_loss=loss_sum / len(train_split),
+                val_loss=val_loss,
+                val_accuracy=val_accuracy,
+                lr=lr,
+                seconds=(partial_seconds if resuming else 0.0) + time.perf_counter() - started,
+                images_per_second=(len(train_split) - first * config.batch_size)
+                / max(train_seconds, 1e-9),
+            )
+            self.history.append(record)
+            improved = val_accuracy > self.best_acc
+            if improved:
+                self.best_acc, self.best_epoch = val_accuracy, epoch + 1
+                save_checkpoint(self._payload(epoch + 1, 0, val_accuracy), self.best_path)
+            self._save_last(epoch + 1, 0, 0.0, 0.0)
+            self.callback.on_epoch(record, best=improved)
+            if self.stop.raised:
+                raise self._interrupted(f"after epoch {epoch + 1}")
+        if not self.best_path.is_file():
+            save_checkpoint(self._payload(config.epochs, 0, self.best_acc), self.best_path)
+        return TrainResult(
+            self.best_path,
+            self.last_path,
+            self.best_epoch,
+            self.best_acc,
+            str(device),
+            self.history,
+        )
+
+    def _train_epoch(
+        self, epoch: int, first: int, loss_before: float, seconds_before: float
+    ) -> tuple[float, float]:
+        """Run the steps of one epoch from `first`; return the summed loss and the last lr."""
+        config, steps = self.config, self.steps
+        background = -NORMALIZATION["mean"] / NORMALIZATION["std"]  # a blank pixel, normalised
+        self.model.train()
+        order = _batch_order(len(self.train_y), config.seed, epoch).to(self.device)
+        loss_total = torch.zeros((), device=self.device)
         started = time.perf_counter()
+        lr = 0.0
         for step in range(first, steps):
-            lr = one_cycle_lr(epoch * steps + step, total_steps, config.lr, config.warmup)
-            for group in optimizer.param_groups:
+            lr = one_cycle_lr(epoch * steps + step, steps * config.epochs, config.lr, config.warmup)
+            for group in self.optimizer.param_groups:
                 group["lr"] = lr
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            batch = train_x[index]
+            batch = self.train_x[index]
             if config.augment:
-                batch = random_affine(batch, background=background, generator=augment_rng)
-            loss = nn.functional.cross_entropy(
-                model(batch), train_y[index], label_smoothing=config.label_smoothing
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_value = loss.item()
-            loss_sum += loss_value * len(index)
-            elapsed = time.perf_counter() - started
-            done = min((step + 1) * config.batch_size, len(train_split)) - first * config.batch_size
-            callback.on_batch(
-                epoch=epoch,
-                step=step + 1,
-                steps=steps,
-                loss=loss_value,
-                rate=done / max(elapsed, 1e-9),
-            )
-            if stop.raised:
-                save_last(epoch, step + 1, loss_sum, seconds_before + elapsed)
-                raise TrainingInterrupted(
-                    f"interrupted in epoch {epoch + 1}, batch {step + 1}/{steps}; "
-                    f"saved {last_path}",
-                    hint=f"continue with `mnist train --resume --out {last_path.parent}`",
+                batch = random_affine(batch, background=background, generator=self.augment_rng)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.accel.bf16):
+                loss = nn.functional.cross_entropy(
+                    self.forward(batch),
+                    self.train_y[index],
+                    label_smoothing=config.label_smoothing,
                 )
-        train_seconds = time.perf_counter() - started
-        val_loss, val_accuracy = score(model, val_x, val_y)
-        seconds = seconds_before + time.perf_counter() - started
-        trained_images = len(train_split) - first * config.batch_size
-        record = EpochRecord(
-            epoch=epoch + 1,
-            train_loss=loss_sum / len(train_split),
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
-            lr=lr,
-            seconds=seconds,
-            images_per_second=trained_images / max(train_seconds, 1e-9),
-        )
-        history.append(record)
-        improved = val_accuracy > best_acc
-        if improved:
-            best_acc, best_epoch = val_accuracy, epoch + 1
-            save_checkpoint(payload(epoch + 1, 0, val_accuracy), best_path)
-        save_last(epoch + 1, 0, 0.0, 0.0)
-        callback.on_epoch(record, best=improved)
-        if stop.raised:
-            raise TrainingInterrupted(
-                f"interrupted after epoch {epoch + 1}; saved {last_path}",
-                hint=f"continue with `mnist train --resume --out {last_path.parent}`",
-            )
-    if not best_path.is_file():
-        save_checkpoint(payload(config.epochs, 0, best_acc), best_path)
-    return TrainResult(best_path, last_path, best_epoch, best_acc, str(device), history)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_total += loss.detach() * len(index)
+            done = step + 1
+            if done % _REPORT_EVERY == 0 or done == steps or self.stop.raised:
+                elapsed = time.perf_counter() - started
+                images = (
+                    min(done * config.batch_size, len(self.train_y)) - first * config.batch_size
+                )
+                self.callback.on_batch(
+                    epoch=epoch,
+                    step=done,
+                    steps=steps,
+                    loss=loss.item(),
+                    rate=images / max(elapsed, 1e-9),
+                )
+            if self.stop.raised:
+                self._save_last(
+                    epoch,
+                    done,
+                    loss_before + loss_total.item(),
+                    seconds_before + time.perf_counter() - started,
+                )
+                raise self._interrupted(f"in epoch {epoch + 1}, batch {done}/{steps}")
+        return loss_before + loss_total.item(), lr

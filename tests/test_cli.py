@@ -218,3 +218,38 @@ def test_out_that_cannot_be_written_fails_before_training(data_dir, tmp_path):
         locked.mkdir(mode=0o500)
         result = run("train", "--data-dir", data_dir, "--out", locked)
         assert_clean_failure(result, 1, "cannot write there")
+
+
+def test_unwritable_output_file_is_a_message(trained, tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run(
+        "test",
+        "--model",
+        trained["checkpoint"],
+        "--data-dir",
+        trained["data_dir"],
+        "--errors",
+        tmp_path / "file" / "errors.png",
+    )
+    assert_clean_failure(result, 1, "Error:", "file")
+
+
+def test_test_accepts_an_onnx_file(trained, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert (
+        run(
+            "export",
+            "--checkpoint",
+            trained["checkpoint"],
+            "--out",
+            out,
+            "--data-dir",
+            trained["data_dir"],
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(
+        app, ["test", "--model", str(out), "--data-dir", str(trained["data_dir"]), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 1000

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mnist_cli.checkpoints import classifier_from_checkpoint, load_checkpoint
+from mnist_cli.errors import MnistError
 from mnist_cli.export import ExportError, export_onnx, sha256_of
 
 
@@ -76,3 +77,38 @@ def test_mismatch_leaves_no_file(trained, tmp_path, monkeypatch):
 def test_old_opset_refused(trained, tmp_path):
     with pytest.raises(ExportError, match="opset 18 or newer"):
         export_onnx(trained["checkpoint"], tmp_path / "m.onnx", opset=13)
+
+
+def test_int8_export_keeps_accuracy_and_is_smaller(exported, tmp_path):
+    from mnist_cli.evaluation import evaluate_model
+
+    result, trained = exported
+    int8 = export_onnx(
+        trained["checkpoint"], tmp_path / "q.onnx", data_dir=trained["data_dir"], quantize="int8"
+    )
+    assert int8.quantization == "int8" and int8.reference == "float onnx"
+    assert int8.agreement >= 0.99 and int8.size_bytes < result.size_bytes
+    meta = {p.key: p.value for p in onnx.load(str(int8.path)).metadata_props}
+    assert meta["quantization"].startswith("int8") and "class_labels" in meta
+    float_report, _ = evaluate_model(result.path, data_dir=trained["data_dir"], device="cpu")
+    int8_report, _ = evaluate_model(int8.path, data_dir=trained["data_dir"], device="cpu")
+    assert abs(float_report.accuracy - int8_report.accuracy) <= 0.005
+
+
+def test_int8_needs_training_images(trained, tmp_path):
+    with pytest.raises(MnistError, match="not found"):
+        export_onnx(
+            trained["checkpoint"], tmp_path / "q.onnx", data_dir=tmp_path / "none", quantize="int8"
+        )
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_onnx_is_evaluated_like_its_checkpoint(exported):
+    from mnist_cli.evaluation import evaluate_model
+
+    result, trained = exported
+    from_onnx, wrong = evaluate_model(result.path, data_dir=trained["data_dir"], device="cpu")
+    from_pt, _ = evaluate_model(trained["checkpoint"], data_dir=trained["data_dir"], device="cpu")
+    assert from_onnx.confusion == from_pt.confusion
+    assert from_onnx.loss == pytest.approx(from_pt.loss, abs=1e-4)
+    assert len(wrong.labels) == from_onnx.errors
