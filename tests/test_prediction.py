@@ -205,7 +205,7 @@ def test_onnx_model_with_the_wrong_input_shape(tmp_path):
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 784])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 784])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
     onnx.save(model, tmp_path / "flat.onnx")
     with pytest.raises(MnistError, match="flat.onnx: expects input"):
         load_backend("onnxruntime", tmp_path / "flat.onnx")
