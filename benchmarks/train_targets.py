@@ -47,10 +47,10 @@ class TestEveryEpoch(TrainCallback):
         )
 
 
-def run(model: str, data_dir: Path, device: str, epochs: int | None) -> dict:
+def run(model: str, data_dir: Path, device: str, epochs: int | None, augment: bool | None) -> dict:
     with tempfile.TemporaryDirectory() as out:
         out_dir = Path(out)
-        config = default_config(model, epochs=epochs)
+        config = default_config(model, epochs=epochs, augment=augment)
         print(f"{model}: {config}", flush=True)
         probe = TestEveryEpoch(out_dir, data_dir, device)
         train(config, data_dir=data_dir, out_dir=out_dir, device=device, callback=probe)
@@ -74,11 +74,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default="cnn,fc")
     parser.add_argument("--epochs", type=int, help="override every recipe's epochs")
+    parser.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        default=None,
+        help="turn augmentation off, to measure what it is worth",
+    )
     args = parser.parse_args()
     if args.source:
         import_mnist(args.data_dir, args.source)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor()}")
-    results = [run(m, args.data_dir, args.device, args.epochs) for m in args.models.split(",")]
+    results = [
+        run(m, args.data_dir, args.device, args.epochs, args.augment)
+        for m in args.models.split(",")
+    ]
 
     print("\n| model | epochs | s/epoch | total s | first >= 99.0% test | best.pt test acc |")
     print("|---|---|---|---|---|---|")

@@ -140,3 +140,28 @@ def test_a_running_train_holds_the_out_folder(data_dir, tmp_path):
         device="cpu",
     )
     assert result.best_path.is_file() and not (out / ".lock").exists()
+
+
+def test_cuda_defaults_are_the_measured_ones():
+    from mnist_cli.training import default_acceleration
+
+    cuda = default_acceleration(torch.device("cuda"), "cnn")
+    assert cuda.channels_last and not cuda.bf16 and not cuda.fused_optimizer
+    assert default_acceleration(torch.device("cuda"), "cnn", compile=True).compile
+    assert not default_acceleration(torch.device("cpu"), "fc").channels_last
+
+
+def test_bf16_and_fused_optimizer_path_runs(data_dir, tmp_path):
+    from mnist_cli.training import Acceleration
+
+    fast = Acceleration(channels_last=True, bf16=True, compile=False, fused_optimizer=True)
+    result = train(
+        default_config("cnn", epochs=1, validation_size=500),
+        data_dir=data_dir,
+        out_dir=tmp_path,
+        device="cpu",
+        acceleration=fast,
+    )
+    assert result.best_val_accuracy > 0.5
+    saved = load_checkpoint(result.last_path)
+    assert saved["options"]["acceleration"]["bf16"] is True

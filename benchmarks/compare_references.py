@@ -1,0 +1,207 @@
+"""Side by side on the same data and machine: the tutorial, PyTorch's MNIST example, `mnist train`.
+
+1. the tutorial's pipeline: torchvision MNIST + ToTensor + DataLoader(batch 512), the fully
+   connected net with softmax and MSE loss, Adam 1e-3;
+2. the recipe of PyTorch's official MNIST example (written here from its description): two
+   3x3 convolutions (32, 64), max pool, dropout 0.25/0.5, a 128-unit dense layer, Adadelta
+   lr 1.0 decayed by 0.7 per epoch, batch 64, torchvision's DataLoader;
+3. `mnist train` with its default recipe (the core `train()` the command calls).
+
+Seconds count training only (test scoring after each epoch is outside the clock). Each
+reference runs for a fixed budget of epochs, stated in the table; "not reached" means 99.0%
+test accuracy was not reached within it.
+
+    python benchmarks/compare_references.py --data-dir datafiles            # ~12 min here
+    python benchmarks/compare_references.py --data-dir datafiles --quick    # ~3 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark script
+from train_targets import TestEveryEpoch  # noqa: E402
+
+from mnist_cli.models import FullyConnected  # noqa: E402
+from mnist_cli.training import default_config, train  # noqa: E402
+
+TARGET = 0.99
+
+
+@dataclass
+class Outcome:
+    name: str
+    budget: int
+    seconds: list[float] = field(default_factory=list)  # per epoch, training only
+    accuracy: list[float] = field(default_factory=list)  # test accuracy after each epoch
+    images: int = 0  # training images per epoch
+
+    @property
+    def time_to_target(self) -> float | None:
+        elapsed = 0.0
+        for seconds, accuracy in zip(self.seconds, self.accuracy, strict=True):
+            elapsed += seconds
+            if accuracy >= TARGET:
+                return elapsed
+        return None
+
+
+def _log(outcome: Outcome) -> None:
+    print(
+        f"  {outcome.name} epoch {len(outcome.seconds)}: {outcome.seconds[-1]:.1f} s, "
+        f"test {outcome.accuracy[-1]:.2%}",
+        flush=True,
+    )
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, loader: DataLoader) -> float:
+    model.eval()
+    correct = sum((model(x).argmax(1) == y).sum().item() for x, y in loader)
+    return correct / len(loader.dataset)
+
+
+class OfficialExampleNet(nn.Module):
+    """The network of pytorch/examples mnist/main.py, from its description."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.25),
+            nn.Flatten(),
+        )
+        flat = 64 * 12 * 12  # 28 -> 26 -> 24 after two unpadded 3x3 convolutions, pooled to 12
+        self.classifier = nn.Sequential(
+            nn.Linear(flat, 128),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(128, 10),
+            nn.LogSoftmax(dim=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def tutorial(data_dir: Path, epochs: int) -> Outcome:
+    to_tensor = transforms.ToTensor()
+    train_set = datasets.MNIST(data_dir, train=True, transform=to_tensor)
+    test_set = datasets.MNIST(data_dir, train=False, transform=to_tensor)
+    loader = DataLoader(train_set, batch_size=512, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=512)
+    torch.manual_seed(0)
+    model = FullyConnected()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    outcome = Outcome("1 tutorial (fc, MSE)", epochs, images=len(train_set))
+    for _ in range(epochs):
+        model.train()
+        started = time.perf_counter()
+        for x, y in loader:
+            probabilities = torch.softmax(model(x), dim=1)
+            loss = nn.functional.mse_loss(probabilities, nn.functional.one_hot(y, 10).float())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        outcome.seconds.append(time.perf_counter() - started)
+        outcome.accuracy.append(_accuracy(model, test_loader))
+        _log(outcome)
+    return outcome
+
+
+def official_example(data_dir: Path, epochs: int) -> Outcome:
+    prepare = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+    )
+    train_set = datasets.MNIST(data_dir, train=True, transform=prepare)
+    test_set = datasets.MNIST(data_dir, train=False, transform=prepare)
+    loader = DataLoader(train_set, batch_size=64, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=1000)
+    torch.manual_seed(1)
+    model = OfficialExampleNet()
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+    outcome = Outcome("2 PyTorch example (cnn)", epochs, images=len(train_set))
+    for _ in range(epochs):
+        model.train()
+        started = time.perf_counter()
+        for x, y in loader:
+            loss = nn.functional.nll_loss(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+        outcome.seconds.append(time.perf_counter() - started)
+        outcome.accuracy.append(_accuracy(model, test_loader))
+        _log(outcome)
+    return outcome
+
+
+def mnist_train(data_dir: Path, epochs: int | None) -> Outcome:
+    config = default_config("cnn", epochs=epochs)
+    outcome = Outcome(
+        "3 mnist train (default)", config.epochs, images=60_000 - config.validation_size
+    )
+    with tempfile.TemporaryDirectory() as out:
+        probe = TestEveryEpoch(Path(out), data_dir, "cpu")
+        train(config, data_dir=data_dir, out_dir=out, device="cpu", callback=probe)
+    for record, _, accuracy in probe.rows:
+        outcome.seconds.append(record.seconds)
+        outcome.accuracy.append(accuracy)
+    return outcome
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("datafiles"))
+    parser.add_argument("--quick", action="store_true", help="fewer epochs for each recipe")
+    args = parser.parse_args()
+    budgets = (2, 1, 5) if args.quick else (10, 14, None)  # 14: the example's own default
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    outcomes = [
+        tutorial(args.data_dir, budgets[0]),
+        official_example(args.data_dir, budgets[1]),
+        mnist_train(args.data_dir, budgets[2]),
+    ]
+    print("\n| recipe | epochs run | s/epoch | images/s | test acc by epoch | time to 99.0% |")
+    print("|---|---|---|---|---|---|")
+    for o in outcomes:
+        per_epoch = sum(o.seconds) / len(o.seconds)
+        by_epoch = " ".join(f"{a:.2%}" for a in o.accuracy)
+        reached = f"{o.time_to_target:.1f} s" if o.time_to_target else "not reached"
+        print(
+            f"| {o.name} | {len(o.seconds)} | {per_epoch:.1f} | {o.images / per_epoch:,.0f} | "
+            f"{by_epoch} | {reached} |"
+        )
+    ours = outcomes[2]
+    for reference in outcomes[:2]:
+        ratio = (sum(ours.seconds) / len(ours.seconds)) / (
+            sum(reference.seconds) / len(reference.seconds)
+        )
+        line = f"{ours.name} vs {reference.name}: {ratio:.2f}x its seconds per epoch"
+        if ours.time_to_target and reference.time_to_target:
+            line += f", 99.0% reached {reference.time_to_target / ours.time_to_target:.1f}x sooner"
+        elif ours.time_to_target:
+            line += (
+                f"; 99.0% reached in {ours.time_to_target:.1f} s, never by the reference "
+                f"in {len(reference.seconds)} epochs ({sum(reference.seconds):.0f} s)"
+            )
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
