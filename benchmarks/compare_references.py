@@ -21,6 +21,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,57 +99,78 @@ class OfficialExampleNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def tutorial(data_dir: Path, epochs: int) -> Outcome:
-    to_tensor = transforms.ToTensor()
-    train_set = datasets.MNIST(data_dir, train=True, transform=to_tensor)
-    test_set = datasets.MNIST(data_dir, train=False, transform=to_tensor)
-    loader = DataLoader(train_set, batch_size=512, shuffle=True)
-    test_loader = DataLoader(test_set, batch_size=512)
-    torch.manual_seed(0)
-    model = FullyConnected()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    outcome = Outcome("1 tutorial (fc, MSE)", epochs, images=len(train_set))
+def _loader_recipe(
+    name: str,
+    data_dir: Path,
+    prepare: transforms.Compose,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int,
+    epochs: int,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> Outcome:
+    """The classic loop: torchvision's MNIST through a per-sample DataLoader."""
+    train_set = datasets.MNIST(data_dir, train=True, transform=prepare)
+    test_loader = DataLoader(
+        datasets.MNIST(data_dir, train=False, transform=prepare), batch_size=1000
+    )
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True)
+    outcome = Outcome(name, epochs, images=len(train_set))
     for _ in range(epochs):
         model.train()
         started = time.perf_counter()
         for x, y in loader:
-            probabilities = torch.softmax(model(x), dim=1)
-            loss = nn.functional.mse_loss(probabilities, nn.functional.one_hot(y, 10).float())
+            loss = loss_of(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        if schedule is not None:
+            schedule.step()
         outcome.seconds.append(time.perf_counter() - started)
         outcome.accuracy.append(_accuracy(model, test_loader))
         _log(outcome)
     return outcome
+
+
+def _softmax_mse(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The tutorial's loss: squared error between softmax and one-hot labels."""
+    return nn.functional.mse_loss(
+        torch.softmax(logits, dim=1), nn.functional.one_hot(labels, 10).float()
+    )
+
+
+def tutorial(data_dir: Path, epochs: int) -> Outcome:
+    torch.manual_seed(0)
+    model = FullyConnected()
+    return _loader_recipe(
+        "1 tutorial (fc, MSE)",
+        data_dir,
+        transforms.ToTensor(),
+        model,
+        torch.optim.Adam(model.parameters(), lr=1e-3),
+        _softmax_mse,
+        batch_size=512,
+        epochs=epochs,
+    )
 
 
 def official_example(data_dir: Path, epochs: int) -> Outcome:
-    prepare = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
-    )
-    train_set = datasets.MNIST(data_dir, train=True, transform=prepare)
-    test_set = datasets.MNIST(data_dir, train=False, transform=prepare)
-    loader = DataLoader(train_set, batch_size=64, shuffle=True)
-    test_loader = DataLoader(test_set, batch_size=1000)
     torch.manual_seed(1)
     model = OfficialExampleNet()
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
-    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
-    outcome = Outcome("2 PyTorch example (cnn)", epochs, images=len(train_set))
-    for _ in range(epochs):
-        model.train()
-        started = time.perf_counter()
-        for x, y in loader:
-            loss = nn.functional.nll_loss(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        schedule.step()
-        outcome.seconds.append(time.perf_counter() - started)
-        outcome.accuracy.append(_accuracy(model, test_loader))
-        _log(outcome)
-    return outcome
+    return _loader_recipe(
+        "2 PyTorch example (cnn)",
+        data_dir,
+        transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]),
+        model,
+        optimizer,
+        nn.functional.nll_loss,
+        batch_size=64,
+        epochs=epochs,
+        schedule=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7),
+    )
 
 
 def mnist_train(data_dir: Path, epochs: int | None) -> Outcome:

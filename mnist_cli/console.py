@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -176,17 +174,6 @@ def show_report(report: Report) -> None:
         ]
         confusion.add_row(labels[i], *cells)
     out.print(confusion)
-
-
-@contextmanager
-def status(message: str) -> Iterator[None]:
-    with err.status(message) if err.is_terminal else _plain(message):
-        yield
-
-
-@contextmanager
-def _plain(message: str) -> Iterator[None]:
-    yield
 
 
 class PredictionOutput:

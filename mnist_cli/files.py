@@ -1,12 +1,15 @@
-"""Writing files so that a crash never leaves a half-written file under the final name."""
+"""Safe outputs: no half-written file under its final name, one writer per output folder."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from mnist_cli.errors import OutputError
 
 
 def _umask() -> int:
@@ -29,3 +32,48 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def exclusive_folder(out_dir: Path) -> Iterator[None]:
+    """Hold `out_dir/.lock` for this process; a lock left by a dead process is taken over."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir}: is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"--out {out_dir}: cannot create the folder ({error.strerror})"
+        ) from error
+    lock = out_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = lock.read_text().strip() if lock.is_file() else ""
+            if owner.isdigit() and _process_alive(int(owner)):
+                raise OutputError(
+                    f"--out {out_dir}: another `mnist train` (process {owner}) is writing there",
+                    hint="wait for it to finish, or choose another --out",
+                ) from None
+            lock.unlink(missing_ok=True)  # left by a crashed run
+            continue
+        except OSError as error:
+            raise OutputError(f"--out {out_dir}: cannot write there ({error.strerror})") from error
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +18,9 @@ from mnist_cli.augmentation import random_affine
 from mnist_cli.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from mnist_cli.data import CLASS_LABELS, NORMALIZATION, Split, load_split, split_train_validation
 from mnist_cli.devices import resolve_device
-from mnist_cli.errors import CheckpointError, OutputError, TrainingInterrupted
+from mnist_cli.errors import CheckpointError, TrainingInterrupted
 from mnist_cli.evaluation import normalize, score
+from mnist_cli.files import exclusive_folder
 from mnist_cli.models import build_model, default_arguments
 
 
@@ -112,51 +110,6 @@ def one_cycle_lr(step: int, total: int, peak: float, warmup: float) -> float:
 def _batch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
     # One generator per epoch: a resumed run draws the same order without saved shuffle state.
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-
-@contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
-    """Hold `out_dir/.lock` for this process; a lock left by a dead process is taken over."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"--out {out_dir}: is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(
-            f"--out {out_dir}: cannot create the folder ({error.strerror})"
-        ) from error
-    lock = out_dir / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = lock.read_text().strip() if lock.is_file() else ""
-            if owner.isdigit() and _process_alive(int(owner)):
-                raise OutputError(
-                    f"--out {out_dir}: another `mnist train` (process {owner}) is writing there",
-                    hint="wait for it to finish, or choose another --out",
-                ) from None
-            lock.unlink(missing_ok=True)  # left by a crashed run
-            continue
-        except OSError as error:
-            raise OutputError(f"--out {out_dir}: cannot write there ({error.strerror})") from error
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        break
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _StopFlag:
@@ -251,7 +204,7 @@ def train(
         config = _config_from(saved["options"])
     config = config or default_config()
     acceleration = acceleration or default_acceleration(torch_device, config.model, compile=compile)
-    with _exclusive(out_dir), _StopFlag() as stop:
+    with exclusive_folder(out_dir), _StopFlag() as stop:
         run = _Run(config, acceleration, torch_device, out_dir, callback or TrainCallback(), stop)
         return run.execute(Path(data_dir), saved)
 
