@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import warnings
 from dataclasses import dataclass
@@ -234,7 +233,5 @@ def _quantize_int8(float_model: bytes, data_dir: Path | str | None):
 def _onnxruntime_probabilities(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(
-        io.BytesIO(model_bytes).getvalue(), providers=["CPUExecutionProvider"]
-    )
+    session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     return session.run(["probabilities"], {"image": images})[0]
