@@ -1,18 +1,21 @@
-"""Measuring a model on labelled images: accuracy, loss, per-class scores, confusion, errors."""
+"""Measuring a model on labelled images: accuracy, loss, per-class scores, confusion, errors.
+
+torch is imported only where a checkpoint is evaluated: an `.onnx` file needs onnxruntime alone.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from mnist_cli.checkpoints import load_checkpoint, model_from_checkpoint
-from mnist_cli.data import CLASS_LABELS, NORMALIZATION, load_split
-from mnist_cli.devices import resolve_device
+from mnist_cli.data import CLASS_LABELS, NORMALIZATION, Split, load_split
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 _BATCH = 1000
 
@@ -25,19 +28,24 @@ def normalize(
     return scaled.sub_(normalization["mean"]).div_(normalization["std"])
 
 
-@torch.no_grad()
 def predict_logits(
     model: nn.Module, images: torch.Tensor, batch_size: int = _BATCH
 ) -> torch.Tensor:
     """Logits of a normalised batch, computed in chunks in eval mode."""
+    import torch
+
     model.eval()
-    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    with torch.no_grad():
+        chunks = [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks)
 
 
 def score(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (a fraction) of `model` on normalised images."""
+    import torch
+
     logits = predict_logits(model, images)
-    loss = nn.functional.cross_entropy(logits, labels).item()
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
     return loss, (logits.argmax(1) == labels).float().mean().item()
 
 
@@ -99,10 +107,20 @@ class Misclassified:
     predicted: np.ndarray
 
 
+def _misclassified(test: Split, predicted: np.ndarray) -> Misclassified:
+    wrong = predicted != test.labels
+    return Misclassified(test.images[wrong], test.labels[wrong], predicted[wrong])
+
+
 def evaluate_checkpoint(
     model_path: Path | str, *, data_dir: Path | str = "datafiles", device: str = "auto"
 ) -> tuple[Report, Misclassified]:
     """Evaluate a checkpoint on the 10,000 test images (never used during training)."""
+    import torch
+
+    from mnist_cli.checkpoints import load_checkpoint, model_from_checkpoint
+    from mnist_cli.devices import resolve_device
+
     torch_device = resolve_device(device)
     payload = load_checkpoint(model_path, map_location=torch_device)
     test = load_split(data_dir, "test")
@@ -110,11 +128,9 @@ def evaluate_checkpoint(
     images = normalize(torch.from_numpy(test.images).to(torch_device), payload["normalization"])
     labels = torch.from_numpy(test.labels).to(torch_device)
     logits = predict_logits(model, images)
-    loss = nn.functional.cross_entropy(logits, labels).item()
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
     report = build_report(str(model_path), test.labels, logits.cpu().numpy(), loss)
-    predicted = logits.argmax(1).cpu().numpy()
-    wrong = predicted != test.labels
-    return report, Misclassified(test.images[wrong], test.labels[wrong], predicted[wrong])
+    return report, _misclassified(test, logits.argmax(1).cpu().numpy())
 
 
 def evaluate_onnx(
@@ -135,9 +151,7 @@ def evaluate_onnx(
     log_probabilities = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
     loss = float(-log_probabilities[np.arange(len(test)), test.labels].mean())
     report = build_report(str(model_path), test.labels, logits, loss)
-    predicted = logits.argmax(1)
-    wrong = predicted != test.labels
-    return report, Misclassified(test.images[wrong], test.labels[wrong], predicted[wrong])
+    return report, _misclassified(test, logits.argmax(1))
 
 
 def evaluate_model(

@@ -253,3 +253,29 @@ def test_test_accepts_an_onnx_file(trained, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["images"] == 1000
+
+
+def test_testing_an_onnx_file_never_imports_torch(trained, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert (
+        run(
+            "export",
+            "--checkpoint",
+            trained["checkpoint"],
+            "--out",
+            out,
+            "--data-dir",
+            trained["data_dir"],
+        ).exit_code
+        == 0
+    )
+    code = (
+        "import sys; from mnist_cli.cli import app\n"
+        f"try: app(['test', '--model', {str(out)!r}, '--data-dir', "
+        f"{str(trained['data_dir'])!r}, '--json'])\n"
+        "except SystemExit as e: assert e.code in (0, None), e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["images"] == 1000
