@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from mnist_cli.download import import_mnist
-from mnist_cli.evaluation import evaluate_checkpoint
+from mnist_cli.evaluation import evaluate_model
 from mnist_cli.training import (
     TrainCallback,
     default_acceleration,
@@ -86,7 +86,7 @@ def recipe(data_dir: Path, device: torch.device, epochs: int | None, compile: bo
             compile=compile,
         )
         wall = time.perf_counter() - started
-        best, _ = evaluate_checkpoint(Path(out) / "best.pt", data_dir=data_dir, device=str(device))
+        best, _ = evaluate_model(Path(out) / "best.pt", data_dir=data_dir, device=str(device))
     reached = next(((r.epoch, t) for r, t, a in probe.rows if a >= 0.99), None)
     when = f"epoch {reached[0]} at {reached[1]:.1f} s of training" if reached else "not reached"
     print(

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_cli.backends import open_model
 from mnist_cli.data import load_split
 from mnist_cli.evaluation import evaluate_model
 from mnist_cli.export import export_onnx
-from mnist_cli.prediction import OnnxBackend
 
 
 def images_per_second(path: Path, images: np.ndarray, repeats: int = 3) -> float:
-    backend = OnnxBackend(path, "cpu")
+    backend = open_model(path, device="cpu")
     backend.probabilities(images[:1000])  # warm-up
     best = float("inf")
     for _ in range(repeats):

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from mnist_cli.backends import open_model
 from mnist_cli.data import load_split
-from mnist_cli.prediction import load_backend, predict_paths
+from mnist_cli.prediction import predict_paths
 
 
 def _place(digit: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -116,7 +117,7 @@ def main() -> None:
 
         digits = {}
         for backend, model in (("torch", args.checkpoint), ("onnxruntime", args.onnx)):
-            engine = load_backend(backend, model, "cpu")
+            engine = open_model(model, backend=backend, device="cpu")
             started = time.perf_counter()
             results = list(predict_paths(engine, paths))
             seconds = time.perf_counter() - started

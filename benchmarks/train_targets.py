@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mnist_cli.download import import_mnist
-from mnist_cli.evaluation import evaluate_checkpoint
+from mnist_cli.evaluation import evaluate_model
 from mnist_cli.training import EpochRecord, TrainCallback, default_config, train
 
 TARGET_SECONDS, TARGET_EARLY = 30.0, 0.990
@@ -35,7 +35,7 @@ class TestEveryEpoch(TrainCallback):
 
     def on_epoch(self, record: EpochRecord, *, best: bool) -> None:
         self.elapsed += record.seconds
-        report, _ = evaluate_checkpoint(
+        report, _ = evaluate_model(
             self.out_dir / "last.pt", data_dir=self.data_dir, device=self.device
         )
         self.rows.append((record, self.elapsed, report.accuracy))
@@ -54,7 +54,7 @@ def run(model: str, data_dir: Path, device: str, epochs: int | None, augment: bo
         print(f"{model}: {config}", flush=True)
         probe = TestEveryEpoch(out_dir, data_dir, device)
         train(config, data_dir=data_dir, out_dir=out_dir, device=device, callback=probe)
-        best, _ = evaluate_checkpoint(out_dir / "best.pt", data_dir=data_dir, device=device)
+        best, _ = evaluate_model(out_dir / "best.pt", data_dir=data_dir, device=device)
     reached = next(((e, t) for r, t, a in probe.rows if a >= TARGET_EARLY for e in [r.epoch]), None)
     per_epoch = sum(r.seconds for r, _, _ in probe.rows) / len(probe.rows)
     return {

@@ -1,62 +1,269 @@
-"""Self-describing checkpoints: saved atomically, loaded only with `weights_only=True`."""
+"""The checkpoint file: one typed record, written in one place, validated in one place.
+
+On disk a checkpoint is a dict of plain types and tensors, so `torch.load(weights_only=True)`
+reads it; `Checkpoint` is that dict with its fields named and their types checked.
+"""
 
 from __future__ import annotations
 
+import math
 import pickle
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from mnist_cli.errors import CheckpointError
-from mnist_cli.files import atomic_write
-from mnist_cli.models import Classifier, build_model
+from mnist_cli.files import TORCH_FILE, atomic_write, describe_bytes
+from mnist_cli.models import ModelSpecError, check_arguments, parameter_shapes
 
 FORMAT = "mnist_cli.checkpoint/1"
-_REQUIRED = ("architecture", "arguments", "state_dict", "normalization", "class_labels")
+DIGITS = [str(digit) for digit in range(10)]
 
 
-def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """Write `payload` beside `path`, then rename it into place, so a crash leaves the old file."""
-    atomic_write(path, lambda out: torch.save({"format": FORMAT, **payload}, out))
+@dataclass
+class EpochRecord:
+    """One row of the training history, in plain types."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+    images_per_second: float
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint without running any pickled code; raise CheckpointError when unusable."""
+@dataclass
+class TrainState:
+    """Where a run stands: what resume restores besides weights and optimiser."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps of the next epoch already done (an interrupted epoch)
+    partial_loss: float = 0.0  # summed loss of those steps
+    partial_seconds: float = 0.0  # seconds spent on those steps
+    best_val_accuracy: float = -1.0
+    best_epoch: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Everything needed to rebuild, use and (for last.pt) resume a trained model."""
+
+    architecture: str
+    arguments: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    normalization: dict[str, float]  # mean and std of the pixels in [0, 1]
+    class_labels: list[str]
+    val_accuracy: float  # of these weights, on the validation split
+    options: dict[str, Any]  # the TrainConfig, the device and the acceleration used
+    state: TrainState
+    mnist_cli_version: str = ""
+    optimizer: dict[str, Any] | None = None  # last.pt only
+    augment_rng: torch.Tensor | None = None  # last.pt only
+
+    @property
+    def resumable(self) -> bool:
+        return self.optimizer is not None
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
+    """Write beside `path`, then rename into place, so a crash leaves the old file."""
+    atomic_write(path, lambda out: torch.save(_to_dict(checkpoint), out))
+
+
+def _to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
+    state = asdict(checkpoint.state)
+    payload = {
+        "format": FORMAT,
+        **{f.name: getattr(checkpoint, f.name) for f in fields(checkpoint)},
+    }
+    del payload["state"]
+    payload.update(state)
+    if checkpoint.optimizer is None:
+        del payload["optimizer"], payload["augment_rng"]
+    return payload
+
+
+def load_checkpoint(path: Path | str) -> Checkpoint:
+    """Read and validate a checkpoint without running pickled code; raise CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint at {path}", hint="train one with `mnist train`, or pass --model FILE"
         )
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    kind = describe_bytes(head)
+    if kind == TORCH_FILE and head.startswith(b"PK") and not _is_torch_zip(path):
+        kind = "a zip archive"
+    if kind != TORCH_FILE:
+        raise CheckpointError(f"{path}: {kind or 'not a torch file'}, not an mnist checkpoint")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{path}: refused, it holds objects other than plain data and tensors",
             hint="only load checkpoints written by `mnist train`",
         ) from error
     except Exception as error:  # torch.load raises many types on a damaged file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({error!r})") from error
-    missing = (
-        [key for key in _REQUIRED if key not in payload] if isinstance(payload, dict) else _REQUIRED
-    )
-    if missing:
-        raise CheckpointError(f"{path}: not an mnist checkpoint (missing {', '.join(missing)})")
-    return payload
-
-
-def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
-    """Rebuild the network a checkpoint describes, with its weights, in eval mode."""
+        raise CheckpointError(f"{path}: damaged, torch cannot read it ({_short(error)})") from error
     try:
-        model = build_model(payload["architecture"], payload["arguments"])
-        model.load_state_dict(payload["state_dict"])
-    except (ValueError, KeyError, TypeError, RuntimeError) as error:
-        raise CheckpointError(f"checkpoint does not match its architecture: {error}") from error
-    return model.eval()
+        return checkpoint_from_dict(payload)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error.message}", hint=error.hint) from None
 
 
-def classifier_from_checkpoint(payload: dict[str, Any]) -> Classifier:
-    """The checkpoint's network behind its own normalisation: takes pixels in [0, 1]."""
-    norm = payload["normalization"]
-    return Classifier(model_from_checkpoint(payload), norm["mean"], norm["std"]).eval()
+def _is_torch_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return True  # a damaged torch file: let torch.load name the damage
+
+
+def _short(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+
+
+class _Fields:
+    """Typed reads from the loaded dict, each failure naming the field."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+
+    def get(self, name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+        if name not in self.payload:
+            if optional:
+                return None
+            raise CheckpointError(f"not an mnist checkpoint (no {name!r} field)")
+        value = self.payload[name]
+        fits = isinstance(value, (int, float) if kind is float else kind)
+        if isinstance(value, bool) or not fits:
+            raise CheckpointError(f"field {name!r} is {type(value).__name__}, not {_name(kind)}")
+        return float(value) if kind is float else value
+
+    def number(self, name: str, *, low: float, optional_default: float | None = None) -> float:
+        if optional_default is not None and name not in self.payload:
+            return optional_default
+        value = self.get(name, float)
+        if not math.isfinite(value) or value < low:
+            raise CheckpointError(f"field {name!r} is {value}, expected a number >= {low}")
+        return value
+
+    def count(self, name: str, *, default: int | None = None) -> int:
+        if default is not None and name not in self.payload:
+            return default
+        value = self.get(name, int)
+        if value < 0:
+            raise CheckpointError(f"field {name!r} is {value}, expected a count >= 0")
+        return value
+
+
+def _name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def checkpoint_from_dict(payload: Any) -> Checkpoint:
+    """Validate a loaded dict field by field; raise CheckpointError naming what is wrong."""
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"not an mnist checkpoint (holds a {type(payload).__name__})")
+    read = _Fields(payload)
+    version = read.get("format", str)
+    if version != FORMAT:
+        raise CheckpointError(
+            f"checkpoint format {version!r} is not {FORMAT!r}",
+            hint="it was written by another version of mnist; retrain or use that version",
+        )
+    architecture, arguments = read.get("architecture", str), read.get("arguments", dict)
+    labels = read.get("class_labels", list)
+    if labels != DIGITS:
+        raise CheckpointError(f"its classes are {labels[:12]!r}; mnist works with the digits 0-9")
+    state_dict = read.get("state_dict", dict)
+    _check_weights(architecture, arguments, state_dict, len(labels))
+    optimizer = read.get("optimizer", dict, optional=True)
+    augment_rng = read.get("augment_rng", torch.Tensor, optional=True)
+    return Checkpoint(
+        architecture=architecture,
+        arguments=arguments,
+        state_dict=state_dict,
+        normalization=_normalization(read.get("normalization", dict)),
+        class_labels=labels,
+        val_accuracy=read.number("val_accuracy", low=0.0, optional_default=0.0),
+        options=read.get("options", dict, optional=True) or {},
+        state=_train_state(read),
+        mnist_cli_version=read.get("mnist_cli_version", str, optional=True) or "",
+        optimizer=optimizer,
+        augment_rng=augment_rng,
+    )
+
+
+def _normalization(value: dict[str, Any]) -> dict[str, float]:
+    read = _Fields(value)
+    try:
+        mean, std = read.number("mean", low=-1e6), read.number("std", low=0.0)
+    except CheckpointError as error:
+        raise CheckpointError(f"normalization: {error.message}") from None
+    if std <= 0:
+        raise CheckpointError("normalization: std is 0; it must be positive")
+    return {"mean": mean, "std": std}
+
+
+def _check_weights(
+    architecture: str, arguments: dict[str, Any], state_dict: dict[str, Any], classes: int
+) -> None:
+    """Arguments against the saved tensors' shapes (nothing built), then finite values."""
+    try:
+        check_arguments(architecture, arguments)
+        expected = parameter_shapes(architecture, arguments)
+    except ModelSpecError as error:
+        raise CheckpointError(f"architecture {architecture!r}: {error}") from None
+    if arguments.get("classes") != classes:
+        raise CheckpointError(
+            f"its head has {arguments.get('classes')} outputs but it declares {classes} classes"
+        )
+    for name, shape in expected.items():
+        tensor = state_dict.get(name)
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"weights: {name} is missing")
+        if tuple(tensor.shape) != shape:
+            raise CheckpointError(
+                f"weights: {name} has shape {tuple(tensor.shape)}, but the architecture's "
+                f"arguments {arguments} need {shape}"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"weights: {name} holds NaN or infinite values")
+    extra = sorted(set(state_dict) - set(expected))
+    if extra:
+        raise CheckpointError(f"weights: unexpected tensors {', '.join(extra[:5])}")
+
+
+def _train_state(read: _Fields) -> TrainState:
+    history = read.get("history", list, optional=True) or []
+    try:
+        rows = [_epoch_record(row) for row in history]
+    except CheckpointError as error:
+        raise CheckpointError(f"history: {error.message}") from None
+    best_val_accuracy = read.number("best_val_accuracy", low=-1.0, optional_default=-1.0)
+    return TrainState(
+        epoch=read.count("epoch", default=len(rows)),
+        step=read.count("step", default=0),
+        partial_loss=read.number("partial_loss", low=0.0, optional_default=0.0),
+        partial_seconds=read.number("partial_seconds", low=0.0, optional_default=0.0),
+        best_val_accuracy=best_val_accuracy,
+        best_epoch=read.count("best_epoch", default=0),
+        history=rows,
+    )
+
+
+def _epoch_record(row: Any) -> EpochRecord:
+    if not isinstance(row, dict):
+        raise CheckpointError(f"a row is a {type(row).__name__}, not a dict")
+    read = _Fields(row)
+    values = {f.name: read.get(f.name, float) for f in fields(EpochRecord)}
+    values["epoch"] = read.count("epoch")
+    return EpochRecord(**values)

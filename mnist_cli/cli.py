@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from mnist_cli import __version__
+from mnist_cli.options import BackendName
 
 app = typer.Typer(
     name="mnist",
@@ -214,8 +215,13 @@ def train(
 @app.command()
 def test(
     model: Annotated[
-        Path, typer.Option("--model", help="A .pt checkpoint (torch) or .onnx file (onnxruntime).")
-    ] = Path("params/best.pt"),
+        Path | None,
+        typer.Option(
+            "--model",
+            help="A .pt checkpoint (run in torch) or .onnx file (run in onnxruntime). "
+            "\\[default: params/best.pt, else exported/model.onnx]",
+        ),
+    ] = None,
     data_dir: DataDir = Path("datafiles"),
     device: Device = "auto",
     json_output: Annotated[
@@ -306,14 +312,18 @@ def predict(
         list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)
     ],
     backend: Annotated[
-        str, typer.Option(help="torch (a .pt checkpoint) or onnxruntime (a .onnx file).")
-    ] = "torch",
+        BackendName | None,
+        typer.Option(
+            help="Force a backend. \\[default: the model file's kind: .pt runs in torch, "
+            ".onnx in onnxruntime]"
+        ),
+    ] = None,
     model: Annotated[
         Path | None,
         typer.Option(
             "--model",
-            help="Model file. "
-            "\\[default: params/best.pt for torch, exported/model.onnx for onnxruntime]",
+            help="Model file, .pt or .onnx. \\[default: params/best.pt, else "
+            "exported/model.onnx; with --backend, that backend's file]",
         ),
     ] = None,
     device: Device = "auto",
@@ -338,8 +348,10 @@ def predict(
     from mnist_cli import console, prediction
 
     with _user_errors():
-        engine = prediction.load_backend(backend, model, device)
-        console.note(f"{engine.name}: running on {engine.provider}")
+        from mnist_cli.backends import open_model
+
+        engine = open_model(model, backend=backend, device=device)
+        console.note(f"{engine.path}: {engine.name.value} on {engine.provider}")
         failures = 0
         with console.PredictionOutput(json_output=json_output, top_k=top_k) as output:
             for result in prediction.predict_paths(engine, paths, raw=raw, batch_size=batch_size):

@@ -7,12 +7,17 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mnist_cli import __version__
+from mnist_cli.backends import BackendMismatch, BackendName, OnnxBackend, open_model
 from mnist_cli.errors import MnistError
 from mnist_cli.files import atomic_write
+
+if TYPE_CHECKING:
+    from mnist_cli.checkpoints import Checkpoint
 
 FORMATS = ("onnx",)
 QUANTIZATIONS = ("int8",)
@@ -79,25 +84,49 @@ def export_onnx(
     `quantize="int8"` then quantises the checked float graph (static, calibrated on training
     images) and compares it with the float graph instead.
     """
-    import onnx
-    import torch
-
-    from mnist_cli.checkpoints import classifier_from_checkpoint, load_checkpoint
-
     checkpoint, out = Path(checkpoint), Path(out)
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ExportError(f"--quantize {quantize!r}: choose from {', '.join(QUANTIZATIONS)}")
     if opset < DEFAULT_OPSET:
         raise ExportError(f"--opset {opset}: the exporter needs opset {DEFAULT_OPSET} or newer")
-    payload = load_checkpoint(checkpoint)
-    classifier = classifier_from_checkpoint(payload)
+    try:
+        reference = open_model(checkpoint, backend=BackendName.torch, device="cpu")
+    except BackendMismatch:
+        raise ExportError(
+            f"{checkpoint}: an ONNX model already; export takes a .pt checkpoint",
+            hint="pass the checkpoint it came from, e.g. --checkpoint params/best.pt",
+        ) from None
+    metadata = _metadata(reference.checkpoint, checkpoint)
+    data = _checked_bytes(_to_onnx(reference, opset), metadata, "exported graph")
+    images, real = _check_images(data_dir, check_images)
+    expected = reference.probabilities(images)
+    got = OnnxBackend(data, str(out), "cpu").probabilities(images)
+    diff = float(np.abs(got - expected).max())
+    same = bool((got.argmax(1) == expected.argmax(1)).all())
+    if not diff <= MAX_PROBABILITY_DIFF or not same:  # `not <=` also fails on NaN
+        raise ExportError(
+            f"onnxruntime disagrees with torch (max probability difference {diff:.2e}, "
+            f"same predictions: {same}); nothing written to {out}"
+        )
+    if quantize is None:
+        atomic_write(out, lambda handle: handle.write(data))
+        return ExportResult(out, opset, len(images), real, diff, same, len(data))
+    return _export_int8(
+        data, {**metadata, "quantization": _INT8_NOTE}, out, opset, images, real, data_dir, got
+    )
+
+
+def _to_onnx(reference: Any, opset: int) -> Any:
+    """The checkpoint's classifier as an ONNX ModelProto with a dynamic batch."""
+    import torch
+
     example = torch.rand(2, 1, 28, 28)  # a batch of 1 would be specialised into the graph
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                classifier,
+                reference.module,
                 (example,),
                 dynamo=True,
                 opset_version=opset,
@@ -107,69 +136,66 @@ def export_onnx(
                 external_data=False,
                 verbose=False,
             )
-        model = program.model_proto
+        return program.model_proto
     except Exception as error:  # the exporter raises many kinds
-        raise ExportError(f"torch could not export {checkpoint}: {error}") from error
+        raise ExportError(f"torch could not export {reference.path}: {error}") from error
 
-    history = payload.get("history") or []
-    metadata = {
-        "class_labels": json.dumps(payload["class_labels"]),
+
+def _metadata(saved: Checkpoint, checkpoint: Path) -> dict[str, str]:
+    """What the ONNX file says about itself, so that a client needs nothing else."""
+    return {
+        "class_labels": json.dumps(saved.class_labels),
         "input": INPUT_DESCRIPTION,
-        "architecture": json.dumps(
-            {"name": payload["architecture"], "arguments": payload["arguments"]}
-        ),
-        "normalization": json.dumps(payload["normalization"]),
+        "architecture": json.dumps({"name": saved.architecture, "arguments": saved.arguments}),
+        "normalization": json.dumps(saved.normalization),
         "source_checkpoint_sha256": sha256_of(checkpoint),
-        "val_accuracy": str(payload.get("val_accuracy", "")),
-        "epochs_trained": str(len(history)),
+        "val_accuracy": str(saved.val_accuracy),
+        "epochs_trained": str(len(saved.state.history)),
         "mnist_cli_version": __version__,
     }
+
+
+def _checked_bytes(model: Any, metadata: dict[str, str], what: str) -> bytes:
+    """Stamp the metadata, pass onnx.checker, serialise."""
+    import onnx
+
     onnx.helper.set_model_props(model, metadata)
     model.producer_name, model.doc_string = "mnist_cli", INPUT_DESCRIPTION
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as error:
-        raise ExportError(f"the exported graph fails onnx.checker: {error}") from error
-    data = model.SerializeToString()
+        raise ExportError(f"the {what} fails onnx.checker: {error}") from error
+    return model.SerializeToString()
 
-    images, real = _check_images(data_dir, check_images)
-    with torch.no_grad():
-        expected = classifier(torch.from_numpy(images))[1].numpy()
-    got = _onnxruntime_probabilities(data, images)
-    diff = float(np.abs(got - expected).max())
-    same = bool((got.argmax(1) == expected.argmax(1)).all())
-    if diff > MAX_PROBABILITY_DIFF or not same:
-        raise ExportError(
-            f"onnxruntime disagrees with torch (max probability difference {diff:.2e}, "
-            f"same predictions: {same}); nothing written to {out}"
-        )
-    if quantize is None:
-        atomic_write(out, lambda handle: handle.write(data))
-        return ExportResult(out, opset, len(images), real, diff, same, len(data))
 
-    quantized = _quantize_int8(data, data_dir)
-    onnx.helper.set_model_props(quantized, {**metadata, "quantization": _INT8_NOTE})
-    try:
-        onnx.checker.check_model(quantized)
-    except onnx.checker.ValidationError as error:
-        raise ExportError(f"the int8 graph fails onnx.checker: {error}") from error
-    int8_data = quantized.SerializeToString()
-    int8_probabilities = _onnxruntime_probabilities(int8_data, images)
-    agreement = float((int8_probabilities.argmax(1) == got.argmax(1)).mean())
+def _export_int8(
+    float_data: bytes,
+    metadata: dict[str, str],
+    out: Path,
+    opset: int,
+    images: np.ndarray,
+    real: bool,
+    data_dir: Path | str | None,
+    float_probabilities: np.ndarray,
+) -> ExportResult:
+    """Quantise the checked float graph, compare it with that graph, and save it."""
+    data = _checked_bytes(_quantize_int8(float_data, data_dir), metadata, "int8 graph")
+    probabilities = OnnxBackend(data, str(out), "cpu").probabilities(images)
+    agreement = float((probabilities.argmax(1) == float_probabilities.argmax(1)).mean())
     if agreement < MIN_INT8_AGREEMENT:
         raise ExportError(
             f"the int8 model agrees with the float one on only {agreement:.1%} of "
             f"{len(images)} images; nothing written to {out}"
         )
-    atomic_write(out, lambda handle: handle.write(int8_data))
+    atomic_write(out, lambda handle: handle.write(data))
     return ExportResult(
         out,
         opset,
         len(images),
         real,
-        float(np.abs(int8_probabilities - got).max()),
+        float(np.abs(probabilities - float_probabilities).max()),
         agreement == 1.0,
-        len(int8_data),
+        len(data),
         quantization="int8",
         agreement=agreement,
         reference="float onnx",
@@ -228,10 +254,3 @@ def _quantize_int8(float_model: bytes, data_dir: Path | str | None):
                 weight_type=QuantType.QInt8,
             )
         return onnx.load(str(result))
-
-
-def _onnxruntime_probabilities(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    return session.run(["probabilities"], {"image": images})[0]

@@ -77,3 +77,32 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+TORCH_FILE, ONNX_FILE = "a torch file", "an ONNX model"
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"RIFF", "a RIFF file (WebP, WAV, ...)"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", TORCH_FILE),  # torch.save writes a zip archive
+    (b"\x80", TORCH_FILE),  # a pickle: torch.save's legacy format
+)
+
+
+def describe_bytes(head: bytes) -> str | None:
+    """Name the kind of file that starts with `head`, when its bytes say plainly what it is."""
+    if not head:
+        return "an empty file"
+    if len(head) > 1 and head[0] == 0x08 and 1 <= head[1] <= 64:
+        return ONNX_FILE  # protobuf field 1, ir_version: how every ONNX file starts
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    text = head.decode("utf-8", errors="ignore")  # the head may end inside a character
+    plain = len(text) * 2 >= len(head) and all(c.isprintable() or c.isspace() for c in text)
+    return "a text file" if plain else None

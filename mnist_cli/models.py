@@ -55,27 +55,53 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
+class ModelSpecError(ValueError):
+    """An architecture name or its arguments that no network can be built from."""
+
+
+_MAX_WIDTH = 1 << 16  # no layer of a digit classifier needs more units or channels
+_MAX_LAYERS = 32
+
+
 def default_arguments(architecture: str) -> dict[str, Any]:
     """The constructor arguments a new model of `architecture` gets, in plain types."""
     if architecture == "fc":
         return {"hidden": [512, 256, 256, 128, 64], "classes": 10}
     if architecture == "cnn":
-        return {"channels": [16, 32, 64], "classes": 10}  # ~24k weights, ~9k img/s on 2 cores
-    raise ValueError(
+        return {"channels": [16, 32, 64], "classes": 10}  # ~24k weights
+    raise ModelSpecError(
         f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}"
     )
+
+
+def check_arguments(architecture: str, arguments: dict[str, Any]) -> None:
+    """Raise ModelSpecError unless `arguments` are the right names, types and sizes."""
+    expected = set(default_arguments(architecture))
+    if set(arguments) != expected:
+        raise ModelSpecError(f"arguments {sorted(arguments)} are not {sorted(expected)}")
+    widths = arguments["hidden" if architecture == "fc" else "channels"]
+    lengths = range(1, _MAX_LAYERS + 1) if architecture == "fc" else (3,)
+    if not isinstance(widths, list) or len(widths) not in lengths:
+        raise ModelSpecError(f"layer sizes {widths!r} are not a list of {lengths[-1]} or fewer")
+    for value in [*widths, arguments["classes"]]:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_WIDTH:
+            raise ModelSpecError(f"layer size {value!r} is not a whole number in 1-{_MAX_WIDTH}")
+
+
+def parameter_shapes(architecture: str, arguments: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes the arguments imply, from a network on the meta device (no memory)."""
+    with torch.device("meta"):
+        network = build_model(architecture, arguments)
+    return {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
 
 
 def build_model(architecture: str, arguments: dict[str, Any] | None = None) -> nn.Module:
-    """Rebuild a model from its name and constructor arguments (as stored in a checkpoint)."""
+    """Build a network from its name and constructor arguments (as stored in a checkpoint)."""
     arguments = default_arguments(architecture) if arguments is None else arguments
+    check_arguments(architecture, arguments)
     if architecture == "fc":
         return FullyConnected(tuple(arguments["hidden"]), arguments["classes"])
-    if architecture == "cnn":
-        return ConvNet(tuple(arguments["channels"]), arguments["classes"])
-    raise ValueError(
-        f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}"
-    )
+    return ConvNet(tuple(arguments["channels"]), arguments["classes"])
 
 
 class Classifier(nn.Module):

@@ -1,23 +1,17 @@
-"""Reading digits from image files through torch or onnxruntime, in batches.
-
-The onnxruntime backend imports neither torch nor anything that does.
-"""
+"""Reading digits from image files, in batches, through any opened model (see `backends`)."""
 
 from __future__ import annotations
 
 import glob
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mnist_cli.errors import MnistError
+from mnist_cli.backends import Backend
 from mnist_cli.preprocessing import ImageError, load_digit
 
-BACKENDS = ("torch", "onnxruntime")
-DEFAULT_MODELS = {"torch": Path("params/best.pt"), "onnxruntime": Path("exported/model.onnx")}
 IMAGE_SUFFIXES = {
     ".png",
     ".jpg",
@@ -32,10 +26,6 @@ IMAGE_SUFFIXES = {
     ".pbm",
     ".pnm",
 }
-
-
-class ModelError(MnistError):
-    """A model file cannot be used for prediction."""
 
 
 @dataclass
@@ -79,88 +69,6 @@ def expand_paths(paths: Sequence[str]) -> Iterator[tuple[str, str | None]]:
             yield raw, "no such file or folder"
 
 
-class OnnxBackend:
-    """An exported `.onnx` model in onnxruntime; CUDA when the installed build offers it."""
-
-    name = "onnxruntime"
-
-    def __init__(self, model_path: Path | str, device: str = "auto"):
-        import onnxruntime
-
-        model_path = Path(model_path)
-        if not model_path.is_file():
-            raise ModelError(
-                f"no model at {model_path}",
-                hint="export one with `mnist export --format onnx`, or pass --model",
-            )
-        available = onnxruntime.get_available_providers()
-        wanted = ["CPUExecutionProvider"]
-        if device != "cpu" and "CUDAExecutionProvider" in available:
-            wanted.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = onnxruntime.InferenceSession(str(model_path), providers=wanted)
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise ModelError(f"{model_path}: not a usable ONNX model ({error})") from error
-        inputs = self.session.get_inputs()
-        shape = inputs[0].shape if inputs else []
-        if len(inputs) != 1 or list(shape[1:]) != [1, 28, 28]:
-            raise ModelError(f"{model_path}: expects input {shape}, not N x 1 x 28 x 28 images")
-        self.input_name = inputs[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        if not {"logits", "probabilities"} <= set(outputs):
-            raise ModelError(
-                f"{model_path}: needs outputs 'logits' and 'probabilities', has {outputs}"
-            )
-        self.provider = self.session.get_providers()[0]
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.labels = json.loads(meta["class_labels"]) if "class_labels" in meta else None
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(["probabilities"], {self.input_name: images})[0]
-
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(["logits"], {self.input_name: images})[0]
-
-
-class TorchBackend:
-    """A `.pt` checkpoint in torch, on the chosen device."""
-
-    name = "torch"
-
-    def __init__(self, model_path: Path | str, device: str = "auto"):
-        import torch
-
-        from mnist_cli.checkpoints import classifier_from_checkpoint, load_checkpoint
-        from mnist_cli.devices import resolve_device
-
-        self._torch = torch
-        self.device = resolve_device(device)
-        payload = load_checkpoint(model_path, map_location="cpu")
-        self.model = classifier_from_checkpoint(payload).to(self.device)
-        self.provider = str(self.device)
-        self.labels = payload["class_labels"]
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        with self._torch.no_grad():
-            batch = self._torch.from_numpy(images).to(self.device)
-            return self.model(batch)[1].float().cpu().numpy()
-
-
-def load_backend(backend: str, model_path: Path | str | None = None, device: str = "auto"):
-    """Open the model for `backend` ("torch" or "onnxruntime"); None picks its default file."""
-    if backend not in BACKENDS:
-        raise ModelError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    path = Path(model_path) if model_path is not None else DEFAULT_MODELS[backend]
-    if backend == "onnxruntime":
-        return OnnxBackend(path, device)
-    if path.suffix.lower() == ".onnx":
-        raise ModelError(
-            f"{path}: an ONNX model, not a torch checkpoint",
-            hint="use --backend onnxruntime for .onnx files",
-        )
-    return TorchBackend(path, device)
-
-
 def _batches(items: Iterable[tuple[str, str | None]], size: int) -> Iterator[list]:
     batch: list = []
     for item in items:
@@ -173,7 +81,7 @@ def _batches(items: Iterable[tuple[str, str | None]], size: int) -> Iterator[lis
 
 
 def predict_paths(
-    backend, paths: Sequence[str], *, raw: bool = False, batch_size: int = 256
+    backend: Backend, paths: Sequence[str], *, raw: bool = False, batch_size: int = 256
 ) -> Iterator[Prediction]:
     """Yield one Prediction per image file (or per bad path), reading and running in batches."""
     for chunk in _batches(expand_paths(paths), batch_size):

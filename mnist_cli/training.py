@@ -6,6 +6,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,17 @@ from torch import nn
 
 from mnist_cli import __version__
 from mnist_cli.augmentation import random_affine
-from mnist_cli.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from mnist_cli.backends import network_from_checkpoint, restore_optimizer
+from mnist_cli.checkpoints import (
+    Checkpoint,
+    EpochRecord,
+    TrainState,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mnist_cli.data import CLASS_LABELS, NORMALIZATION, Split, load_split, split_train_validation
 from mnist_cli.devices import resolve_device
 from mnist_cli.errors import CheckpointError, TrainingInterrupted
-from mnist_cli.evaluation import normalize, score
 from mnist_cli.files import exclusive_folder
 from mnist_cli.models import build_model, default_arguments
 
@@ -47,30 +54,40 @@ RECIPES = {
 }
 
 
+_COUNTS = ("epochs", "batch_size", "validation_size")
+
+
 def default_config(model: str = "cnn", **overrides: Any) -> TrainConfig:
     """The recipe for `model`, with any field replaced by a keyword that is not None."""
     if model not in RECIPES:
         raise ValueError(f"unknown model {model!r}; choose from {', '.join(RECIPES)}")
     config = replace(RECIPES[model], **{k: v for k, v in overrides.items() if v is not None})
-    for name in ("epochs", "batch_size", "validation_size"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name.replace('_', '-')} must be at least 1")
-    if config.lr <= 0:
-        raise ValueError("lr must be positive")
+    check_config(config)
     return config
 
 
-@dataclass
-class EpochRecord:
-    """One row of the training history, in plain types."""
+def check_config(config: TrainConfig) -> None:
+    """Raise ValueError naming the first field of the wrong type or out of its range."""
+    for item in fields(TrainConfig):
+        value, kind = getattr(config, item.name), type(getattr(RECIPES["cnn"], item.name))
+        fits = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if not fits or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"{_option(item.name)} must be a {kind.__name__}, not {value!r}")
+    for name in _COUNTS:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{_option(name)} must be at least 1")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise ValueError(f"lr must be a positive finite number, not {config.lr}")
+    limits = {"weight_decay": (0, 1), "label_smoothing": (0, 0.99), "warmup": (0, 1)}
+    for name, (low, high) in limits.items():
+        if not low <= getattr(config, name) <= high:
+            raise ValueError(f"{_option(name)} must be between {low} and {high}")
+    if config.seed < 0 or config.model not in RECIPES:
+        raise ValueError(f"seed {config.seed} or model {config.model!r} is not valid")
 
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_accuracy: float
-    lr: float
-    seconds: float
-    images_per_second: float
+
+def _option(name: str) -> str:
+    return name.replace("_", "-")
 
 
 @dataclass
@@ -134,6 +151,12 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N x 28 x 28 -> float N x 1 x 28 x 28, scaled to [0, 1] then standardised."""
+    scaled = images.unsqueeze(1).float().div_(255)
+    return scaled.sub_(NORMALIZATION["mean"]).div_(NORMALIZATION["std"])
+
+
 def _to_device(split: Split, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
     images = normalize(torch.from_numpy(split.images).to(device))
     if channels_last:
@@ -141,16 +164,11 @@ def _to_device(split: Split, device: torch.device, channels_last: bool) -> tuple
     return images, torch.from_numpy(split.labels).to(device)
 
 
-def _config_from(saved: dict[str, Any]) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
-
-
 @dataclass(frozen=True)
 class Acceleration:
     """How to compute, not what: none of these changes the recipe."""
 
-    channels_last: bool  # NHWC convolutions: ~1.3x faster on CPU, ~1.05x on an H100
+    channels_last: bool  # NHWC convolutions: faster for the cnn on CPU and CUDA alike
     bf16: bool  # autocast matrix work to bfloat16 (CUDA only)
     compile: bool  # torch.compile the network (opt-in: it costs start-up time)
     fused_optimizer: bool  # one fused AdamW kernel per step (CUDA only)
@@ -160,8 +178,8 @@ def default_acceleration(
     device: torch.device, model: str, *, compile: bool = False
 ) -> Acceleration:
     """The settings measured to help on `device` (benchmarks/gpu_check.py for CUDA)."""
-    # On an H100 this ~24k-weight net is bound by kernel launches, not arithmetic: bf16
-    # autocast (0.95 vs 0.85 s/epoch), fused AdamW and torch.compile measured no gain there.
+    # On an H100 this small net is bound by kernel launches, not arithmetic: bf16 autocast,
+    # fused AdamW and torch.compile measured no gain there.
     return Acceleration(
         channels_last=model == "cnn",
         bf16=False,
@@ -190,213 +208,271 @@ def train(
     """
     out_dir = Path(out_dir)
     torch_device = resolve_device(device)
-    last_path = out_dir / "last.pt"
-    saved = None
-    if resume:
-        if not last_path.is_file():
-            raise CheckpointError(
-                f"--resume: no {last_path} to continue from",
-                hint="start a new run without --resume",
-            )
-        saved = load_checkpoint(last_path)
-        if "optimizer" not in saved:
-            raise CheckpointError(f"--resume: {last_path} holds no optimiser state")
-        config = _config_from(saved["options"])
-    config = config or default_config()
+    saved = _resume_point(out_dir / "last.pt") if resume else None
+    config = _saved_config(saved) if saved else (config or default_config())
     acceleration = acceleration or default_acceleration(torch_device, config.model, compile=compile)
     with exclusive_folder(out_dir), _StopFlag() as stop:
-        run = _Run(config, acceleration, torch_device, out_dir, callback or TrainCallback(), stop)
-        return run.execute(Path(data_dir), saved)
-
-
-class _Run:
-    """One training run: model, optimiser and progress, and the checkpoints they make."""
-
-    def __init__(
-        self,
-        config: TrainConfig,
-        acceleration: Acceleration,
-        device: torch.device,
-        out_dir: Path,
-        callback: TrainCallback,
-        stop: _StopFlag,
-    ) -> None:
-        self.config, self.accel, self.device = config, acceleration, device
-        self.last_path, self.best_path = out_dir / "last.pt", out_dir / "best.pt"
-        self.callback, self.stop = callback, stop
-        self.history: list[EpochRecord] = []
-        self.best_acc, self.best_epoch = -1.0, 0
-
-    def _build(self, saved: dict[str, Any] | None) -> None:
-        config, device = self.config, self.device
-        torch.manual_seed(config.seed)  # initial weights
-        # Augmentation draws from its own generator, saved with last.pt: nothing else shifts it.
-        self.augment_rng = torch.Generator(device=device).manual_seed(config.seed)
-        self.arguments = saved["arguments"] if saved else default_arguments(config.model)
-        model = model_from_checkpoint(saved) if saved else build_model(config.model, self.arguments)
-        self.model = model.to(device)
-        if self.accel.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if self.accel.compile else self.model
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            fused=self.accel.fused_optimizer or None,
-        )
-
-    def _payload(self, epoch: int, step: int, val_accuracy: float) -> dict[str, Any]:
-        return {
-            "mnist_cli_version": __version__,
-            "architecture": self.config.model,
-            "arguments": self.arguments,
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "normalization": dict(NORMALIZATION),
-            "class_labels": list(CLASS_LABELS),
-            "epoch": epoch,
-            "step": step,
-            "val_accuracy": val_accuracy,
-            "best_val_accuracy": max(self.best_acc, val_accuracy),
-            "best_epoch": self.best_epoch,
-            "options": {
-                **asdict(self.config),
-                "device": str(self.device),
-                "acceleration": asdict(self.accel),
-            },
-            "history": [asdict(row) for row in self.history],
-        }
-
-    def _save_last(self, epoch: int, step: int, loss_sum: float, seconds: float) -> None:
-        state = self._payload(epoch, step, self.history[-1].val_accuracy if self.history else 0.0)
-        state.update(
-            optimizer=self.optimizer.state_dict(),
-            augment_rng=self.augment_rng.get_state(),
-            partial_loss=loss_sum,
-            partial_seconds=seconds,
-        )
-        save_checkpoint(state, self.last_path)
-
-    def _interrupted(self, where: str) -> TrainingInterrupted:
-        return TrainingInterrupted(
-            f"interrupted {where}; saved {self.last_path}",
-            hint=f"continue with `mnist train --resume --out {self.last_path.parent}`",
-        )
-
-    def execute(self, data_dir: Path, saved: dict[str, Any] | None) -> TrainResult:
-        config, device = self.config, self.device
-        train_split, val_split = split_train_validation(
-            load_split(data_dir, "train"), config.validation_size, config.seed
-        )
-        self.train_x, self.train_y = _to_device(train_split, device, self.accel.channels_last)
-        val_x, val_y = _to_device(val_split, device, self.accel.channels_last)
-        self._build(saved)
-        self.steps = math.ceil(len(train_split) / config.batch_size)
-
-        start_epoch, start_step, partial_loss, partial_seconds = 0, 0, 0.0, 0.0
+        run = _start(config, acceleration, torch_device, Path(data_dir), saved)
+        run.out_dir, run.callback, run.stop = out_dir, callback or TrainCallback(), stop
         if saved:
-            self.optimizer.load_state_dict(saved["optimizer"])
-            self.history = [EpochRecord(**row) for row in saved["history"]]
-            start_epoch, start_step = saved["epoch"], saved["step"]
-            self.best_acc, self.best_epoch = saved["best_val_accuracy"], saved["best_epoch"]
-            partial_loss, partial_seconds = saved["partial_loss"], saved["partial_seconds"]
-            try:
-                self.augment_rng.set_state(saved["augment_rng"])
-            except (RuntimeError, KeyError):  # saved on another kind of device: reseed
-                self.augment_rng.manual_seed(config.seed + start_epoch)
+            _restore(run, saved)
+        return _loop(run)
 
-        self.callback.on_start(
-            config=config, device=str(device), start_epoch=start_epoch, steps=self.steps
+
+def _resume_point(last_path: Path) -> Checkpoint:
+    """The checked last.pt that --resume continues from."""
+    if not last_path.is_file():
+        raise CheckpointError(
+            f"--resume: no {last_path} to continue from", hint="start a new run without --resume"
         )
-        for epoch in range(start_epoch, config.epochs):
-            resuming = epoch == start_epoch
-            first = start_step if resuming else 0
-            started = time.perf_counter()
-            loss_sum, lr = self._train_epoch(
-                epoch,
-                first,
-                partial_loss if resuming else 0.0,
-                partial_seconds if resuming else 0.0,
-            )
-            train_seconds = time.perf_counter() - started
-            val_loss, val_accuracy = score(self.model, val_x, val_y)
-            record = EpochRecord(
-                epoch=epoch + 1,
-                train_loss=loss_sum / len(train_split),
-                val_loss=val_loss,
-                val_accuracy=val_accuracy,
-                lr=lr,
-                seconds=(partial_seconds if resuming else 0.0) + time.perf_counter() - started,
-                images_per_second=(len(train_split) - first * config.batch_size)
-                / max(train_seconds, 1e-9),
-            )
-            self.history.append(record)
-            improved = val_accuracy > self.best_acc
-            if improved:
-                self.best_acc, self.best_epoch = val_accuracy, epoch + 1
-                save_checkpoint(self._payload(epoch + 1, 0, val_accuracy), self.best_path)
-            self._save_last(epoch + 1, 0, 0.0, 0.0)
-            self.callback.on_epoch(record, best=improved)
-            if self.stop.raised:
-                raise self._interrupted(f"after epoch {epoch + 1}")
-        if not self.best_path.is_file():
-            save_checkpoint(self._payload(config.epochs, 0, self.best_acc), self.best_path)
-        return TrainResult(
-            self.best_path,
-            self.last_path,
-            self.best_epoch,
-            self.best_acc,
-            str(device),
-            self.history,
+    try:
+        saved = load_checkpoint(last_path)
+    except CheckpointError as error:
+        raise CheckpointError(f"--resume: {error.message}", hint=_FRESH_START) from None
+    if not saved.resumable:
+        raise CheckpointError(f"--resume: {last_path} holds no optimiser state", hint=_FRESH_START)
+    return saved
+
+
+_FRESH_START = "start a new run without --resume (or in another --out folder)"
+
+
+def _saved_config(saved: Checkpoint) -> TrainConfig:
+    """The TrainConfig stored in a last.pt, checked as strictly as one typed by the user."""
+    known = {f.name for f in fields(TrainConfig)}
+    try:
+        config = TrainConfig(**{k: v for k, v in saved.options.items() if k in known})
+        check_config(config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"--resume: its saved options are damaged ({error})") from None
+    if config.model != saved.architecture:
+        raise CheckpointError(
+            f"--resume: options say {config.model!r} but the weights are {saved.architecture!r}"
+        )
+    return config
+
+
+@dataclass
+class _Run:
+    """The live objects of one run; the loop functions below read and update them."""
+
+    config: TrainConfig
+    accel: Acceleration
+    device: torch.device
+    arguments: dict[str, Any]
+    model: nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    augment_rng: torch.Generator
+    data: tuple[torch.Tensor, ...]  # train images, train labels, validation images and labels
+    state: TrainState
+    out_dir: Path = Path("params")
+    callback: TrainCallback = field(default_factory=TrainCallback)
+    stop: _StopFlag = field(default_factory=_StopFlag)
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(len(self.data[1]) / self.config.batch_size)
+
+    def interrupted(self, where: str) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            f"interrupted {where}; saved {self.out_dir / 'last.pt'}",
+            hint=f"continue with `mnist train --resume --out {self.out_dir}`",
         )
 
-    def _train_epoch(
-        self, epoch: int, first: int, loss_before: float, seconds_before: float
-    ) -> tuple[float, float]:
-        """Run the steps of one epoch from `first`; return the summed loss and the last lr."""
-        config, steps = self.config, self.steps
-        background = -NORMALIZATION["mean"] / NORMALIZATION["std"]  # a blank pixel, normalised
-        self.model.train()
-        order = _batch_order(len(self.train_y), config.seed, epoch).to(self.device)
-        loss_total = torch.zeros((), device=self.device)
-        started = time.perf_counter()
-        lr = 0.0
-        for step in range(first, steps):
-            lr = one_cycle_lr(epoch * steps + step, steps * config.epochs, config.lr, config.warmup)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            batch = self.train_x[index]
-            if config.augment:
-                batch = random_affine(batch, background=background, generator=self.augment_rng)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.accel.bf16):
-                loss = nn.functional.cross_entropy(
-                    self.forward(batch),
-                    self.train_y[index],
-                    label_smoothing=config.label_smoothing,
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            loss_total += loss.detach() * len(index)
-            done = step + 1
-            if done % _REPORT_EVERY == 0 or done == steps or self.stop.raised:
-                elapsed = time.perf_counter() - started
-                images = (
-                    min(done * config.batch_size, len(self.train_y)) - first * config.batch_size
-                )
-                self.callback.on_batch(
-                    epoch=epoch,
-                    step=done,
-                    steps=steps,
-                    loss=loss.item(),
-                    rate=images / max(elapsed, 1e-9),
-                )
-            if self.stop.raised:
-                self._save_last(
-                    epoch,
-                    done,
-                    loss_before + loss_total.item(),
-                    seconds_before + time.perf_counter() - started,
-                )
-                raise self._interrupted(f"in epoch {epoch + 1}, batch {done}/{steps}")
-        return loss_before + loss_total.item(), lr
+
+def _start(
+    config: TrainConfig,
+    accel: Acceleration,
+    device: torch.device,
+    data_dir: Path,
+    saved: Checkpoint | None,
+) -> _Run:
+    """Load the data, then build (or restore) the model, optimiser and augmentation state."""
+    train_split, val_split = split_train_validation(
+        load_split(data_dir, "train"), config.validation_size, config.seed
+    )
+    data = (
+        *_to_device(train_split, device, accel.channels_last),
+        *_to_device(val_split, device, accel.channels_last),
+    )
+    torch.manual_seed(config.seed)  # initial weights
+    arguments = saved.arguments if saved else default_arguments(config.model)
+    model = network_from_checkpoint(saved) if saved else build_model(config.model, arguments)
+    model = model.to(device)
+    if accel.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        fused=accel.fused_optimizer or None,
+    )
+    # Augmentation draws from its own generator, saved with last.pt: nothing else shifts it.
+    augment_rng = torch.Generator(device=device).manual_seed(config.seed)
+    return _Run(
+        config,
+        accel,
+        device,
+        arguments,
+        model,
+        torch.compile(model) if accel.compile else model,
+        optimizer,
+        augment_rng,
+        data,
+        TrainState(),
+    )
+
+
+def _restore(run: _Run, saved: Checkpoint) -> None:
+    """Put a last.pt's optimiser, progress and augmentation state into a fresh run."""
+    where = f"--resume: {run.out_dir / 'last.pt'}"
+    try:
+        restore_optimizer(run.optimizer, saved)
+    except CheckpointError as error:
+        raise CheckpointError(f"{where}: {error.message}", hint=_FRESH_START) from None
+    if saved.state.step > run.steps:
+        raise CheckpointError(
+            f"{where}: its step {saved.state.step} is past the {run.steps} steps of an epoch",
+            hint=_FRESH_START,
+        )
+    run.state = saved.state
+    try:
+        run.augment_rng.set_state(saved.augment_rng)
+    except (RuntimeError, TypeError):  # saved on another kind of device: reseed
+        run.augment_rng.manual_seed(run.config.seed + saved.state.epoch)
+
+
+def _loop(run: _Run) -> TrainResult:
+    """Train the remaining epochs, validating and saving after each."""
+    config, state = run.config, run.state
+    run.callback.on_start(
+        config=config, device=str(run.device), start_epoch=state.epoch, steps=run.steps
+    )
+    for epoch in range(state.epoch, config.epochs):
+        started, first, seconds_before = time.perf_counter(), state.step, state.partial_seconds
+        loss_sum, lr = _train_epoch(run, epoch)
+        train_seconds = time.perf_counter() - started
+        val_loss, val_accuracy = _validate(run)
+        images = len(run.data[1]) - first * config.batch_size
+        record = EpochRecord(
+            epoch=epoch + 1,
+            train_loss=loss_sum / len(run.data[1]),
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            lr=lr,
+            seconds=seconds_before + time.perf_counter() - started,
+            images_per_second=images / max(train_seconds, 1e-9),
+        )
+        improved = _end_epoch(run, record)
+        run.callback.on_epoch(record, best=improved)
+        if run.stop.raised:
+            raise run.interrupted(f"after epoch {epoch + 1}")
+    best_path = run.out_dir / "best.pt"
+    if not best_path.is_file():
+        save_checkpoint(_checkpoint(run, state.best_val_accuracy, resumable=False), best_path)
+    return TrainResult(
+        best_path,
+        run.out_dir / "last.pt",
+        state.best_epoch,
+        state.best_val_accuracy,
+        str(run.device),
+        state.history,
+    )
+
+
+def _end_epoch(run: _Run, record: EpochRecord) -> bool:
+    """Record a finished epoch, save best.pt if it improved and last.pt always."""
+    state = run.state
+    state.epoch, state.step, state.partial_loss, state.partial_seconds = record.epoch, 0, 0.0, 0.0
+    state.history.append(record)
+    improved = record.val_accuracy > state.best_val_accuracy
+    if improved:
+        state.best_val_accuracy, state.best_epoch = record.val_accuracy, record.epoch
+        save_checkpoint(
+            _checkpoint(run, record.val_accuracy, resumable=False), run.out_dir / "best.pt"
+        )
+    save_checkpoint(_checkpoint(run, record.val_accuracy, resumable=True), run.out_dir / "last.pt")
+    return improved
+
+
+def _validate(run: _Run) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on the validation split, in chunks, in eval mode."""
+    images, labels = run.data[2], run.data[3]
+    run.model.eval()
+    with torch.no_grad():
+        logits = torch.cat([run.model(images[i : i + 1000]) for i in range(0, len(images), 1000)])
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    return loss, (logits.argmax(1) == labels).float().mean().item()
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
+    """Run the steps of one epoch from `state.step`; return the summed loss and the last lr."""
+    config, state, steps = run.config, run.state, run.steps
+    first, loss_before, seconds_before = state.step, state.partial_loss, state.partial_seconds
+    run.model.train()
+    order = _batch_order(len(run.data[1]), config.seed, epoch).to(run.device)
+    loss_total = torch.zeros((), device=run.device)
+    started, lr = time.perf_counter(), 0.0
+    for step in range(first, steps):
+        lr = one_cycle_lr(epoch * steps + step, steps * config.epochs, config.lr, config.warmup)
+        index = order[step * config.batch_size : (step + 1) * config.batch_size]
+        loss = _step(run, index, lr)
+        loss_total += loss.detach() * len(index)
+        done = step + 1
+        if done % _REPORT_EVERY == 0 or done == steps or run.stop.raised:
+            images = min(done * config.batch_size, len(run.data[1])) - first * config.batch_size
+            elapsed = time.perf_counter() - started
+            run.callback.on_batch(
+                epoch=epoch, step=done, steps=steps, loss=loss.item(), rate=images / elapsed
+            )
+        if run.stop.raised:
+            state.step, state.partial_loss = done, loss_before + loss_total.item()
+            state.partial_seconds = seconds_before + time.perf_counter() - started
+            last_accuracy = state.history[-1].val_accuracy if state.history else 0.0
+            save_checkpoint(
+                _checkpoint(run, last_accuracy, resumable=True), run.out_dir / "last.pt"
+            )
+            raise run.interrupted(f"in epoch {epoch + 1}, batch {done}/{steps}")
+    return loss_before + loss_total.item(), lr
+
+
+_BACKGROUND = -NORMALIZATION["mean"] / NORMALIZATION["std"]  # a blank pixel, normalised
+
+
+def _step(run: _Run, index: torch.Tensor, lr: float) -> torch.Tensor:
+    """One optimiser step on the batch `index`; returns its loss (on the device)."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    batch = run.data[0][index]
+    if run.config.augment:
+        batch = random_affine(batch, background=_BACKGROUND, generator=run.augment_rng)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.accel.bf16):
+        loss = nn.functional.cross_entropy(
+            run.forward(batch), run.data[1][index], label_smoothing=run.config.label_smoothing
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return loss
+
+
+def _checkpoint(run: _Run, val_accuracy: float, *, resumable: bool) -> Checkpoint:
+    """The run as a Checkpoint; `resumable` adds the optimiser and augmentation state."""
+    return Checkpoint(
+        architecture=run.config.model,
+        arguments=run.arguments,
+        state_dict={k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        normalization=dict(NORMALIZATION),
+        class_labels=list(CLASS_LABELS),
+        val_accuracy=val_accuracy,
+        options={
+            **asdict(run.config),
+            "device": str(run.device),
+            "acceleration": asdict(run.accel),
+        },
+        state=replace(run.state, history=list(run.state.history)),
+        mnist_cli_version=__version__,
+        optimizer=run.optimizer.state_dict() if resumable else None,
+        augment_rng=run.augment_rng.get_state() if resumable else None,
+    )

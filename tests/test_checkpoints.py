@@ -5,19 +5,23 @@ import pickle
 import pytest
 import torch
 
-from mnist_cli.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from mnist_cli.backends import network_from_checkpoint
+from mnist_cli.checkpoints import Checkpoint, TrainState, load_checkpoint, save_checkpoint
 from mnist_cli.errors import CheckpointError
 from mnist_cli.models import build_model, default_arguments
 
 
 def payload(model):
-    return {
-        "architecture": "fc",
-        "arguments": default_arguments("fc"),
-        "state_dict": model.state_dict(),
-        "normalization": {"mean": 0.1307, "std": 0.3081},
-        "class_labels": [str(d) for d in range(10)],
-    }
+    return Checkpoint(
+        architecture="fc",
+        arguments=default_arguments("fc"),
+        state_dict=model.state_dict(),
+        normalization={"mean": 0.1307, "std": 0.3081},
+        class_labels=[str(d) for d in range(10)],
+        val_accuracy=0.5,
+        options={},
+        state=TrainState(),
+    )
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path):
@@ -25,7 +29,7 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
     save_checkpoint(payload(model), tmp_path / "m.pt")
     loaded = load_checkpoint(tmp_path / "m.pt")
     x = torch.rand(2, 1, 28, 28)
-    assert torch.equal(model_from_checkpoint(loaded)(x), model.eval()(x))
+    assert torch.equal(network_from_checkpoint(loaded)(x), model.eval()(x))
 
 
 def test_missing_checkpoint_says_to_train(tmp_path):

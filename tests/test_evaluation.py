@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from mnist_cli.evaluation import build_report, evaluate_checkpoint, save_error_grid
+from mnist_cli.evaluation import build_report, evaluate_model, save_error_grid
 
 
 def test_report_counts_from_logits():
@@ -20,7 +20,7 @@ def test_report_counts_from_logits():
 
 
 def test_evaluate_and_save_the_errors(trained, tmp_path):
-    report, wrong = evaluate_checkpoint(
+    report, wrong = evaluate_model(
         trained["checkpoint"], data_dir=trained["data_dir"], device="cpu"
     )
     assert report.images == 1000

@@ -8,7 +8,8 @@ import onnxruntime
 import pytest
 import torch
 
-from mnist_cli.checkpoints import classifier_from_checkpoint, load_checkpoint
+from mnist_cli.backends import classifier_from_checkpoint
+from mnist_cli.checkpoints import load_checkpoint
 from mnist_cli.errors import MnistError
 from mnist_cli.export import ExportError, export_onnx, sha256_of
 
@@ -52,7 +53,7 @@ def test_metadata_describes_the_model(exported):
     assert json.loads(meta["architecture"])["name"] == "cnn"
     assert meta["source_checkpoint_sha256"] == sha256_of(trained["checkpoint"])
     saved = load_checkpoint(trained["checkpoint"])
-    assert float(meta["val_accuracy"]) == pytest.approx(saved["val_accuracy"])
+    assert float(meta["val_accuracy"]) == pytest.approx(saved.val_accuracy)
     assert meta["mnist_cli_version"]
 
 
@@ -65,9 +66,9 @@ def test_mismatch_leaves_no_file(trained, tmp_path, monkeypatch):
     import mnist_cli.export as export
 
     monkeypatch.setattr(
-        export,
-        "_onnxruntime_probabilities",
-        lambda data, images: np.full((len(images), 10), 0.1, np.float32),
+        export.OnnxBackend,
+        "probabilities",
+        lambda self, images: np.full((len(images), 10), 0.1, np.float32),
     )
     with pytest.raises(ExportError, match="disagrees"):
         export_onnx(trained["checkpoint"], tmp_path / "m.onnx", data_dir=trained["data_dir"])

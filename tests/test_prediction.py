@@ -8,11 +8,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from mnist_cli.backends import open_model
 from mnist_cli.cli import app
 from mnist_cli.data import load_split
 from mnist_cli.errors import MnistError
 from mnist_cli.export import export_onnx
-from mnist_cli.prediction import expand_paths, load_backend, predict_paths
+from mnist_cli.prediction import expand_paths, predict_paths
 
 runner = CliRunner()
 
@@ -50,7 +51,8 @@ def test_expand_files_folders_and_globs(models, tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_both_backends_read_the_digits(models, backend):
-    engine = load_backend(backend, models["pt" if backend == "torch" else "onnx"], "cpu")
+    engine = open_model(models["pt" if backend == "torch" else "onnx"], device="cpu")
+    assert engine.name == backend
     results = list(predict_paths(engine, [str(models["images"])], batch_size=8))
     assert len(results) == 20 and all(r.error is None for r in results)
     truth = [int(r.path.split("label")[1][0]) for r in results]
@@ -60,8 +62,8 @@ def test_both_backends_read_the_digits(models, backend):
 
 
 def test_backends_agree(models):
-    torch_engine = load_backend("torch", models["pt"], "cpu")
-    onnx_engine = load_backend("onnxruntime", models["onnx"], "cpu")
+    torch_engine = open_model(models["pt"], device="cpu")
+    onnx_engine = open_model(models["onnx"], device="cpu")
     paths = [str(models["images"])]
     a = [r.digit for r in predict_paths(torch_engine, paths)]
     b = [r.digit for r in predict_paths(onnx_engine, paths)]
@@ -70,10 +72,10 @@ def test_backends_agree(models):
 
 def test_missing_model_files():
     with pytest.raises(MnistError, match="no model at nowhere.onnx") as caught:
-        load_backend("onnxruntime", "nowhere.onnx")
+        open_model("nowhere.onnx")
     assert "mnist export" in caught.value.hint
-    with pytest.raises(MnistError, match="no checkpoint at nowhere.pt") as caught:
-        load_backend("torch", "nowhere.pt")
+    with pytest.raises(MnistError, match="no model at nowhere.pt") as caught:
+        open_model("nowhere.pt")
     assert "mnist train" in caught.value.hint
 
 
@@ -120,7 +122,7 @@ def test_cli_table_with_top_k(models):
     )
     assert result.exit_code == 0, result.output
     assert "top 3" in result.stdout and "confidence" in result.stdout
-    assert "running on cpu" in result.stderr
+    assert "torch on cpu" in result.stderr
 
 
 def test_onnxruntime_path_never_imports_torch(models):
@@ -184,14 +186,14 @@ def test_broken_model_files_are_named(models, tmp_path):
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(MnistError) as caught:
-            load_backend("onnxruntime", tmp_path / name)
+            open_model(tmp_path / name)
         assert name in caught.value.message
     pt_bytes = models["pt"].read_bytes()
     (tmp_path / "truncated.pt").write_bytes(pt_bytes[: len(pt_bytes) // 2])
     with pytest.raises(MnistError, match="truncated.pt"):
-        load_backend("torch", tmp_path / "truncated.pt")
+        open_model(tmp_path / "truncated.pt")
     with pytest.raises(MnistError, match="model.onnx") as caught:
-        load_backend("torch", models["onnx"])
+        open_model(models["onnx"], backend="torch")
     assert "--backend onnxruntime" in caught.value.hint
 
 
@@ -208,4 +210,4 @@ def test_onnx_model_with_the_wrong_input_shape(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
     onnx.save(model, tmp_path / "flat.onnx")
     with pytest.raises(MnistError, match="flat.onnx: expects input"):
-        load_backend("onnxruntime", tmp_path / "flat.onnx")
+        open_model(tmp_path / "flat.onnx")

@@ -10,7 +10,7 @@ import torch
 
 from mnist_cli.checkpoints import load_checkpoint
 from mnist_cli.errors import OutputError, TrainingInterrupted
-from mnist_cli.evaluation import evaluate_checkpoint
+from mnist_cli.evaluation import evaluate_model
 from mnist_cli.training import TrainCallback, default_config, one_cycle_lr, train
 
 TINY = {"epochs": 2, "validation_size": 500, "batch_size": 128}
@@ -33,26 +33,26 @@ def test_recipes_and_overrides():
 
 
 def test_trained_model_is_far_above_chance(trained):
-    report, _ = evaluate_checkpoint(
-        trained["checkpoint"], data_dir=trained["data_dir"], device="cpu"
-    )
+    report, _ = evaluate_model(trained["checkpoint"], data_dir=trained["data_dir"], device="cpu")
     assert report.accuracy > 0.9  # chance is 0.1; 3 epochs on 3,500 digits
 
 
 def test_checkpoint_describes_itself(trained):
-    payload = load_checkpoint(trained["checkpoint"])
-    assert payload["architecture"] == "cnn"
-    assert payload["class_labels"] == [str(d) for d in range(10)]
-    assert payload["normalization"] == {"mean": 0.1307, "std": 0.3081}
-    assert payload["options"]["epochs"] == 3 and payload["options"]["seed"] == 0
-    assert len(payload["history"]) == 3
-    assert payload["val_accuracy"] == max(row["val_accuracy"] for row in payload["history"])
+    saved = load_checkpoint(trained["checkpoint"])
+    assert saved.architecture == "cnn"
+    assert saved.class_labels == [str(d) for d in range(10)]
+    assert saved.normalization == {"mean": 0.1307, "std": 0.3081}
+    assert saved.options["epochs"] == 3 and saved.options["seed"] == 0
+    assert saved.val_accuracy == max(row.val_accuracy for row in saved.state.history)
+    assert not saved.resumable
     last = load_checkpoint(trained["out_dir"] / "last.pt")
-    assert last["epoch"] == 3 and "optimizer" in last
+    assert last.state.epoch == 3 and len(last.state.history) == 3 and last.resumable
+    raw = torch.load(trained["checkpoint"], weights_only=True)  # plain types on disk
+    assert raw["format"] == "mnist_cli.checkpoint/1" and isinstance(raw["history"][0], dict)
 
 
 def _weights(path):
-    return load_checkpoint(path)["state_dict"]
+    return load_checkpoint(path).state_dict
 
 
 def _same(a, b):
@@ -104,7 +104,7 @@ def test_ctrl_c_saves_and_resume_gives_the_same_weights(data_dir, tmp_path):
         )
     assert caught.value.exit_code == 130 and "--resume" in caught.value.hint
     saved = load_checkpoint(tmp_path / "cut/last.pt")
-    assert (saved["epoch"], saved["step"]) == (1, 10)
+    assert (saved.state.epoch, saved.state.step) == (1, 10)
     result = train(None, data_dir=data_dir, out_dir=tmp_path / "cut", device="cpu", resume=True)
     assert [row.epoch for row in result.history] == [1, 2]
     assert _same(_weights(tmp_path / "whole/last.pt"), _weights(tmp_path / "cut/last.pt"))
@@ -164,4 +164,4 @@ def test_bf16_and_fused_optimizer_path_runs(data_dir, tmp_path):
     )
     assert result.best_val_accuracy > 0.5
     saved = load_checkpoint(result.last_path)
-    assert saved["options"]["acceleration"]["bf16"] is True
+    assert saved.options["acceleration"]["bf16"] is True

@@ -1,0 +1,309 @@
+"""Opening a model file, `.pt` or `.onnx`, checked before it is trusted, as one kind of backend.
+
+Every command runs models through `open_model`: a backend takes float32 N x 1 x 28 x 28 pixels
+in [0, 1] and returns logits and probabilities. The onnxruntime path never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mnist_cli.devices import check_device_name
+from mnist_cli.errors import MnistError
+from mnist_cli.files import ONNX_FILE, TORCH_FILE, describe_bytes
+from mnist_cli.options import BackendName
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from mnist_cli.checkpoints import Checkpoint
+    from mnist_cli.models import Classifier
+
+DIGITS = [str(digit) for digit in range(10)]
+IMAGE_SHAPE = (1, 28, 28)
+MAX_MODEL_BYTES = 256 << 20  # a digit model is ~100 KB; anything this large is not one
+_CHUNK = 1000  # images per call when the model takes any batch size
+
+
+DEFAULT_MODELS = {
+    BackendName.torch: Path("params/best.pt"),
+    BackendName.onnxruntime: Path("exported/model.onnx"),
+}
+_KIND_OF = {BackendName.torch: "an mnist checkpoint", BackendName.onnxruntime: "an ONNX model"}
+
+
+class ModelError(MnistError):
+    """A model file cannot be opened or does not behave as a digit classifier."""
+
+
+class BackendMismatch(ModelError):
+    """--backend names a backend that cannot run this kind of file."""
+
+    exit_code = 2
+
+
+class Backend:
+    """A checked model: `logits` and `probabilities` of float32 N x 1 x 28 x 28 batches."""
+
+    name: BackendName
+    provider: str
+    path: str
+    labels: list[str]
+    batch: int | None = None  # a fixed batch size the model was exported with, if any
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Logits (N x classes, float32), run in chunks the model accepts."""
+        if images.dtype != np.float32 or images.shape[1:] != IMAGE_SHAPE:
+            raise ValueError(f"expected float32 N x 1 x 28 x 28, got {images.dtype} {images.shape}")
+        size = self.batch or _CHUNK
+        chunks = [self._chunk(images[i : i + size], size) for i in range(0, len(images), size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(images))
+
+    def _chunk(self, images: np.ndarray, size: int) -> np.ndarray:
+        count = len(images)
+        if self.batch is not None and count < size:  # pad a fixed-batch model's last chunk
+            images = np.concatenate([images, np.zeros((size - count, *IMAGE_SHAPE), np.float32)])
+        return np.asarray(self._run(images), dtype=np.float32)[:count]
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def default_model_path(backend: BackendName | None) -> Path:
+    """The file a command uses without --model: the backend's default, or the first that exists."""
+    if backend is not None:
+        return DEFAULT_MODELS[backend]
+    existing = [path for path in DEFAULT_MODELS.values() if path.is_file()]
+    return existing[0] if existing else DEFAULT_MODELS[BackendName.torch]
+
+
+def open_model(
+    path: Path | str | None = None,
+    *,
+    backend: BackendName | str | None = None,
+    device: str = "auto",
+) -> Backend:
+    """Open and check a model file; its bytes pick the backend unless `backend` forces one."""
+    backend = BackendName(backend) if backend is not None else None
+    device = check_device_name(device)
+    path = Path(path) if path is not None else default_model_path(backend)
+    kind = detect_backend(path)
+    if backend is not None and backend != kind:
+        raise BackendMismatch(
+            f"{path}: {_KIND_OF[kind]}, which --backend {backend.value} cannot run",
+            hint=f"drop --backend, or use --backend {kind.value}",
+        )
+    if kind is BackendName.onnxruntime:
+        return OnnxBackend(str(path), str(path), device)
+    from mnist_cli.checkpoints import load_checkpoint
+    from mnist_cli.errors import CheckpointError
+
+    try:
+        checkpoint = load_checkpoint(path)
+    except CheckpointError as error:
+        raise ModelError(error.message, hint=error.hint) from None
+    return TorchBackend(checkpoint, str(path), device)
+
+
+def detect_backend(path: Path) -> BackendName:
+    """Which backend a file needs, from its bytes (not its name); ModelError if neither."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        tool = "mnist export" if path.suffix.lower() == ".onnx" else "mnist train"
+        raise ModelError(
+            f"no model at {path}", hint=f"make one with `{tool}`, or pass --model FILE"
+        ) from None
+    except OSError as error:
+        raise ModelError(f"{path}: cannot be read ({error.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ModelError(f"{path}: {what}, not a model file")
+    if info.st_size > MAX_MODEL_BYTES:
+        raise ModelError(f"{path}: {info.st_size:,} bytes, too large for a digit model")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError as error:
+        raise ModelError(f"{path}: cannot be read ({error.strerror})") from None
+    kind = describe_bytes(head)
+    if kind in (TORCH_FILE, ONNX_FILE):
+        return BackendName.torch if kind == TORCH_FILE else BackendName.onnxruntime
+    kind = kind or "not a model file"
+    raise ModelError(f"{path}: {kind}; expected a .pt checkpoint or an .onnx model")
+
+
+class OnnxBackend(Backend):
+    """An ONNX graph in onnxruntime, checked on open: input, outputs, labels and a dry run."""
+
+    name = BackendName.onnxruntime
+
+    def __init__(self, model: str | bytes, path: str, device: str = "auto") -> None:
+        import onnxruntime
+
+        self.path = path
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: warnings would clutter the CLI's output
+        available = onnxruntime.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if device != "cpu" and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = onnxruntime.InferenceSession(model, options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ModelError(f"{path}: not a usable ONNX model ({_first_line(error)})") from None
+        self.provider = self.session.get_providers()[0]
+        self.input_name, self.batch = self._check_input()
+        self.output_name = self._check_output()
+        self.labels = self._labels()
+        self._dry_run()
+
+    def _fail(self, problem: str) -> ModelError:
+        return ModelError(f"{self.path}: {problem}", hint=_MODEL_HINT)
+
+    def _check_input(self) -> tuple[str, int | None]:
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise self._fail(f"has {len(inputs)} inputs; a digit model takes one image batch")
+        image = inputs[0]
+        if image.type != "tensor(float)":
+            raise self._fail(f"input {image.name!r} is {image.type}, not float32 (tensor(float))")
+        shape = list(image.shape)
+        fixed = [dim if isinstance(dim, int) else None for dim in shape]
+        if len(shape) != 4 or any(
+            size is not None and size != want
+            for size, want in zip(fixed[1:], IMAGE_SHAPE, strict=True)
+        ):
+            raise self._fail(f"expects input {shape}, not N x 1 x 28 x 28 images")
+        return image.name, fixed[0] if fixed[0] and fixed[0] > 0 else None
+
+    def _check_output(self) -> str:
+        outputs = {output.name: output for output in self.session.get_outputs()}
+        name = "logits" if "logits" in outputs else next(iter(outputs))
+        output = outputs[name]
+        if output.type not in ("tensor(float)", "tensor(double)", "tensor(float16)"):
+            raise self._fail(f"output {name!r} is {output.type}, not floating-point scores")
+        if output.shape and len(output.shape) != 2:
+            raise self._fail(f"output {name!r} has shape {output.shape}, not N x classes")
+        return name
+
+    def _labels(self) -> list[str]:
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "class_labels" not in meta:
+            return list(DIGITS)
+        try:
+            labels = json.loads(meta["class_labels"])
+        except ValueError:
+            labels = None
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise self._fail("its class_labels metadata is not a JSON list of strings")
+        if labels != DIGITS:
+            raise self._fail(f"its classes are {labels[:12]!r}; mnist reads the digits 0-9")
+        return labels
+
+    def _dry_run(self) -> None:
+        batch = self.batch or 2
+        try:
+            got = self.session.run([self.output_name], {self.input_name: _zeros(batch)})[0]
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise self._fail(f"fails on a batch of blank images ({_first_line(error)})") from None
+        if got.shape != (batch, len(self.labels)):
+            raise self._fail(
+                f"output {self.output_name!r} has shape {list(got.shape)} for {batch} images; "
+                f"expected [{batch}, {len(self.labels)}] (one score per digit)"
+            )
+        if not np.isfinite(got).all():
+            raise self._fail("gives NaN or infinite scores on a blank image")
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: images})[0]
+
+
+_MODEL_HINT = (
+    "mnist runs ONNX models that take float32 N x 1 x 28 x 28 pixels in [0, 1] and give "
+    "N x 10 scores; `mnist export` writes such a file"
+)
+
+
+def _zeros(batch: int) -> np.ndarray:
+    return np.zeros((batch, *IMAGE_SHAPE), np.float32)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+class TorchBackend(Backend):
+    """A validated checkpoint's network, behind its normalisation, on a torch device."""
+
+    name = BackendName.torch
+
+    def __init__(self, checkpoint: Checkpoint, path: str, device: str = "auto") -> None:
+        from mnist_cli.devices import resolve_device
+
+        self.path, self.checkpoint = path, checkpoint
+        self.device = resolve_device(device)
+        self.module = classifier_from_checkpoint(checkpoint).to(self.device)
+        self.provider = str(self.device)
+        self.labels = list(checkpoint.class_labels)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            return self.module(batch)[0].float().cpu().numpy()
+
+
+def network_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
+    """The network a validated checkpoint describes, with its weights, in eval mode."""
+    from mnist_cli.models import build_model
+
+    network = build_model(checkpoint.architecture, checkpoint.arguments)
+    network.load_state_dict(checkpoint.state_dict)  # shapes were checked when it was loaded
+    return network.eval()
+
+
+def classifier_from_checkpoint(checkpoint: Checkpoint) -> Classifier:
+    """The checkpoint's network behind its own normalisation: takes pixels in [0, 1]."""
+    from mnist_cli.models import Classifier
+
+    norm = checkpoint.normalization
+    return Classifier(network_from_checkpoint(checkpoint), norm["mean"], norm["std"]).eval()
+
+
+def restore_optimizer(optimizer: Any, checkpoint: Checkpoint) -> None:
+    """Load a last.pt's optimiser state after checking it fits the parameters it will drive."""
+    from mnist_cli.errors import CheckpointError
+
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    try:
+        saved = checkpoint.optimizer or {}
+        for index, state in saved["state"].items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if state[key].shape != parameters[index].shape:
+                    raise ValueError(f"{key} of parameter {index} has the wrong shape")
+        optimizer.load_state_dict(saved)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(f"its optimiser state is damaged ({_first_line(error)})") from None

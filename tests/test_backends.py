@@ -1,0 +1,276 @@
+"""One way to open a model file: every bad file is refused on open, with its name and a reason."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import warnings
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from typer.testing import CliRunner
+
+from mnist_cli.backends import BackendMismatch, ModelError, open_model
+from mnist_cli.checkpoints import load_checkpoint, save_checkpoint
+from mnist_cli.cli import app
+from mnist_cli.data import load_split
+from mnist_cli.errors import CheckpointError
+from mnist_cli.evaluation import evaluate_model
+from mnist_cli.training import train
+
+runner = CliRunner()
+
+
+def _onnx_file(path, *, classes=10, dtype=TensorProto.FLOAT, labels=None, output="matrix"):
+    """A tiny linear ONNX model; `output` bends its output the way real files go wrong."""
+    weight = numpy_helper.from_array(np.full((784, classes), 0.01, np.float32), "w")
+    nodes = [
+        helper.make_node("Flatten", ["image"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["scores"]),
+    ]
+    result, shape = "scores", ["N", classes]
+    if dtype == TensorProto.DOUBLE:
+        nodes[0] = helper.make_node("Flatten", ["image"], ["flat64"])
+        nodes.insert(1, helper.make_node("Cast", ["flat64"], ["flat"], to=TensorProto.FLOAT))
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    if output == "vector":
+        nodes.append(helper.make_node("ReduceSum", ["scores", "axes"], ["summed"], keepdims=0))
+        result, shape = "summed", ["N"]
+    elif output == "double batch":
+        nodes.append(helper.make_node("Concat", ["scores", "scores"], ["twice"], axis=0))
+        result, shape = "twice", ["M", classes]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", dtype, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info(result, TensorProto.FLOAT, shape)],
+        [weight, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    if labels is not None:
+        helper.set_model_props(model, {"class_labels": json.dumps(labels)})
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"dtype": TensorProto.DOUBLE}, "tensor(double), not float32"),
+        ({"output": "vector"}, "not N x classes"),
+        ({"output": "double batch"}, "shape [4, 10] for 2 images"),
+        ({"classes": 20}, "shape [2, 20] for 2 images; expected [2, 10]"),
+        ({"classes": 20, "labels": [str(k) for k in range(20)]}, "reads the digits 0-9"),
+        ({"labels": "not a list"}, "not a JSON list of strings"),
+    ],
+)
+def test_onnx_files_that_load_but_would_not_run_are_refused(tmp_path, options, fragment):
+    path = _onnx_file(tmp_path / "bad.onnx", **options)
+    with pytest.raises(ModelError) as caught:
+        open_model(path)
+    assert "bad.onnx" in caught.value.message and fragment in caught.value.message
+    assert caught.value.exit_code == 1
+
+
+def test_a_plain_linear_onnx_file_is_accepted(tmp_path):
+    backend = open_model(_onnx_file(tmp_path / "ok.onnx"))
+    assert backend.name == "onnxruntime" and backend.labels == [str(d) for d in range(10)]
+    probabilities = backend.probabilities(np.zeros((3, 1, 28, 28), np.float32))
+    assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(1), 1)
+
+
+@pytest.fixture(scope="module")
+def static_batch(trained, tmp_path_factory):
+    """The trained model exported as a beginner would: torch.onnx.export with a batch of one."""
+    from mnist_cli.backends import classifier_from_checkpoint
+
+    path = tmp_path_factory.mktemp("static") / "static.onnx"
+    classifier = classifier_from_checkpoint(load_checkpoint(trained["checkpoint"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(classifier, torch.zeros(1, 1, 28, 28), path, verbose=False)
+    return path
+
+
+def test_static_batch_onnx_predicts_and_tests_like_its_checkpoint(static_batch, trained, tmp_path):
+    backend = open_model(static_batch)
+    assert backend.batch == 1
+    report, _ = evaluate_model(static_batch, data_dir=trained["data_dir"])
+    reference, _ = evaluate_model(trained["checkpoint"], data_dir=trained["data_dir"], device="cpu")
+    assert report.confusion == reference.confusion and report.images == 1000
+    test = load_split(trained["data_dir"], "test")
+    for i in range(3):
+        Image.fromarray(test.images[i]).save(tmp_path / f"{i}.png")
+    result = runner.invoke(app, ["predict", str(tmp_path), "--model", str(static_batch), "--json"])
+    assert result.exit_code == 0, result.output
+    digits = [json.loads(line)["digit"] for line in result.stdout.splitlines()]
+    assert len(digits) == 3
+    assert sum(d == t for d, t in zip(digits, test.labels[:3], strict=True)) >= 2
+    assert "onnxruntime" in result.stderr  # chosen by the file's kind, no --backend needed
+
+
+def _damaged(trained, tmp_path, name="m.pt", **changes):
+    """The trained checkpoint with some fields replaced, saved through the one writer."""
+    saved = load_checkpoint(trained["checkpoint"])
+    path = tmp_path / name
+    save_checkpoint(dataclasses.replace(saved, **changes), path)
+    return path
+
+
+def _raw_damaged(trained, tmp_path, name="m.pt", **changes):
+    """The checkpoint's on-disk dict with fields replaced, bypassing the typed writer."""
+    payload = torch.load(trained["checkpoint"], weights_only=True)
+    payload.update(changes)
+    torch.save(payload, tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"normalization": {}}, "normalization: not an mnist checkpoint (no 'mean' field)"),
+        ({"normalization": {"mean": 0.1, "std": 0}}, "std is 0"),
+        ({"class_labels": [str(k) for k in range(20)]}, "mnist works with the digits 0-9"),
+        ({"arguments": {"channels": [16, 32, 64], "classes": 5}}, "5 outputs"),
+        ({"arguments": {"channels": [16, 32, "x"], "classes": 10}}, "'x' is not a whole number"),
+        ({"format": "mnist_cli.checkpoint/99"}, "format 'mnist_cli.checkpoint/99'"),
+        ({"val_accuracy": "high"}, "'val_accuracy' is str"),
+        ({"history": [{"epoch": 1}]}, "history: not an mnist checkpoint (no 'train_loss'"),
+    ],
+)
+def test_checkpoints_with_bad_fields_are_refused(trained, tmp_path, changes, fragment):
+    path = _raw_damaged(trained, tmp_path, **changes)
+    with pytest.raises(ModelError) as caught:
+        open_model(path)
+    assert str(path) in caught.value.message and fragment in caught.value.message
+
+
+def test_checkpoint_with_a_20_class_head_is_refused(trained, tmp_path):
+    saved = torch.load(trained["checkpoint"], weights_only=True)
+    state = dict(saved["state_dict"])
+    state["classifier.weight"] = torch.zeros(20, 576)
+    state["classifier.bias"] = torch.zeros(20)
+    path = _raw_damaged(trained, tmp_path, state_dict=state)
+    with pytest.raises(ModelError, match=r"classifier.weight has shape \(20, 576\)"):
+        open_model(path)
+
+
+def test_checkpoint_with_nan_weights_is_refused(trained, tmp_path):
+    saved = load_checkpoint(trained["checkpoint"])
+    state = dict(saved.state_dict)
+    state["classifier.bias"] = torch.full_like(state["classifier.bias"], float("nan"))
+    path = _damaged(trained, tmp_path, state_dict=state)
+    result = runner.invoke(app, ["test", "--model", str(path), "--data-dir", "nowhere"])
+    assert result.exit_code == 1 and "classifier.bias holds NaN" in result.output
+    assert "Traceback" not in result.output
+
+
+ABSURD = """
+import resource, sys, torch
+from mnist_cli.backends import open_model, ModelError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    open_model(sys.argv[1])
+except ModelError as error:
+    print(error.message)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) // 1024)
+"""
+
+
+def test_absurd_architecture_arguments_are_refused_without_allocating(trained, tmp_path):
+    path = _raw_damaged(trained, tmp_path, arguments={"channels": [16, 32, 60000], "classes": 10})
+    done = subprocess.run(
+        [sys.executable, "-c", ABSURD, str(path)], capture_output=True, text=True, check=True
+    )
+    message, grown_mib = done.stdout.strip().splitlines()
+    assert "features.2.0.weight has shape (64, 32, 3, 3)" in message
+    assert "need (60000, 32, 3, 3)" in message
+    assert int(grown_mib) < 200  # building that network would take ~2 GB
+
+
+@pytest.mark.parametrize(
+    "content, kind",
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), "a PNG image"),
+        (b"hello, I am text\n", "a text file"),
+        (b"", "an empty file"),
+        (b"\x00\x01\x02\x03" * 8, "not a model file"),
+    ],
+)
+def test_files_that_are_something_else_are_named_as_such(tmp_path, content, kind):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    result = runner.invoke(app, ["test", "--model", str(path)])
+    assert result.exit_code == 1 and f"model.pt: {kind}" in result.output
+
+
+def test_a_zip_named_pt_is_a_zip_archive(tmp_path):
+    with zipfile.ZipFile(tmp_path / "model.pt", "w") as archive:
+        archive.writestr("readme.txt", "not a model")
+    with pytest.raises(ModelError, match="model.pt: a zip archive, not an mnist checkpoint"):
+        open_model(tmp_path / "model.pt")
+
+
+def test_onnx_named_pt_runs_as_onnx_and_contradictions_exit_2(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(_onnx_file(tmp_path / "m.onnx").read_bytes())
+    assert open_model(path).name == "onnxruntime"
+    with pytest.raises(BackendMismatch) as caught:
+        open_model(path, backend="torch")
+    assert "an ONNX model" in caught.value.message and caught.value.exit_code == 2
+    result = runner.invoke(app, ["predict", "x.png", "--model", str(path), "--backend", "torch"])
+    assert result.exit_code == 2 and "--backend onnxruntime" in result.output
+
+
+def test_a_folder_or_fifo_is_not_a_model(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.onnx")
+    with pytest.raises(ModelError, match="pipe.onnx: not a regular file"):
+        open_model(tmp_path / "pipe.onnx")
+    with pytest.raises(ModelError, match="a folder"):
+        open_model(tmp_path)
+
+
+def test_the_model_is_checked_before_any_image_is_read(tmp_path):
+    bad = _onnx_file(tmp_path / "bad.onnx", classes=20)
+    result = runner.invoke(app, ["predict", str(tmp_path / "missing.png"), "--model", str(bad)])
+    assert result.exit_code == 1
+    assert "bad.onnx" in result.output and "missing.png" not in result.output
+
+
+RESUME_DAMAGE = [
+    ({"options": "fast"}, "field 'options' is str"),
+    ({"options": {"batch_size": 0}}, "batch-size must be at least 1"),
+    ({"options": {"lr": "0.1"}}, "lr must be a float"),
+    ({"history": "broken"}, "field 'history' is str"),
+    ({"history": [{"epoch": "one"}]}, "history:"),
+    ({"optimizer": {"state": {}, "param_groups": []}}, "optimiser state is damaged"),
+    ({"step": 10_000}, "past the"),
+]
+
+
+@pytest.mark.parametrize("changes, fragment", RESUME_DAMAGE)
+def test_damaged_last_pt_is_refused_by_resume(trained, tmp_path, changes, fragment):
+    out = tmp_path / "run"
+    out.mkdir()
+    payload = torch.load(trained["out_dir"] / "last.pt", weights_only=True)
+    if isinstance(changes.get("options"), dict):
+        changes = {"options": {**payload["options"], **changes["options"]}}
+    torch.save({**payload, **changes}, out / "last.pt")
+    with pytest.raises(CheckpointError) as caught:
+        train(None, data_dir=trained["data_dir"], out_dir=out, device="cpu", resume=True)
+    assert fragment in caught.value.message and caught.value.exit_code == 1
+    result = runner.invoke(
+        app, ["train", "--resume", "--out", str(out), "--data-dir", str(trained["data_dir"])]
+    )
+    assert result.exit_code == 1 and "--resume" in result.output
+    assert "Traceback" not in result.output
