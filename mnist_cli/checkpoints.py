@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mnist_cli.errors import CheckpointError
+from mnist_cli.errors import CheckpointError, OutputError
 from mnist_cli.files import TORCH_FILE, atomic_write, describe_bytes
 from mnist_cli.models import ModelSpecError, check_arguments, parameter_shapes
 
@@ -72,7 +72,13 @@ class Checkpoint:
 
 def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
     """Write beside `path`, then rename into place, so a crash leaves the old file."""
-    atomic_write(path, lambda out: torch.save(_to_dict(checkpoint), out))
+    try:
+        atomic_write(path, lambda out: torch.save(_to_dict(checkpoint), out))
+    except RuntimeError as error:  # torch.save reports a full disk as a RuntimeError
+        raise OutputError(
+            f"{path}: could not be written ({_short(error)}); the previous file is unchanged",
+            hint="free some disk space, or choose another --out",
+        ) from None
 
 
 def _to_dict(checkpoint: Checkpoint) -> dict[str, Any]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mnist_cli import __version__
-from mnist_cli.options import BackendName
+from mnist_cli.options import BackendName, ExportFormat, Quantization
 
 app = typer.Typer(
     name="mnist",
@@ -22,6 +24,7 @@ app = typer.Typer(
 )
 
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
 
 
 @contextmanager
@@ -38,10 +41,19 @@ def _user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         console.err.print("Interrupted.")
         raise typer.Exit(code=EXIT_INTERRUPTED) from None
+    except BrokenPipeError:  # the reader went away (`| head -1`): stop quietly
+        _silence_stdout()
+        raise typer.Exit(code=EXIT_BROKEN_PIPE) from None
     except OSError as error:  # a file or folder the core could not read or write
         where = f": {error.filename}" if error.filename else ""
         console.print_error(MnistError(f"{error.strerror or error}{where}"))
         raise typer.Exit(code=1) from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    with suppress(OSError, ValueError, AttributeError):  # no real descriptor under test runners
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _version(value: bool) -> None:
@@ -103,9 +115,12 @@ def download(
         else:
             with console.DownloadProgress() as progress:
                 outcomes = core.download_mnist(data_dir, on_progress=progress)
-    for outcome in outcomes:
-        state = "already present and valid" if outcome.status == "present" else outcome.status
-        console.note(f"{outcome.name}: {state} ({outcome.path})")
+        for outcome in outcomes:
+            state = {
+                "present": "already present and valid",
+                "kept": "kept the official file already there (the imported one is not official)",
+            }.get(outcome.status, outcome.status)
+            console.note(f"{outcome.name}: {state} ({outcome.path})")
 
 
 @app.command()
@@ -153,6 +168,14 @@ def train(
         bool,
         typer.Option(
             "--compile", help="torch.compile the network (opt-in: no gain measured for the cnn)."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Start again in an OUT that holds a run; its files are replaced when the new "
+            "run saves its first epoch.",
         ),
     ] = False,
 ) -> None:
@@ -205,11 +228,12 @@ def train(
                 resume=resume,
                 callback=progress,
                 compile=compile,
+                overwrite=overwrite,
             )
-    console.note(
-        f"Best validation accuracy {result.best_val_accuracy:.2%} at epoch {result.best_epoch}: "
-        f"{result.best_path}"
-    )
+        console.note(
+            f"Best validation accuracy {result.best_val_accuracy:.2%} at epoch "
+            f"{result.best_epoch}: {result.best_path}"
+        )
 
 
 @app.command()
@@ -228,7 +252,8 @@ def test(
         bool, typer.Option("--json", help="Print the report as one JSON object.")
     ] = False,
     errors: Annotated[
-        Path | None, typer.Option(help="Save a PNG grid of the misclassified digits here.")
+        Path | None,
+        typer.Option(help="Save a PNG grid of the misclassified digits to this .png file."),
     ] = None,
 ) -> None:
     """Evaluate a model on the 10,000 MNIST test images.
@@ -240,20 +265,24 @@ def test(
     with _user_errors():
         from mnist_cli import evaluation
 
+        if errors is not None:
+            evaluation.check_image_path(errors, option="--errors")
         report, wrong = evaluation.evaluate_model(model, data_dir=data_dir, device=device)
         if errors is not None:
             evaluation.save_error_grid(wrong, errors)
-    if json_output:
-        console.print_json(report.to_dict())
-    else:
-        console.show_report(report)
-    if errors is not None:
-        console.note(f"Saved {report.errors} misclassified digits to {errors}")
+        if json_output:
+            console.print_json(report.to_dict())
+        else:
+            console.show_report(report)
+        if errors is not None:
+            console.note(f"Saved {report.errors} misclassified digits to {errors}")
 
 
 @app.command()
 def export(
-    format: Annotated[str, typer.Option("--format", help="Output format: onnx.")] = "onnx",
+    format: Annotated[
+        ExportFormat, typer.Option("--format", help="Output format.")
+    ] = ExportFormat.onnx,
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint to export.")] = Path(
         "params/best.pt"
     ),
@@ -263,12 +292,20 @@ def export(
             help="File to write. \\[default: exported/model.onnx, exported/model-int8.onnx]"
         ),
     ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 18,
+    opset: Annotated[
+        int, typer.Option(min=18, help="ONNX opset: 18 up to what the installed onnx knows.")
+    ] = 18,
     quantize: Annotated[
-        str | None,
+        Quantization | None,
         typer.Option(help="int8: static quantisation calibrated on 1,000 training images."),
     ] = None,
     data_dir: DataDir = Path("datafiles"),
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace an existing OUT that `mnist export` did not write."
+        ),
+    ] = False,
 ) -> None:
     """Export a checkpoint to one self-contained ONNX file, checked against torch first.
 
@@ -283,27 +320,21 @@ def export(
 
     with _user_errors():
         from mnist_cli import export as core
-        from mnist_cli.errors import MnistError
 
-        if format not in core.FORMATS:
-            console.print_error(
-                MnistError(
-                    f"--format {format!r} is not supported; choose from {', '.join(core.FORMATS)}"
-                )
-            )
-            raise typer.Exit(code=2)
         if out is None:
             out = Path("exported/model-int8.onnx" if quantize else "exported/model.onnx")
         result = core.export_onnx(
-            checkpoint, out, opset=opset, data_dir=data_dir, quantize=quantize
+            checkpoint, out, opset=opset, data_dir=data_dir, quantize=quantize, overwrite=overwrite
         )
-    images = "MNIST test images" if result.real_images else "random images (no MNIST data found)"
-    console.note(
-        f"onnx.checker: passed. onnxruntime vs {result.reference} on {result.images} {images}: "
-        f"max |probability difference| {result.max_probability_diff:.2e}, "
-        f"same predictions: {result.agreement:.2%}"
-    )
-    console.note(f"Wrote {result.path} ({result.size_bytes / 1024:.0f} KiB, opset {result.opset})")
+        source = "MNIST test images" if result.real_images else "random images (no MNIST data)"
+        console.note(
+            f"onnx.checker: passed. onnxruntime vs {result.reference} on {result.images} "
+            f"{source}: max |probability difference| {result.max_probability_diff:.2e}, "
+            f"same predictions: {result.agreement:.2%}"
+        )
+        console.note(
+            f"Wrote {result.path} ({result.size_bytes / 1024:.0f} KiB, opset {result.opset})"
+        )
 
 
 @app.command()

@@ -17,6 +17,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from mnist_cli.errors import MnistError
@@ -27,20 +28,23 @@ out = Console(highlight=False)  # results: tables and JSON
 err = Console(stderr=True, highlight=False)  # progress, notes and errors
 
 
+# User text (paths, model metadata, error messages) reaches Rich only as Text, never as markup.
+
+
 def print_error(error: MnistError) -> None:
-    err.print(f"[bold red]Error:[/] {error.message}", soft_wrap=True)
+    err.print(Text.assemble(("Error:", "bold red"), " ", error.message), soft_wrap=True)
     if error.hint:
-        err.print(f"[dim]Hint:[/] {error.hint}", soft_wrap=True)
+        err.print(Text.assemble(("Hint:", "dim"), " ", error.hint), soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err.print(message, soft_wrap=True)
+    err.print(Text(message), soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
     import json
 
-    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.write(json.dumps(data, allow_nan=False) + "\n")  # strict JSON: no NaN
     sys.stdout.flush()
 
 
@@ -126,7 +130,7 @@ class TrainProgress:
             + ("  best" if best else "")
         )
         if self.live:
-            self._progress.console.print(line)
+            self._progress.console.print(Text(line))
         else:
             print(line, file=sys.stderr, flush=True)
 
@@ -142,8 +146,13 @@ def _shade(count: int, largest: int, diagonal: bool) -> str:
 def show_report(report: Report) -> None:
     """Print accuracy, per-class scores and the confusion matrix shaded by count."""
     out.print(
-        f"[bold]{report.model}[/]: accuracy [bold]{report.accuracy:.2%}[/] "
-        f"({report.images - report.errors}/{report.images}), mean loss {report.loss:.4f}"
+        Text.assemble(
+            (report.model, "bold"),
+            ": accuracy ",
+            (f"{report.accuracy:.2%}", "bold"),
+            f" ({report.images - report.errors}/{report.images}), mean loss {report.loss:.4f}",
+        ),
+        soft_wrap=True,
     )
     scores = Table(title="Per class", title_justify="left")
     for column in ("digit", "precision", "recall", "F1", "support"):
@@ -194,14 +203,14 @@ class PredictionOutput:
 
     def add(self, result: Any) -> None:
         if result.error is not None:
-            err.print(f"[red]{result.path}[/]: {result.error}", soft_wrap=True)
+            err.print(Text.assemble((result.path, "red"), f": {result.error}"), soft_wrap=True)
             return
         if self.json_output:
             print_json(
                 {"path": result.path, "digit": result.digit, "probabilities": result.probabilities}
             )
             return
-        cells = [result.path, str(result.digit), f"{result.confidence:.2%}"]
+        cells = [Text(result.path), str(result.digit), f"{result.confidence:.2%}"]
         if self.top_k > 1:
             cells.append("  ".join(f"{d}: {p:.1%}" for d, p in result.top(self.top_k)))
         self.table.add_row(*cells)

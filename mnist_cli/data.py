@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mnist_cli.errors import DataError
+from mnist_cli.errors import DataError, OptionError
 
 DEFAULT_DATA_DIR = Path("datafiles")  # as in the tutorial
 CLASS_LABELS = [str(digit) for digit in range(10)]
@@ -60,8 +62,8 @@ def md5_of(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def parse_idx(data: bytes, *, name: str, labels: bool) -> np.ndarray:
-    """Decode the bytes of an IDX images or labels file, checking every field; raise DataError."""
+def _header(data: bytes, *, name: str, labels: bool) -> tuple[int, list[int]]:
+    """Check an IDX header (magic, dimensions); return its size and the dimensions."""
     magic = _LABELS_MAGIC if labels else _IMAGES_MAGIC
     ndim = magic & 0xFF
     header_size = 4 + 4 * ndim
@@ -77,6 +79,37 @@ def parse_idx(data: bytes, *, name: str, labels: bool) -> np.ndarray:
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     if not labels and dims[1:] != [IMAGE_SIZE, IMAGE_SIZE]:
         raise DataError(f"{name}: images are {dims[1]}x{dims[2]}, expected 28x28", hint=_FIX)
+    return header_size, dims
+
+
+def read_idx_bytes(path: Path, *, kind: str) -> bytes:
+    """The bytes of an IDX file (gzip or not), read no further than its header promises.
+
+    `kind` is the official file name: its size bounds what a header may promise, so a small
+    gzip bomb or a huge sparse file costs no more memory than the real file.
+    """
+    labels = "labels" in kind
+    try:
+        with open(path, "rb") as plain:
+            gzipped = plain.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(path, "rb") as source:
+            head = source.read(4 + 4 * ((_LABELS_MAGIC if labels else _IMAGES_MAGIC) & 0xFF))
+            header_size, dims = _header(head, name=str(path), labels=labels)
+            promised = header_size + math.prod(dims)
+            if promised > OFFICIAL_SIZES[kind]:
+                raise DataError(
+                    f"{path}: its header promises {promised:,} bytes, more than the official "
+                    f"file's {OFFICIAL_SIZES[kind]:,}",
+                    hint=_FIX,
+                )
+            return head + source.read(promised - header_size + 1)  # +1 finds trailing bytes
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: cannot be read or unpacked ({error})", hint=_FIX) from error
+
+
+def parse_idx(data: bytes, *, name: str, labels: bool) -> np.ndarray:
+    """Decode the bytes of an IDX images or labels file, checking every field; raise DataError."""
+    header_size, dims = _header(data, name=name, labels=labels)
     expected = header_size + math.prod(dims)  # Python ints: a hostile header cannot overflow
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "longer than its header says"
@@ -104,7 +137,7 @@ def load_split(data_dir: Path | str, split: str) -> Split:
                 f"MNIST {split} data not found: {path} is missing",
                 hint="run `mnist download` (or `mnist download --from FOLDER` offline)",
             )
-        data = path.read_bytes()
+        data = read_idx_bytes(path, kind=name)
         if len(data) == OFFICIAL_SIZES[name] and md5_of(data) != OFFICIAL_MD5[name]:
             raise DataError(
                 f"{path}: damaged (its MD5 does not match the official file)", hint=_FIX
@@ -121,7 +154,10 @@ def load_split(data_dir: Path | str, split: str) -> Split:
 def split_train_validation(train: Split, validation_size: int, seed: int) -> tuple[Split, Split]:
     """Hold out `validation_size` training images, chosen by `seed`, for picking checkpoints."""
     if not 0 < validation_size < len(train):
-        raise DataError(f"validation size {validation_size} must be between 1 and {len(train) - 1}")
+        raise OptionError(
+            f"--validation-size {validation_size}: must be between 1 and {len(train) - 1} "
+            f"(there are {len(train):,} training images)"
+        )
     order = np.random.default_rng(seed).permutation(len(train))
     held, kept = order[:validation_size], order[validation_size:]
     return (

@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-from mnist_cli.data import OFFICIAL_MD5, md5_of, parse_idx, raw_dir
+from mnist_cli.data import OFFICIAL_MD5, OFFICIAL_SIZES, md5_of, parse_idx, raw_dir, read_idx_bytes
 from mnist_cli.errors import DownloadError
 from mnist_cli.files import atomic_write
 
@@ -24,7 +24,8 @@ _TIMEOUT_S = 30
 
 @dataclass(frozen=True)
 class FileOutcome:
-    """What happened to one file: "present" (kept as it was), "downloaded" or "imported"."""
+    """What happened to one file: "present" (already there), "downloaded", "imported", or
+    "kept" (the official file there was not replaced by a non-official one)."""
 
     name: str
     path: Path
@@ -44,7 +45,17 @@ def _write(data: bytes, out: BinaryIO) -> None:
 
 
 def _is_official(path: Path, name: str) -> bool:
-    return path.is_file() and md5_of(path.read_bytes()) == OFFICIAL_MD5[name]
+    return (
+        _same_size(path, OFFICIAL_SIZES[name]) and md5_of(path.read_bytes()) == OFFICIAL_MD5[name]
+    )
+
+
+def _same_size(path: Path, size: int) -> bool:
+    return path.is_file() and path.stat().st_size == size  # is_file: no FIFO or device
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    return _same_size(path, len(data)) and path.read_bytes() == data
 
 
 def _fetch(url: str, name: str, on_progress: ProgressCallback | None) -> bytes:
@@ -127,12 +138,7 @@ def import_mnist(
     prepared = []
     for name, official in OFFICIAL_MD5.items():
         path = _find_source(source, name)
-        try:
-            data = path.read_bytes()
-            if data[:2] == b"\x1f\x8b":
-                data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
-            raise DownloadError(f"{path}: cannot be read or unpacked ({error})") from error
+        data = read_idx_bytes(path, kind=name)  # bounded: a gzip bomb is refused, not inflated
         if verify_md5 and md5_of(data) != official:
             raise DownloadError(
                 f"{path}: not the official MNIST file (MD5 {md5_of(data)}, expected {official})",
@@ -143,7 +149,9 @@ def import_mnist(
     outcomes = []
     for name, path, data in prepared:
         target = folder / name
-        if target.is_file() and target.read_bytes() == data:
+        if _is_official(target, name) and md5_of(data) != OFFICIAL_MD5[name]:
+            outcomes.append(FileOutcome(name, target, "kept", str(path)))  # never downgraded
+        elif _same_bytes(target, data):
             outcomes.append(FileOutcome(name, target, "present", str(path)))
         else:
             atomic_write(target, partial(_write, data))

@@ -30,13 +30,23 @@ class OutputError(MnistError):
     """An output location cannot be written, or is in use by another run."""
 
 
-class DeviceError(MnistError):
-    """The requested device is not available on this machine."""
+class OptionError(MnistError):
+    """An option value that cannot work (out of range, contradicting another): exit 2."""
 
     exit_code = 2
 
 
-class TrainingInterrupted(MnistError):
-    """Training stopped on Ctrl-C after saving its state."""
+class DeviceError(OptionError):
+    """The requested device is not available on this machine."""
 
-    exit_code = 130
+
+class TrainingDiverged(MnistError):
+    """The loss became NaN or infinite; nothing from the diverging epoch was saved."""
+
+
+class TrainingInterrupted(MnistError):
+    """Training stopped on Ctrl-C (exit 130) or SIGTERM (exit 143) after saving its state."""
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = 130) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code

@@ -14,6 +14,7 @@ import numpy as np
 from mnist_cli.backends import Backend, BackendName, log_softmax, open_model
 from mnist_cli.data import CLASS_LABELS, Split, load_split
 from mnist_cli.errors import DataError
+from mnist_cli.files import atomic_write
 
 
 @dataclass
@@ -120,6 +121,16 @@ def evaluate_model(
     return evaluate(engine, load_split(data_dir, "test"))
 
 
+def check_image_path(path: Path, *, option: str) -> None:
+    """Refuse, before any work, an output picture path that cannot be a PNG file."""
+    from mnist_cli.errors import OptionError
+
+    if path.is_dir():
+        raise OptionError(f"{option} {path}: is a folder; give a file name such as {path}/x.png")
+    if path.suffix.lower() != ".png":
+        raise OptionError(f"{option} {path}: the picture is a PNG; give a name ending in .png")
+
+
 def save_error_grid(errors: Misclassified, path: Path | str, *, columns: int = 16) -> Path:
     """Save the misclassified digits as one PNG grid, each captioned "true>predicted"."""
     from PIL import Image, ImageDraw
@@ -135,6 +146,5 @@ def save_error_grid(errors: Misclassified, path: Path | str, *, columns: int = 1
         digit = Image.fromarray(errors.images[i]).resize((cell, cell), Image.NEAREST)
         grid.paste(digit, (x, y))
         draw.text((x + 2, y + cell), f"{errors.labels[i]}>{errors.predicted[i]}", fill=255)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    atomic_write(path, lambda handle: grid.save(handle, format="PNG"))
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,15 +13,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnist_cli import __version__
-from mnist_cli.backends import BackendMismatch, BackendName, OnnxBackend, open_model
-from mnist_cli.errors import MnistError
-from mnist_cli.files import atomic_write
+from mnist_cli.backends import (
+    MAX_MODEL_BYTES,
+    BackendMismatch,
+    BackendName,
+    OnnxBackend,
+    open_model,
+)
+from mnist_cli.errors import MnistError, OptionError
+from mnist_cli.files import ONNX_FILE, atomic_write, describe_bytes
+from mnist_cli.options import Quantization
 
 if TYPE_CHECKING:
     from mnist_cli.checkpoints import Checkpoint
 
-FORMATS = ("onnx",)
-QUANTIZATIONS = ("int8",)
 CALIBRATION_IMAGES = 1000  # training images that set the int8 activation ranges
 MIN_INT8_AGREEMENT = 0.99  # share of check images on which int8 and float must agree
 DEFAULT_OPSET = 18
@@ -64,9 +70,10 @@ def _check_images(data_dir: Path | str | None, count: int) -> tuple[np.ndarray, 
     if data_dir is not None:
         try:
             test = load_split(data_dir, "test")
-            return (test.images[:count, None].astype(np.float32) / 255), True
         except DataError:
-            pass
+            test = None
+        if test is not None and len(test):  # an empty test set checks nothing: use random images
+            return (test.images[:count, None].astype(np.float32) / 255), True
     return np.random.default_rng(0).random((count, 1, 28, 28), dtype=np.float32), False
 
 
@@ -77,18 +84,19 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     data_dir: Path | str | None = "datafiles",
     check_images: int = 1000,
-    quantize: str | None = None,
+    quantize: Quantization | str | None = None,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export with torch's dynamo exporter, add metadata, check, compare with onnxruntime, save.
 
     `quantize="int8"` then quantises the checked float graph (static, calibrated on training
-    images) and compares it with the float graph instead.
+    images) and compares it with the float graph instead. An existing `out` that this tool did
+    not write is replaced only with `overwrite=True`; the checkpoint itself never is.
     """
     checkpoint, out = Path(checkpoint), Path(out)
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ExportError(f"--quantize {quantize!r}: choose from {', '.join(QUANTIZATIONS)}")
-    if opset < DEFAULT_OPSET:
-        raise ExportError(f"--opset {opset}: the exporter needs opset {DEFAULT_OPSET} or newer")
+    quantize = Quantization(quantize) if quantize is not None else None
+    _check_opset(opset)
+    _check_target(out, checkpoint, overwrite=overwrite)
     try:
         reference = open_model(checkpoint, backend=BackendName.torch, device="cpu")
     except BackendMismatch:
@@ -116,6 +124,48 @@ def export_onnx(
     )
 
 
+def _check_opset(opset: int) -> None:
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not DEFAULT_OPSET <= opset <= newest:
+        raise OptionError(
+            f"--opset {opset}: choose {DEFAULT_OPSET} to {newest} (the exporter needs "
+            f"{DEFAULT_OPSET} or newer; the installed onnx knows up to {newest})"
+        )
+
+
+def _check_target(out: Path, checkpoint: Path, *, overwrite: bool) -> None:
+    """Refuse to write over the input, a folder, a special file or a file we did not make."""
+    if out.is_dir():
+        raise OptionError(f"--out {out}: is a folder; give a file name such as {out}/model.onnx")
+    if not out.exists():
+        return
+    if checkpoint.exists() and os.path.samefile(out, checkpoint):
+        raise OptionError(f"--out {out} is the checkpoint being exported; choose another file")
+    if not out.is_file():
+        raise OptionError(f"--out {out}: not a regular file")
+    if not overwrite and not _written_by_us(out):
+        raise ExportError(
+            f"{out} exists and was not written by `mnist export`; nothing was changed",
+            hint="pass --overwrite to replace it, or choose another --out",
+        )
+
+
+def _written_by_us(path: Path) -> bool:
+    import onnx
+
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        return False
+    with open(path, "rb") as handle:
+        if describe_bytes(handle.read(64)) != ONNX_FILE:
+            return False
+    try:
+        return onnx.load(str(path), load_external_data=False).producer_name == "mnist_cli"
+    except Exception:  # any file onnx cannot parse is not one of ours
+        return False
+
+
 def _to_onnx(reference: Any, opset: int) -> Any:
     """The checkpoint's classifier as an ONNX ModelProto with a dynamic batch."""
     import torch
@@ -136,9 +186,13 @@ def _to_onnx(reference: Any, opset: int) -> Any:
                 external_data=False,
                 verbose=False,
             )
-        return program.model_proto
+        model = program.model_proto
     except Exception as error:  # the exporter raises many kinds
         raise ExportError(f"torch could not export {reference.path}: {error}") from error
+    written = {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")}
+    if written != {opset}:
+        raise ExportError(f"the exporter wrote opset {sorted(written)}, not the {opset} asked for")
+    return model
 
 
 def _metadata(saved: Checkpoint, checkpoint: Path) -> dict[str, str]:
@@ -203,7 +257,8 @@ def _export_int8(
 
 
 _INT8_NOTE = (
-    f"int8, static, QDQ, per-channel weights, calibrated on {CALIBRATION_IMAGES} training images"
+    "int8, static, QDQ, per-channel 7-bit weights (reduce_range), "
+    f"calibrated on {CALIBRATION_IMAGES} training images"
 )
 
 
@@ -228,6 +283,8 @@ def _quantize_int8(float_model: bytes, data_dir: Path | str | None):
             hint="run `mnist download`, or pass --data-dir",
         )
     train = load_split(data_dir, "train")
+    if not len(train):
+        raise ExportError("int8 calibration needs training images; the training set is empty")
     images = train.images[:CALIBRATION_IMAGES, None].astype(np.float32) / 255
 
     class Batches(CalibrationDataReader):
@@ -250,6 +307,9 @@ def _quantize_int8(float_model: bytes, data_dir: Path | str | None):
                 Batches(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
+                # 7-bit weights: x86 CPUs without VNNI multiply u8 x s8 pairs into saturating
+                # 16-bit sums (VPMADDUBSW); full 8-bit per-channel weights overflow them there.
+                reduce_range=True,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
             )

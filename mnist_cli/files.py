@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -36,9 +37,13 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 @contextmanager
 def exclusive_folder(out_dir: Path) -> Iterator[None]:
-    """Hold `out_dir/.lock` for this process; a lock left by a dead process is taken over."""
+    """Hold an flock on `out_dir/.lock` while the block runs (the kernel frees it if we die).
+
+    A folder this call created is removed again if the block leaves nothing in it.
+    """
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir}: is a file, not a folder")
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -46,37 +51,40 @@ def exclusive_folder(out_dir: Path) -> Iterator[None]:
             f"--out {out_dir}: cannot create the folder ({error.strerror})"
         ) from error
     lock = out_dir / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = lock.read_text().strip() if lock.is_file() else ""
-            if owner.isdigit() and _process_alive(int(owner)):
-                raise OutputError(
-                    f"--out {out_dir}: another `mnist train` (process {owner}) is writing there",
-                    hint="wait for it to finish, or choose another --out",
-                ) from None
-            lock.unlink(missing_ok=True)  # left by a crashed run
-            continue
-        except OSError as error:
-            raise OutputError(f"--out {out_dir}: cannot write there ({error.strerror})") from error
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        break
+    fd = _take_lock(lock, out_dir)
     try:
         yield
     finally:
         lock.unlink(missing_ok=True)
+        os.close(fd)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _take_lock(lock: Path, out_dir: Path) -> int:
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as error:
+            raise OutputError(f"--out {out_dir}: cannot write there ({error.strerror})") from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputError(
+                f"--out {out_dir}: another `mnist train` (process {owner}) is writing there",
+                hint="wait for it to finish, or choose another --out",
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else the holder removed the file between our open and flock: retry
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        os.close(fd)
 
 
 TORCH_FILE, ONNX_FILE = "a torch file", "an ONNX model"

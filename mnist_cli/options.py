@@ -13,3 +13,15 @@ class BackendName(str, Enum):
 
     torch = "torch"
     onnxruntime = "onnxruntime"
+
+
+class ExportFormat(str, Enum):
+    """What `mnist export` writes."""
+
+    onnx = "onnx"
+
+
+class Quantization(str, Enum):
+    """How `mnist export` may shrink the graph."""
+
+    int8 = "int8"

@@ -5,6 +5,8 @@ numpy and Pillow only: the onnxruntime path of `mnist predict` must not import t
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from PIL import Image, ImageFilter, ImageOps
 from mnist_cli.errors import MnistError
 
 MAX_PIXELS = 50_000_000  # larger canvases are refused before decoding (decompression bombs)
+MAX_SIDE = 1024  # larger images are reduced first: the digit ends up 20 px tall anyway
 _BOX = 20  # MNIST scaled each digit to fit a 20x20 box...
 _SIZE = 28  # ...then centred it by mass in a 28x28 field
 _INK = 0.3  # share of the ink's peak above which a pixel counts for the bounding box
@@ -25,10 +28,19 @@ class ImageError(MnistError):
 
 
 def open_image(path: Path | str) -> Image.Image:
-    """Open an image lazily, refusing huge canvases before their pixels are decoded."""
+    """Open an image, refusing huge canvases before decoding and shrinking large ones as it does.
+
+    Only regular files are read: a FIFO, socket or device would block or never end.
+    """
     path = Path(path)
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise ImageError(f"{path}: cannot be read ({error.strerror})") from error
+    if stat.S_ISDIR(mode):
         raise ImageError(f"{path}: is a folder, not an image")
+    if not stat.S_ISREG(mode):
+        raise ImageError(f"{path}: not a regular file (a FIFO, socket or device); skipped")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -44,10 +56,29 @@ def open_image(path: Path | str) -> Image.Image:
         raise ImageError(f"{path}: {width}x{height} is too large (over {MAX_PIXELS:,} pixels)")
     try:
         image.seek(0)  # first frame of an animation
+        image.draft("L", (MAX_SIDE, MAX_SIDE))  # JPEG decodes at 1/2, 1/4 or 1/8 scale
         image.load()
-    except (OSError, ValueError, EOFError, SyntaxError) as error:
+        return _shrink(image)
+    except Exception as error:  # Pillow's decoders raise many types on damaged files
         raise ImageError(f"{path}: damaged image ({_reason(error)})") from error
-    return image
+
+
+def _shrink(image: Image.Image) -> Image.Image:
+    """Reduce a large image by an integer factor before it becomes float arrays."""
+    factor = -(-max(image.size) // MAX_SIDE)
+    if factor <= 1:
+        return image
+    if image.mode in _CHANNEL_OF:
+        image = image.getchannel(_CHANNEL_OF[image.mode])
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")
+    elif image.mode not in _REDUCIBLE:
+        alpha = "A" in image.mode or "transparency" in image.info
+        image = image.convert("RGBA" if alpha else "RGB")
+    return image.reduce(factor)
+
+
+_REDUCIBLE = {"L", "LA", "RGB", "RGBA", "I", "F"}
 
 
 def _reason(error: BaseException) -> str:
@@ -58,10 +89,12 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     """Luminance in [0, 1] as float32; transparency flattened onto a contrasting background."""
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
-        return np.clip(values / top, 0, 1).astype(np.float32)
+    if image.mode in _CHANNEL_OF:  # colour spaces Pillow cannot convert to "L"
+        image = image.getchannel(_CHANNEL_OF[image.mode])
+    if image.mode.startswith("I;16"):
+        return (np.asarray(image, dtype=np.float32) / 65535).astype(np.float32)
+    if image.mode in ("I", "F"):
+        return _scaled(np.asarray(image, dtype=np.float64))
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255
         gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -74,6 +107,23 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
             gray = gray * alpha + background * (1 - alpha)
         return gray.astype(np.float32)
     return np.asarray(image.convert("L"), dtype=np.float32) / 255
+
+
+_CHANNEL_OF = {"LAB": "L", "HSV": "V"}  # the band that carries lightness
+
+
+def _scaled(values: np.ndarray) -> np.ndarray:
+    """Integer or float pixels into [0, 1]: kept if already there, else stretched to fit."""
+    if not np.isfinite(values).all():
+        return values.astype(np.float32)  # NaN stays NaN, for load_digit to refuse
+    low, high = float(values.min()), float(values.max())
+    if low >= 0 and high <= 1:
+        scaled = values
+    elif low >= 0:
+        scaled = values / high
+    else:
+        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return scaled.astype(np.float32)
 
 
 def _ink_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -138,11 +188,22 @@ def load_digit(path: Path | str, *, raw: bool = False) -> np.ndarray:
     `raw=True` takes an image that is MNIST-style already: 28x28, light on dark, unchanged.
     """
     image = open_image(path)
-    if raw:
-        if image.size != (_SIZE, _SIZE):
-            raise ImageError(
-                f"{path}: --raw needs a 28x28 image, this one is {image.size[0]}x{image.size[1]}"
-            )
-        return to_grayscale(image)
-    image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
-    return digit_from_array(to_grayscale(image), name=str(path))
+    if raw and image.size != (_SIZE, _SIZE):
+        raise ImageError(
+            f"{path}: --raw needs a 28x28 image, this one is {image.size[0]}x{image.size[1]}"
+        )
+    try:
+        gray = to_grayscale(image if raw else _upright(image))
+    except Exception as error:  # Pillow raises ValueError, OSError, ... for modes it cannot map
+        raise ImageError(f"{path}: unsupported image ({_reason(error)})") from error
+    if not np.isfinite(gray).all():
+        raise ImageError(f"{path}: holds NaN or infinite pixel values")
+    return gray if raw else digit_from_array(gray, name=str(path))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF rotation of phone photos; a damaged EXIF block is ignored, not fatal."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # SyntaxError, ValueError, ... from malformed EXIF data
+        return image

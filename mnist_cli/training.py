@@ -26,7 +26,13 @@ from mnist_cli.checkpoints import (
 )
 from mnist_cli.data import CLASS_LABELS, NORMALIZATION, Split, load_split, split_train_validation
 from mnist_cli.devices import resolve_device
-from mnist_cli.errors import CheckpointError, TrainingInterrupted
+from mnist_cli.errors import (
+    CheckpointError,
+    OptionError,
+    OutputError,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
 from mnist_cli.files import exclusive_folder
 from mnist_cli.models import build_model, default_arguments
 
@@ -130,25 +136,31 @@ def _batch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class _StopFlag:
-    """Turns the first Ctrl-C into a flag the loop checks between batches; a second one kills."""
+    """Turns the first Ctrl-C or SIGTERM into a flag the loop checks between batches.
+
+    A second Ctrl-C stops at once; `exit_code` is 128 + the signal (130 or 143).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.raised = False
-        self._previous: Any = None
+        self.exit_code = 130
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.raised:
+        if self.raised and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.raised = True
+        self.raised, self.exit_code = True, 128 + signum
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -201,22 +213,38 @@ def train(
     callback: TrainCallback | None = None,
     compile: bool = False,
     acceleration: Acceleration | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a model, writing `last.pt` every epoch and `best.pt` at the best validation score.
 
-    With `resume=True` the run continues from `out_dir/last.pt` with its saved config.
+    With `resume=True` the run continues from `out_dir/last.pt` with its saved config. A new
+    run refuses an `out_dir` that holds one unless `overwrite=True`; the old files are then
+    replaced when the new run saves its first epoch.
     """
+    if resume and overwrite:
+        raise OptionError("--resume continues the run in --out; --overwrite starts it again")
     out_dir = Path(out_dir)
     torch_device = resolve_device(device)
     saved = _resume_point(out_dir / "last.pt") if resume else None
     config = _saved_config(saved) if saved else (config or default_config())
     acceleration = acceleration or default_acceleration(torch_device, config.model, compile=compile)
     with exclusive_folder(out_dir), _StopFlag() as stop:
+        if not (resume or overwrite):
+            _refuse_existing_run(out_dir)
         run = _start(config, acceleration, torch_device, Path(data_dir), saved)
         run.out_dir, run.callback, run.stop = out_dir, callback or TrainCallback(), stop
         if saved:
             _restore(run, saved)
         return _loop(run)
+
+
+def _refuse_existing_run(out_dir: Path) -> None:
+    found = [name for name in ("last.pt", "best.pt") if (out_dir / name).exists()]
+    if found:
+        raise OutputError(
+            f"--out {out_dir} already holds a run ({', '.join(found)}); nothing was changed",
+            hint="continue it with --resume, start again with --overwrite, or choose another --out",
+        )
 
 
 def _resume_point(last_path: Path) -> Checkpoint:
@@ -278,6 +306,15 @@ class _Run:
         return TrainingInterrupted(
             f"interrupted {where}; saved {self.out_dir / 'last.pt'}",
             hint=f"continue with `mnist train --resume --out {self.out_dir}`",
+            exit_code=self.stop.exit_code,
+        )
+
+    def diverged(self, where: str, loss: float) -> TrainingDiverged:
+        kept = "kept as they were" if (self.out_dir / "best.pt").exists() else "not written"
+        return TrainingDiverged(
+            f"training diverged {where} (loss {loss}); stopped, nothing from this epoch was "
+            f"saved, {self.out_dir}/best.pt and last.pt are {kept}",
+            hint=f"lower the learning rate (--lr, now {self.config.lr:g})",
         )
 
 
@@ -354,6 +391,10 @@ def _loop(run: _Run) -> TrainResult:
         loss_sum, lr = _train_epoch(run, epoch)
         train_seconds = time.perf_counter() - started
         val_loss, val_accuracy = _validate(run)
+        if not (math.isfinite(loss_sum) and math.isfinite(val_loss)):
+            raise run.diverged(
+                f"in epoch {epoch + 1}", val_loss if math.isfinite(loss_sum) else loss_sum
+            )
         images = len(run.data[1]) - first * config.batch_size
         record = EpochRecord(
             epoch=epoch + 1,
@@ -421,10 +462,13 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
         loss_total += loss.detach() * len(index)
         done = step + 1
         if done % _REPORT_EVERY == 0 or done == steps or run.stop.raised:
+            value = loss.item()  # syncs a GPU: only every few steps
+            if not math.isfinite(value):
+                raise run.diverged(f"in epoch {epoch + 1}, batch {done}/{steps}", value)
             images = min(done * config.batch_size, len(run.data[1])) - first * config.batch_size
             elapsed = time.perf_counter() - started
             run.callback.on_batch(
-                epoch=epoch, step=done, steps=steps, loss=loss.item(), rate=images / elapsed
+                epoch=epoch, step=done, steps=steps, loss=value, rate=images / elapsed
             )
         if run.stop.raised:
             state.step, state.partial_loss = done, loss_before + loss_total.item()
@@ -459,10 +503,13 @@ def _step(run: _Run, index: torch.Tensor, lr: float) -> torch.Tensor:
 
 def _checkpoint(run: _Run, val_accuracy: float, *, resumable: bool) -> Checkpoint:
     """The run as a Checkpoint; `resumable` adds the optimiser and augmentation state."""
+    weights = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+    if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
+        raise run.diverged(f"after {run.state.epoch} epochs", math.nan)  # never saved non-finite
     return Checkpoint(
         architecture=run.config.model,
         arguments=run.arguments,
-        state_dict={k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        state_dict=weights,
         normalization=dict(NORMALIZATION),
         class_labels=list(CLASS_LABELS),
         val_accuracy=val_accuracy,

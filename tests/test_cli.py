@@ -279,3 +279,45 @@ def test_testing_an_onnx_file_never_imports_torch(trained, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["images"] == 1000
+
+
+@pytest.mark.parametrize("target", ["grid", "folder"])
+def test_a_bad_errors_path_is_refused_before_the_evaluation(trained, tmp_path, target):
+    path = tmp_path if target == "folder" else tmp_path / "grid"
+    result = run(
+        "test", "--model", trained["checkpoint"], "--data-dir", "nowhere", "--errors", path
+    )
+    assert_clean_failure(result, 2, "--errors")
+    assert "MNIST test data not found" not in result.output  # refused before reading data
+
+
+@pytest.mark.parametrize(
+    "option, value, fragment",
+    [
+        ("--lr", "nan", "lr must be a positive finite number"),
+        ("--lr", "inf", "lr must be a positive finite number"),
+        ("--validation-size", "60000", "--validation-size 60000"),
+    ],
+)
+def test_bad_train_values_exit_2(data_dir, tmp_path, option, value, fragment):
+    result = run("train", option, value, "--data-dir", data_dir, "--out", tmp_path / "p")
+    assert_clean_failure(result, 2, fragment)
+    assert not (tmp_path / "p").exists()
+
+
+def test_markup_in_file_names_is_shown_as_written(tmp_path):
+    result = run("test", "--model", tmp_path / "[/]odd[bold].pt")
+    assert_clean_failure(result, 1, "[/]odd[bold].pt")
+
+
+def test_an_empty_test_set_is_a_clear_error(trained, tmp_path):
+    from mnist_cli.data import raw_dir
+
+    folder = raw_dir(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "t10k-images-idx3-ubyte").write_bytes(
+        bytes.fromhex("00000803") + bytes(4) + (28).to_bytes(4, "big") * 2
+    )
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(bytes.fromhex("00000801") + bytes(4))
+    result = run("test", "--model", trained["checkpoint"], "--data-dir", tmp_path)
+    assert_clean_failure(result, 1, "the test set holds no images")

@@ -70,6 +70,7 @@ def file_mirror(tmp_path, subset_dir, monkeypatch):
     for name in OFFICIAL_MD5:
         packed = (subset_dir / f"{name}.gz").read_bytes()
         monkeypatch.setitem(OFFICIAL_MD5, name, md5_of(gzip.decompress(packed)))
+        monkeypatch.setitem(data.OFFICIAL_SIZES, name, len(gzip.decompress(packed)))
         resources.append((f"{name}.gz", md5_of(packed)))
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -92,3 +93,107 @@ def test_download_falls_back_to_the_next_mirror_with_progress(tmp_path, file_mir
     assert {name for name, _ in seen} == set(OFFICIAL_MD5)
     again = download_mnist(tmp_path / "d", mirrors=mirrors, resources=resources)
     assert [o.status for o in again] == ["present"] * 4
+
+
+BOUNDED = """
+import sys
+from mnist_cli.download import import_mnist
+from mnist_cli.errors import MnistError
+def hwm():  # this process's peak resident memory in MiB (VmHWM starts afresh at exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) // 1024
+before = hwm()
+try:
+    import_mnist(sys.argv[1], sys.argv[2], verify_md5=False)
+except MnistError as error:
+    print(error.message)
+print(hwm() - before)
+"""
+
+
+def _source_with(tmp_path, subset_dir, name, write):
+    source = tmp_path / "src"
+    shutil.copytree(subset_dir, source)
+    (source / f"{name}.gz").unlink()
+    write(source / f"{name}.gz")
+    return source
+
+
+def _import_in_subprocess(target, source):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", BOUNDED, str(target), str(source)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    message, peak_mib = done.stdout.strip().rsplit("\n", 1)
+    return message, int(peak_mib)
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it(tmp_path, subset_dir):
+    header = (0x803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (60000, 28, 28))
+
+    def bomb(path):
+        with gzip.open(path, "wb", compresslevel=1) as out:
+            out.write(header)
+            zeros = bytes(16 << 20)
+            for _ in range(64):  # 1 GiB of zeros unpacked, 4.5 MB packed
+                out.write(zeros)
+
+    source = _source_with(tmp_path, subset_dir, "train-images-idx3-ubyte", bomb)
+    message, peak_mib = _import_in_subprocess(tmp_path / "out", source)
+    assert "longer than its header says" in message
+    assert peak_mib < 300  # the real file is 47 MB; inflating the bomb would take 1 GiB
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_sparse_file_is_refused_from_its_header(tmp_path, subset_dir):
+    header = (0x803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (3000, 28, 28))
+    folder = raw_dir(tmp_path / "data")
+    import_mnist(tmp_path / "data", subset_dir, verify_md5=False)
+    sparse = folder / "train-images-idx3-ubyte"
+    with open(sparse, "wb") as out:
+        out.write(header)
+        out.truncate(3 << 30)  # 3 GB, no blocks on disk
+    with pytest.raises(data.DataError, match="longer than its header says"):
+        data.load_split(tmp_path / "data", "train")
+
+
+def test_a_header_promising_more_than_mnist_is_refused(tmp_path, subset_dir):
+    header = (0x803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (10**9, 28, 28))
+    source = _source_with(
+        tmp_path,
+        subset_dir,
+        "t10k-images-idx3-ubyte",
+        lambda p: p.write_bytes(gzip.compress(header)),
+    )
+    with pytest.raises(data.DataError, match="more than the official file"):
+        import_mnist(tmp_path / "out", source, verify_md5=False)
+
+
+def test_a_subset_never_replaces_the_official_files(tmp_path, subset_dir, monkeypatch):
+    import mnist_cli.download as download
+
+    import_mnist(tmp_path / "data", subset_dir, verify_md5=False)
+    folder = raw_dir(tmp_path / "data")
+    official = {name: (folder / name).read_bytes() for name in OFFICIAL_MD5}
+    # Stand-ins: treat the shipped subset's bytes as the official files.
+    for module in (data, download):
+        monkeypatch.setattr(module, "OFFICIAL_MD5", {n: md5_of(b) for n, b in official.items()})
+        monkeypatch.setattr(module, "OFFICIAL_SIZES", {n: len(b) for n, b in official.items()})
+    smaller = tmp_path / "smaller"
+    smaller.mkdir()
+    for name, content in official.items():
+        count = 100
+        size = 16 + count * 784 if "images" in name else 8 + count
+        header = content[:4] + count.to_bytes(4, "big") + content[8:16]
+        (smaller / name).write_bytes(
+            (header + content[16:] if "images" in name else header[:8] + content[8:])[:size]
+        )
+    outcomes = import_mnist(tmp_path / "data", smaller, verify_md5=False)
+    assert {o.status for o in outcomes} == {"kept"}
+    assert {name: (folder / name).read_bytes() for name in OFFICIAL_MD5} == official

@@ -76,8 +76,9 @@ def test_mismatch_leaves_no_file(trained, tmp_path, monkeypatch):
 
 
 def test_old_opset_refused(trained, tmp_path):
-    with pytest.raises(ExportError, match="opset 18 or newer"):
+    with pytest.raises(MnistError, match="the exporter needs 18 or newer") as caught:
         export_onnx(trained["checkpoint"], tmp_path / "m.onnx", opset=13)
+    assert caught.value.exit_code == 2
 
 
 def test_int8_export_keeps_accuracy_and_is_smaller(exported, tmp_path):
@@ -113,3 +114,78 @@ def test_onnx_is_evaluated_like_its_checkpoint(exported):
     assert from_onnx.confusion == from_pt.confusion
     assert from_onnx.loss == pytest.approx(from_pt.loss, abs=1e-4)
     assert len(wrong.labels) == from_onnx.errors
+
+
+def _invoke_export(*args):
+    from typer.testing import CliRunner
+
+    from mnist_cli.cli import app
+
+    return CliRunner().invoke(app, ["export", *map(str, args)])
+
+
+def test_a_nan_checkpoint_never_replaces_a_good_export(exported, tmp_path):
+    import dataclasses
+
+    from mnist_cli.checkpoints import save_checkpoint
+
+    result, trained = exported
+    good = tmp_path / "model.onnx"
+    good.write_bytes(result.path.read_bytes())
+    saved = load_checkpoint(trained["checkpoint"])
+    weights = {k: v.clone() for k, v in saved.state_dict.items()}
+    weights["classifier.weight"][0, 0] = float("nan")
+    save_checkpoint(dataclasses.replace(saved, state_dict=weights), tmp_path / "nan.pt")
+    run = _invoke_export("--checkpoint", tmp_path / "nan.pt", "--out", good)
+    assert run.exit_code == 1 and "NaN" in run.output
+    assert good.read_bytes() == result.path.read_bytes()
+
+
+def test_export_never_writes_over_its_input_or_a_foreign_file(trained, tmp_path):
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(trained["checkpoint"].read_bytes())
+    run = _invoke_export("--checkpoint", checkpoint, "--out", checkpoint)
+    assert run.exit_code == 2 and "is the checkpoint being exported" in run.output
+    assert checkpoint.read_bytes() == trained["checkpoint"].read_bytes()
+    foreign = tmp_path / "notes.onnx"
+    foreign.write_text("my notes")
+    run = _invoke_export("--checkpoint", checkpoint, "--out", foreign, "--data-dir", tmp_path)
+    assert run.exit_code == 1 and "--overwrite" in run.output
+    assert foreign.read_text() == "my notes"
+    run = _invoke_export(
+        "--checkpoint", checkpoint, "--out", foreign, "--data-dir", tmp_path, "--overwrite"
+    )
+    assert run.exit_code == 0, run.output
+    again = _invoke_export("--checkpoint", checkpoint, "--out", foreign, "--data-dir", tmp_path)
+    assert again.exit_code == 0, again.output  # a file export wrote itself is replaced
+
+
+@pytest.mark.parametrize(
+    "option, fragment",
+    [
+        (["--opset", "99"], "--opset 99"),
+        (["--opset", "7"], "greater than or equal to 18"),
+        (["--quantize", "int4"], "'int4' is not"),
+        (["--format", "tflite"], "'tflite' is not"),
+        (["--out", "."], "is a folder"),
+    ],
+)
+def test_bad_export_options_exit_2_and_write_nothing(trained, tmp_path, option, fragment):
+    run = _invoke_export(
+        "--checkpoint", trained["checkpoint"], "--out", tmp_path / "m.onnx", *option
+    )
+    assert run.exit_code == 2 and fragment in run.output
+    assert "Traceback" not in run.output and not (tmp_path / "m.onnx").exists()
+
+
+def test_an_empty_test_set_falls_back_to_random_check_images(trained, tmp_path):
+    from mnist_cli.data import raw_dir
+
+    folder = raw_dir(tmp_path / "data")
+    folder.mkdir(parents=True)
+    (folder / "t10k-images-idx3-ubyte").write_bytes(
+        bytes.fromhex("00000803") + bytes(4) + (28).to_bytes(4, "big") * 2
+    )
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(bytes.fromhex("00000801") + bytes(4))
+    result = export_onnx(trained["checkpoint"], tmp_path / "m.onnx", data_dir=tmp_path / "data")
+    assert not result.real_images and result.same_predictions

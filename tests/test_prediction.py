@@ -3,7 +3,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -152,7 +154,7 @@ def test_export_command_rejects_unknown_format(trained, tmp_path):
             str(tmp_path / "m"),
         ],
     )
-    assert result.exit_code == 2 and "choose from onnx" in result.output
+    assert result.exit_code == 2 and "is not one of 'onnx'" in result.output
 
 
 def test_export_command_prints_its_checks(trained, tmp_path):
@@ -211,3 +213,124 @@ def test_onnx_model_with_the_wrong_input_shape(tmp_path):
     onnx.save(model, tmp_path / "flat.onnx")
     with pytest.raises(MnistError, match="flat.onnx: expects input"):
         open_model(tmp_path / "flat.onnx")
+
+
+def _predict(models, *paths, extra=()):
+    args = ["predict", *map(str, paths), "--model", str(models["onnx"]), "--json", *extra]
+    return runner.invoke(app, args)
+
+
+def test_fifos_are_skipped_and_the_rest_still_predicted(models, tmp_path):
+    import os
+
+    good = sorted(models["images"].glob("*.png"))[0]
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(good.read_bytes())
+    os.mkfifo(folder / "x.png")
+    result = _predict(models, folder / "x.png", folder)
+    assert result.exit_code == 1
+    assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [
+        str(folder / "good.png")
+    ]
+    assert result.stderr.count("not a regular file") == 2
+
+
+def test_globs_and_folders_do_not_follow_symlink_loops(models, tmp_path):
+    good = sorted(models["images"].glob("*.png"))[0]
+    (tmp_path / "g" / "sub").mkdir(parents=True)
+    (tmp_path / "g" / "sub" / "one.png").write_bytes(good.read_bytes())
+    (tmp_path / "g" / "loop").symlink_to(".")
+    (tmp_path / "g" / "sub" / "up").symlink_to("..")
+    found = [p for p, _ in expand_paths([str(tmp_path / "g" / "**" / "*.png")])]
+    assert found == [str(tmp_path / "g" / "sub" / "one.png")]
+    assert [p for p, _ in expand_paths([str(tmp_path / "g")])] == found
+
+
+def _odd_images(folder):
+    """Images that once crashed the whole run: each is now a result or one error line."""
+    from PIL import PngImagePlugin
+
+    digit = np.zeros((40, 40), np.uint8)
+    digit[8:32, 17:23] = 255
+    Image.merge("LAB", [Image.fromarray(digit)] * 3).save(folder / "lab.tif")
+    Image.fromarray(digit).save(folder / "bad-exif.png", exif=b"Exif\x00\x00not a tiff")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", "zz not hex zz")
+    Image.fromarray(digit).save(folder / "raw-profile.png", pnginfo=info)
+    Image.fromarray(digit.astype(np.int32) - 5000).save(folder / "negative.tif")
+    Image.fromarray(digit).save(folder / "[bold]seven.png")
+    (folder / "[").mkdir()
+    Image.fromarray(digit).save(folder / "[" / "]odd[-].png")  # the path holds "[/]"
+
+
+def test_odd_images_and_names_never_crash_the_run(models, tmp_path):
+    _odd_images(tmp_path)
+    result = _predict(models, tmp_path)
+    assert "Traceback" not in result.output
+    lines = {Path(json.loads(line)["path"]).name for line in result.stdout.splitlines()}
+    assert {"lab.tif", "negative.tif", "[bold]seven.png", "]odd[-].png"} <= lines
+    assert {"bad-exif.png", "raw-profile.png"} <= lines  # a broken EXIF block is ignored
+    table = runner.invoke(app, ["predict", str(tmp_path), "--model", str(models["onnx"])])
+    assert "[bold]seven.png" in table.stdout and "[/]odd[-].png" in table.stdout
+
+
+def test_nan_pixels_with_raw_are_an_error_not_a_digit(models, tmp_path):
+    Image.fromarray(np.full((28, 28), np.nan, np.float32), "F").save(tmp_path / "nan.tif")
+    result = _predict(models, tmp_path / "nan.tif", extra=["--raw"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "NaN or infinite pixel values" in result.stderr
+
+
+def test_a_device_onnxruntime_cannot_use_is_a_usage_error(models, tmp_path):
+    result = _predict(models, tmp_path, extra=["--device", "tpu"])
+    assert result.exit_code == 2 and "--device 'tpu'" in result.output
+
+
+LARGE = """
+import sys
+from mnist_cli.preprocessing import load_digit
+def hwm():  # this process's peak resident memory in MiB (VmHWM starts afresh at exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) // 1024
+before = hwm()
+load_digit(sys.argv[1])
+print(hwm() - before)
+"""
+
+
+def test_a_large_rgba_canvas_is_reduced_before_it_becomes_arrays(tmp_path):
+    from PIL import ImageDraw
+
+    canvas = Image.new("RGBA", (7000, 7000), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).line([(3500, 1000), (3500, 6000)], fill=(0, 0, 0, 255), width=400)
+    canvas.save(tmp_path / "big.png")
+    done = subprocess.run(
+        [sys.executable, "-c", LARGE, str(tmp_path / "big.png")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(done.stdout) < 600  # was 1.8 GB; the decoded canvas alone is 196 MB
+
+
+def test_a_closed_output_pipe_exits_quietly(models):
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mnist_cli",
+            "predict",
+            str(models["images"]),
+            "--json",
+            "--model",
+            str(models["onnx"]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # as `| head -0` would, before anything is written
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert "Error" not in stderr and "Traceback" not in stderr

@@ -121,18 +121,30 @@ def test_out_that_is_a_file_fails_before_training(data_dir, tmp_path):
         )
 
 
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, str(os.getpid()).encode())
+print("held", flush=True)
+time.sleep(30)
+"""
+
+
 def test_a_running_train_holds_the_out_folder(data_dir, tmp_path):
     out = tmp_path / "params"
     out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(out / ".lock")], stdout=subprocess.PIPE, text=True
+    )
     try:
-        (out / ".lock").write_text(str(sleeper.pid))
-        with pytest.raises(OutputError, match="another `mnist train`"):
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match=f"another `mnist train` \\(process {holder.pid}\\)"):
             train(default_config("cnn", **TINY), data_dir=data_dir, out_dir=out, device="cpu")
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    # The holder is gone: its stale lock is taken over.
+        holder.kill()
+        holder.wait()
+    # The holder died: the kernel freed its lock, so the folder is free again.
     result = train(
         default_config("cnn", epochs=1, validation_size=500),
         data_dir=data_dir,
@@ -140,6 +152,27 @@ def test_a_running_train_holds_the_out_folder(data_dir, tmp_path):
         device="cpu",
     )
     assert result.best_path.is_file() and not (out / ".lock").exists()
+
+
+def test_a_stale_lock_naming_a_live_unrelated_process_does_not_block(data_dir, tmp_path):
+    out = tmp_path / "params"
+    out.mkdir()
+    (out / ".lock").write_text(str(os.getppid()))  # alive, but holds no lock
+    result = train(
+        default_config("cnn", epochs=1, validation_size=500),
+        data_dir=data_dir,
+        out_dir=out,
+        device="cpu",
+    )
+    assert result.best_path.is_file()
+
+
+def test_a_failed_run_leaves_no_empty_out_folder(tmp_path):
+    from mnist_cli.errors import DataError
+
+    with pytest.raises(DataError):
+        train(default_config("cnn", **TINY), data_dir=tmp_path / "none", out_dir=tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def test_cuda_defaults_are_the_measured_ones():
@@ -165,3 +198,107 @@ def test_bf16_and_fused_optimizer_path_runs(data_dir, tmp_path):
     assert result.best_val_accuracy > 0.5
     saved = load_checkpoint(result.last_path)
     assert saved.options["acceleration"]["bf16"] is True
+
+
+def test_a_diverging_run_stops_and_keeps_the_good_best_pt(data_dir, tmp_path):
+    from mnist_cli.errors import TrainingDiverged
+
+    out = tmp_path / "params"
+    train(default_config("cnn", epochs=1, validation_size=500), data_dir=data_dir, out_dir=out)
+    before = {name: (out / name).read_bytes() for name in ("best.pt", "last.pt")}
+    with pytest.raises(TrainingDiverged) as caught:
+        train(
+            default_config("cnn", epochs=2, validation_size=500, lr=1e30),
+            data_dir=data_dir,
+            out_dir=out,
+            overwrite=True,
+        )
+    assert "diverged" in caught.value.message and "--lr" in caught.value.hint
+    assert caught.value.exit_code == 1
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_new_run_refuses_an_out_that_holds_one(data_dir, tmp_path):
+    out = tmp_path / "params"
+    config = default_config("cnn", epochs=1, validation_size=500)
+    train(config, data_dir=data_dir, out_dir=out)
+    before = (out / "best.pt").read_bytes()
+    with pytest.raises(OutputError, match="already holds a run") as caught:
+        train(config, data_dir=data_dir, out_dir=out)
+    assert "--overwrite" in caught.value.hint and "--resume" in caught.value.hint
+    assert (out / "best.pt").read_bytes() == before
+    from mnist_cli.errors import OptionError
+
+    with pytest.raises(OptionError):
+        train(None, data_dir=data_dir, out_dir=out, resume=True, overwrite=True)
+    train(
+        default_config("cnn", epochs=1, validation_size=500, seed=3),
+        data_dir=data_dir,
+        out_dir=out,
+        overwrite=True,
+    )
+    assert (out / "best.pt").read_bytes() != before
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ({"lr": float("nan")}, "lr must be a positive finite number"),
+        ({"lr": float("inf")}, "lr must be a positive finite number"),
+        ({"batch_size": 0}, "batch-size must be at least 1"),
+        ({"warmup": 2.0}, "warmup must be between 0 and 1"),
+    ],
+)
+def test_recipe_values_out_of_range_are_refused(override, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        default_config("cnn", **override)
+
+
+def test_sigterm_saves_last_pt_and_exits_143(data_dir, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mnist_cli",
+            "train",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--epochs",
+            "50",
+            "--validation-size",
+            "500",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stderr:  # wait for the first finished epoch
+        if line.startswith("epoch"):
+            break
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 143, rest
+    assert "--resume" in rest and "Traceback" not in rest
+    assert load_checkpoint(out / "last.pt").state.epoch >= 1
+
+
+def test_a_full_disk_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "params"
+    config = default_config("cnn", epochs=1, validation_size=500)
+    train(config, data_dir=data_dir, out_dir=out)
+    before = (out / "last.pt").read_bytes()
+
+    def full_disk(obj, handle, *args, **kwargs):
+        handle.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OutputError, match="could not be written") as caught:
+        train(config, data_dir=data_dir, out_dir=out, overwrite=True)
+    assert "previous file is unchanged" in caught.value.message
+    assert (out / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt"]
