@@ -163,13 +163,13 @@ def build(work: Path, full_data: Path | None) -> list[Case]:
         "500",
         "--data-dir",
         data,
-        "--out",
+        "--out-dir",
         good,
         "--device",
         "cpu",
     )
     onnx = work / "good.onnx"
-    mnist("export", "--checkpoint", good / "best.pt", "--out", onnx, "--data-dir", data)
+    mnist("export", "--model", good / "best.pt", "--out", onnx, "--data-dir", data)
     protect = [good / "best.pt", good / "last.pt", onnx]
     test = np.frombuffer(
         gzip.decompress((SUBSET / "t10k-images-idx3-ubyte.gz").read_bytes()), np.uint8, offset=16
@@ -240,26 +240,26 @@ def build(work: Path, full_data: Path | None) -> list[Case]:
     cases = [
         Case(
             "train --lr inf over a good run",
-            ["train", "--lr", "inf", "--out", str(good), "--overwrite", *train_small],
+            ["train", "--lr", "inf", "--out-dir", str(good), "--overwrite", *train_small],
             {2},
             protect,
         ),
         Case(
             "train that diverges (--lr 1e30) over a good run",
-            ["train", "--lr", "1e30", "--out", str(good), "--overwrite", *train_small],
+            ["train", "--lr", "1e30", "--out-dir", str(good), "--overwrite", *train_small],
             {1},
             protect,
         ),
         Case(
             "train --lr nan",
-            ["train", "--lr", "nan", "--out", str(work / "n"), *train_small],
+            ["train", "--lr", "nan", "--out-dir", str(work / "n"), *train_small],
             {2},
             protect,
             no_folder(work / "n"),
         ),
         Case(
             "new train on an --out holding a run",
-            ["train", "--out", str(good), *train_small],
+            ["train", "--out-dir", str(good), *train_small],
             {1},
             protect,
         ),
@@ -269,7 +269,7 @@ def build(work: Path, full_data: Path | None) -> list[Case]:
                 "train",
                 "--validation-size",
                 "60000",
-                "--out",
+                "--out-dir",
                 str(work / "v"),
                 "--data-dir",
                 str(data),
@@ -280,28 +280,28 @@ def build(work: Path, full_data: Path | None) -> list[Case]:
         ),
         Case(
             "full disk while saving a checkpoint",
-            ["train", "--out", str(good), "--overwrite", *train_small],
+            ["train", "--out-dir", str(good), "--overwrite", *train_small],
             {1},
             protect,
             env={"HOSTILE_FSIZE": "60000"},
         ),
         Case(
             "failed train leaves no empty --out",
-            ["train", "--out", str(work / "new"), "--data-dir", str(work / "none")],
+            ["train", "--out-dir", str(work / "new"), "--data-dir", str(work / "none")],
             {1},
             protect,
             no_folder(work / "new"),
         ),
         Case(
             "stale .lock naming a live unrelated pid",
-            ["train", "--out", str(stale), *train_small],
+            ["train", "--out-dir", str(stale), *train_small],
             {0},
         ),
         Case(
             "SIGTERM during training",
             [
                 "train",
-                "--out",
+                "--out-dir",
                 str(work / "term"),
                 "--epochs",
                 "30",
@@ -316,31 +316,31 @@ def build(work: Path, full_data: Path | None) -> list[Case]:
         ),
         Case(
             "export a NaN checkpoint over a good .onnx",
-            ["export", "--checkpoint", str(nan_ckpt), "--out", str(onnx), "--data-dir", str(data)],
+            ["export", "--model", str(nan_ckpt), "--out", str(onnx), "--data-dir", str(data)],
             {1},
             protect,
         ),
         Case(
             "export --out X --checkpoint X",
-            ["export", "--checkpoint", str(good / "best.pt"), "--out", str(good / "best.pt")],
+            ["export", "--model", str(good / "best.pt"), "--out", str(good / "best.pt")],
             {2},
             protect,
         ),
         Case(
             "export --opset 99",
-            ["export", "--checkpoint", str(good / "best.pt"), "--out", str(onnx), "--opset", "99"],
+            ["export", "--model", str(good / "best.pt"), "--out", str(onnx), "--opset", "99"],
             {2},
             protect,
         ),
         Case(
             "export --opset 7",
-            ["export", "--checkpoint", str(good / "best.pt"), "--opset", "7"],
+            ["export", "--model", str(good / "best.pt"), "--opset", "7"],
             {2},
             protect,
         ),
         Case(
             "export --quantize int4",
-            ["export", "--checkpoint", str(good / "best.pt"), "--quantize", "int4"],
+            ["export", "--model", str(good / "best.pt"), "--quantize", "int4"],
             {2},
             protect,
         ),
@@ -348,7 +348,7 @@ def build(work: Path, full_data: Path | None) -> list[Case]:
             "export with a 0-image test set",
             [
                 "export",
-                "--checkpoint",
+                "--model",
                 str(good / "best.pt"),
                 "--out",
                 str(work / "e.onnx"),
@@ -362,7 +362,7 @@ def build(work: Path, full_data: Path | None) -> list[Case]:
             "export --quantize int8 (2-epoch model)",
             [
                 "export",
-                "--checkpoint",
+                "--model",
                 str(good / "best.pt"),
                 "--out",
                 str(work / "q.onnx"),

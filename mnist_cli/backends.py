@@ -35,6 +35,12 @@ DEFAULT_MODELS = {
     BackendName.torch: Path("params/best.pt"),
     BackendName.onnxruntime: Path("exported/model.onnx"),
 }
+# The default cnn, trained and exported by scripts/make_pretrained.py, shipped in the package.
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+BUNDLED_MODELS = {
+    BackendName.torch: PRETRAINED_DIR / "cnn.pt",
+    BackendName.onnxruntime: PRETRAINED_DIR / "cnn.onnx",
+}
 _KIND_OF = {BackendName.torch: "an mnist checkpoint", BackendName.onnxruntime: "an ONNX model"}
 
 
@@ -56,6 +62,11 @@ class Backend:
     path: str
     labels: list[str]
     batch: int | None = None  # a fixed batch size the model was exported with, if any
+
+    @property
+    def bundled(self) -> bool:
+        """Whether this is the pretrained model shipped in the package."""
+        return Path(self.path).resolve().parent == PRETRAINED_DIR
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Logits (N x classes, float32), run in chunks the model accepts."""
@@ -90,11 +101,13 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def default_model_path(backend: BackendName | None) -> Path:
-    """The file a command uses without --model: the backend's default, or the first that exists."""
+    """The file a command uses without --model: the user's own model if there is one
+    (params/best.pt, then exported/model.onnx), else the bundled one."""
     if backend is not None:
-        return DEFAULT_MODELS[backend]
-    existing = [path for path in DEFAULT_MODELS.values() if path.is_file()]
-    return existing[0] if existing else DEFAULT_MODELS[BackendName.torch]
+        candidates = [DEFAULT_MODELS[backend], BUNDLED_MODELS[backend]]
+    else:  # the bundled ONNX file needs no torch: the quickest start
+        candidates = [*DEFAULT_MODELS.values(), BUNDLED_MODELS[BackendName.onnxruntime]]
+    return next((path for path in candidates if path.is_file()), candidates[0])
 
 
 def open_model(

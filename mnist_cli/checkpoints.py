@@ -77,7 +77,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
     except RuntimeError as error:  # torch.save reports a full disk as a RuntimeError
         raise OutputError(
             f"{path}: could not be written ({_short(error)}); the previous file is unchanged",
-            hint="free some disk space, or choose another --out",
+            hint="free some disk space, or choose another --out-dir",
         ) from None
 
 

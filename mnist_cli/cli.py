@@ -12,15 +12,15 @@ from typing import Annotated
 import typer
 
 from mnist_cli import __version__
-from mnist_cli.options import BackendName, ExportFormat, Quantization
+from mnist_cli.options import Architecture, BackendName, ExportFormat, Quantization
 
 app = typer.Typer(
     name="mnist",
     help="Handwritten digit recognition: download MNIST, train, test, export, predict.\n\n"
     "Example: mnist download && mnist train && mnist test",
     no_args_is_help=True,
-    add_completion=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 EXIT_INTERRUPTED = 130
@@ -28,11 +28,12 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1
 
 
 @contextmanager
-def _user_errors() -> Iterator[None]:
+def _user_errors(*, quiet: bool = False) -> Iterator[None]:
     """Turn the core's errors into a message and an exit code instead of a traceback."""
     from mnist_cli import console
     from mnist_cli.errors import MnistError
 
+    console.set_quiet(quiet)
     try:
         yield
     except MnistError as error:
@@ -54,6 +55,19 @@ def _silence_stdout() -> None:
     """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
     with suppress(OSError, ValueError, AttributeError):  # no real descriptor under test runners
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _renamed(old: str, new: str, old_value: object, new_value: object) -> object:
+    """The value of an option that was renamed, taking the old spelling for one more release."""
+    if old_value is None:
+        return new_value
+    from mnist_cli import console
+
+    console.err.print(
+        f"Deprecated: {old} is now {new}; the old spelling will be removed in the next release.",
+        markup=False,
+    )
+    return old_value
 
 
 def _version(value: bool) -> None:
@@ -78,14 +92,39 @@ def main(
 
 
 DataDir = Annotated[
-    Path, typer.Option("--data-dir", help="Folder holding MNIST (as torchvision lays it out).")
+    Path,
+    typer.Option(
+        "--data-dir",
+        envvar="MNIST_DATA_DIR",
+        show_envvar=True,
+        help="Folder holding MNIST (as torchvision lays it out).",
+    ),
 ]
 Device = Annotated[
     str,
     typer.Option(
-        "--device", help="auto, cpu, cuda, cuda:N or mps (auto: an accelerator if present)."
+        "--device",
+        "-d",
+        help="auto, cpu, cuda, cuda:N or mps (auto: an accelerator if present).",
     ),
 ]
+ModelFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model file: a .pt checkpoint (runs in torch) or .onnx (runs in onnxruntime). "
+        "\\[default: params/best.pt, else exported/model.onnx, else the bundled model]",
+    ),
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print results and errors only: no notes, no bars.")
+]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print results as JSON for scripts.")]
+
+
+def _picture(option: str) -> object:
+    return typer.Option(option, help=f"Save it as a PNG picture at this path ({option}).")
 
 
 @app.command()
@@ -99,42 +138,44 @@ def download(
         bool,
         typer.Option(help="Check the files against the official MD5s (--no-verify for a subset)."),
     ] = True,
+    quiet: Quiet = False,
 ) -> None:
     """Download the four MNIST files, or import them with --from.
 
-    Files already present and valid are left as they are.
+    Files already present and valid are left as they are; an official file is never replaced.
 
     Example: mnist download --from ~/Downloads/mnist
     """
     from mnist_cli import console
     from mnist_cli import download as core
 
-    with _user_errors():
+    with _user_errors(quiet=quiet):
         if source is not None:
             outcomes = core.import_mnist(data_dir, source, verify_md5=verify)
         else:
             with console.DownloadProgress() as progress:
                 outcomes = core.download_mnist(data_dir, on_progress=progress)
-        for outcome in outcomes:
-            state = {
-                "present": "already present and valid",
-                "kept": "kept the official file already there (the imported one is not official)",
-            }.get(outcome.status, outcome.status)
-            console.note(f"{outcome.name}: {state} ({outcome.path})")
+        console.show_downloads(outcomes)
 
 
 @app.command()
 def train(
-    model: Annotated[
-        str | None,
-        typer.Option(help="Architecture: cnn (default, strongest) or fc (the tutorial's net)."),
+    arch: Annotated[
+        Architecture | None,
+        typer.Option(
+            "--arch",
+            "-a",
+            help="Network: cnn (the strongest) or fc (the tutorial's). [default: cnn]",
+        ),
     ] = None,
     epochs: Annotated[
         int | None,
-        typer.Option(help="Passes over the training images. \\[default: cnn 15, fc 20]"),
+        typer.Option(
+            "--epochs", "-n", help="Passes over the training images. \\[default: cnn 15, fc 20]"
+        ),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Images per optimiser step. \\[default: 256]")
+        int | None, typer.Option("--batch-size", "-b", help="Images per step. \\[default: 256]")
     ] = None,
     lr: Annotated[
         float | None,
@@ -160,9 +201,27 @@ def train(
     ] = None,
     device: Device = "auto",
     data_dir: DataDir = Path("datafiles"),
-    out: Annotated[Path, typer.Option(help="Folder for last.pt and best.pt.")] = Path("params"),
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out-dir",
+            "-o",
+            envvar="MNIST_OUT_DIR",
+            show_envvar=True,
+            help="Folder for last.pt, best.pt, history.csv and history.png.",
+        ),
+    ] = Path("params"),
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from OUT/last.pt with its saved options.")
+        bool,
+        typer.Option("--resume", help="Continue from OUT_DIR/last.pt with its saved options."),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Start again in an OUT_DIR that holds a run; its files are replaced when the "
+            "new run saves its first epoch.",
+        ),
     ] = False,
     compile: Annotated[
         bool,
@@ -170,26 +229,26 @@ def train(
             "--compile", help="torch.compile the network (opt-in: no gain measured for the cnn)."
         ),
     ] = False,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Start again in an OUT that holds a run; its files are replaced when the new "
-            "run saves its first epoch.",
-        ),
+    quiet: Quiet = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also print every value of the recipe.")
     ] = False,
+    old_model: Annotated[Architecture | None, typer.Option("--model", hidden=True)] = None,
+    old_out: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
 ) -> None:
-    """Train a model; save OUT/last.pt every epoch and OUT/best.pt at the best validation score.
+    """Train a model; save OUT_DIR/last.pt every epoch and OUT_DIR/best.pt at the best
+    validation score, with the history as history.csv and history.png.
 
-    Ctrl-C saves OUT/last.pt; --resume continues from there.
+    Ctrl-C or SIGTERM saves OUT_DIR/last.pt; --resume continues from there.
 
     Example: mnist train --device cuda --epochs 30
     """
     from mnist_cli import console
-    from mnist_cli.errors import MnistError
+    from mnist_cli.errors import OptionError
 
+    arch = _renamed("--model", "--arch", old_model, arch)
+    out_dir = _renamed("--out", "--out-dir", old_out, out_dir)
     chosen = {
-        "model": model,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
@@ -197,99 +256,100 @@ def train(
         "augment": augment,
         "validation_size": validation_size,
     }
-    given = [f"--{k.replace('_', '-')}" for k, v in chosen.items() if v is not None]
-    if resume and given:
-        console.print_error(
-            MnistError(
-                f"--resume continues with the saved options; drop {', '.join(given)}",
-            )
-        )
-        raise typer.Exit(code=2)
-    with _user_errors():
+    with _user_errors(quiet=quiet):
         from mnist_cli import training
 
+        given = [f"--{k.replace('_', '-')}" for k, v in chosen.items() if v is not None]
+        given += ["--arch"] if arch else []
+        if resume and given:
+            raise OptionError(f"--resume continues with the saved options; drop {', '.join(given)}")
         try:
             config = (
-                None
-                if resume
-                else training.default_config(
-                    model or "cnn", **{k: v for k, v in chosen.items() if k != "model"}
-                )
+                None if resume else training.default_config(arch.value if arch else "cnn", **chosen)
             )
         except (ValueError, TypeError) as error:
-            console.print_error(MnistError(str(error)))
-            raise typer.Exit(code=2) from None
-        with console.TrainProgress() as progress:
+            raise OptionError(str(error)) from None
+        with console.TrainProgress(verbose=verbose) as progress:
             result = training.train(
                 config,
                 data_dir=data_dir,
-                out_dir=out,
+                out_dir=out_dir,
                 device=device,
                 resume=resume,
                 callback=progress,
                 compile=compile,
                 overwrite=overwrite,
             )
-        console.note(
-            f"Best validation accuracy {result.best_val_accuracy:.2%} at epoch "
-            f"{result.best_epoch}: {result.best_path}"
-        )
+        console.show_training(result)
 
 
 @app.command()
 def test(
-    model: Annotated[
+    model: ModelFile = None,
+    data_dir: DataDir = Path("datafiles"),
+    images: Annotated[
         Path | None,
         typer.Option(
-            "--model",
-            help="A .pt checkpoint (run in torch) or .onnx file (run in onnxruntime). "
-            "\\[default: params/best.pt, else exported/model.onnx]",
+            "--images",
+            "-i",
+            envvar="MNIST_IMAGES_DIR",
+            show_envvar=True,
+            help="Test on your own labelled digits instead: a folder holding 0/ ... 9/ "
+            "subfolders of image files (torchvision's ImageFolder layout).",
         ),
     ] = None,
-    data_dir: DataDir = Path("datafiles"),
     device: Device = "auto",
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the report as one JSON object.")
-    ] = False,
-    errors: Annotated[
-        Path | None,
-        typer.Option(help="Save a PNG grid of the misclassified digits to this .png file."),
-    ] = None,
+    json_output: JsonOutput = False,
+    errors: Annotated[Path | None, _picture("--errors")] = None,
+    plot: Annotated[Path | None, _picture("--plot")] = None,
+    quiet: Quiet = False,
 ) -> None:
-    """Evaluate a model on the 10,000 MNIST test images.
+    """Evaluate a model on the 10,000 MNIST test images, or on your own digits (--images).
 
-    Example: mnist test --model exported/model.onnx --errors errors.png
+    --errors saves a grid of the misclassified digits, --plot the confusion matrix.
+
+    Example: mnist test --model exported/model.onnx --errors errors.png --plot confusion.png
     """
     from mnist_cli import console
+    from mnist_cli.errors import MnistError
 
-    with _user_errors():
+    with _user_errors(quiet=quiet):
         from mnist_cli import evaluation
 
-        if errors is not None:
-            evaluation.check_image_path(errors, option="--errors")
-        report, wrong = evaluation.evaluate_model(model, data_dir=data_dir, device=device)
+        for option, path in (("--errors", errors), ("--plot", plot)):
+            if path is not None:
+                evaluation.check_image_path(path, option=option)
+        report, wrong = evaluation.evaluate_model(
+            model, data_dir=data_dir, device=device, images_dir=images
+        )
         if errors is not None:
             evaluation.save_error_grid(wrong, errors)
-        if json_output:
-            console.print_json(report.to_dict())
-        else:
-            console.show_report(report)
-        if errors is not None:
             console.note(f"Saved {report.errors} misclassified digits to {errors}")
+        if plot is not None:
+            evaluation.save_confusion_plot(report, plot)
+            console.note(f"Saved the confusion matrix to {plot}")
+        console.show_report(report, json_output=json_output)
+        for path, problem in report.skipped:
+            console.print_error(MnistError(f"{path}: {problem}"))
+    if report.skipped:
+        raise typer.Exit(code=1)
 
 
 @app.command()
 def export(
     format: Annotated[
-        ExportFormat, typer.Option("--format", help="Output format.")
+        ExportFormat, typer.Option("--format", "-f", help="Output format.")
     ] = ExportFormat.onnx,
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint to export.")] = Path(
-        "params/best.pt"
-    ),
+    model: Annotated[
+        Path,
+        typer.Option("--model", "-m", help="The .pt checkpoint to export (made by mnist train)."),
+    ] = Path("params/best.pt"),
     out: Annotated[
         Path | None,
         typer.Option(
-            help="File to write. \\[default: exported/model.onnx, exported/model-int8.onnx]"
+            "--out",
+            "-o",
+            help="File to write. \\[default: exported/model.onnx, exported/model-int8.onnx]",
         ),
     ] = None,
     opset: Annotated[
@@ -306,6 +366,8 @@ def export(
             "--overwrite", help="Replace an existing OUT that `mnist export` did not write."
         ),
     ] = False,
+    quiet: Quiet = False,
+    old_checkpoint: Annotated[Path | None, typer.Option("--checkpoint", hidden=True)] = None,
 ) -> None:
     """Export a checkpoint to one self-contained ONNX file, checked against torch first.
 
@@ -318,23 +380,16 @@ def export(
     """
     from mnist_cli import console
 
-    with _user_errors():
+    model = _renamed("--checkpoint", "--model", old_checkpoint, model)
+    with _user_errors(quiet=quiet):
         from mnist_cli import export as core
 
         if out is None:
             out = Path("exported/model-int8.onnx" if quantize else "exported/model.onnx")
         result = core.export_onnx(
-            checkpoint, out, opset=opset, data_dir=data_dir, quantize=quantize, overwrite=overwrite
+            model, out, opset=opset, data_dir=data_dir, quantize=quantize, overwrite=overwrite
         )
-        source = "MNIST test images" if result.real_images else "random images (no MNIST data)"
-        console.note(
-            f"onnx.checker: passed. onnxruntime vs {result.reference} on {result.images} "
-            f"{source}: max |probability difference| {result.max_probability_diff:.2e}, "
-            f"same predictions: {result.agreement:.2%}"
-        )
-        console.note(
-            f"Wrote {result.path} ({result.size_bytes / 1024:.0f} KiB, opset {result.opset})"
-        )
+        console.show_export(result)
 
 
 @app.command()
@@ -342,24 +397,18 @@ def predict(
     paths: Annotated[
         list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)
     ],
+    model: ModelFile = None,
     backend: Annotated[
         BackendName | None,
         typer.Option(
+            "--backend",
             help="Force a backend. \\[default: the model file's kind: .pt runs in torch, "
-            ".onnx in onnxruntime]"
-        ),
-    ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            help="Model file, .pt or .onnx. \\[default: params/best.pt, else "
-            "exported/model.onnx; with --backend, that backend's file]",
+            ".onnx in onnxruntime]",
         ),
     ] = None,
     device: Device = "auto",
     top_k: Annotated[
-        int, typer.Option("--top-k", min=1, max=10, help="Show the K most likely digits.")
+        int, typer.Option("--top-k", "-k", min=1, max=10, help="Show the K most likely digits.")
     ] = 1,
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object per image per line.")
@@ -367,25 +416,34 @@ def predict(
     raw: Annotated[
         bool, typer.Option(help="Images are MNIST-style 28x28 already: skip preprocessing.")
     ] = False,
+    show: Annotated[
+        bool,
+        typer.Option(
+            "--show", "-s", help="Draw the 28x28 digit the model saw beside its top guesses."
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 256,
+    quiet: Quiet = False,
 ) -> None:
     """Read the digit in each image: photos, scans or drawings, any size and position.
 
     Unreadable, missing or blank images are reported on stderr; the others are still
     predicted, and the exit code is then 1.
 
-    Example: mnist predict digits/ img.png --backend onnxruntime --top-k 3
+    Example: mnist predict digits/ img.png --top-k 3 --show
     """
     from mnist_cli import console, prediction
 
-    with _user_errors():
+    with _user_errors(quiet=quiet):
         from mnist_cli.backends import open_model
 
         engine = open_model(model, backend=backend, device=device)
-        console.note(f"{engine.path}: {engine.name.value} on {engine.provider}")
+        console.show_model(engine)
         failures = 0
-        with console.PredictionOutput(json_output=json_output, top_k=top_k) as output:
-            for result in prediction.predict_paths(engine, paths, raw=raw, batch_size=batch_size):
+        with console.PredictionOutput(json_output=json_output, top_k=top_k, show=show) as output:
+            for result in prediction.predict_paths(
+                engine, paths, raw=raw, batch_size=batch_size, keep_digits=show
+            ):
                 failures += result.error is not None
                 output.add(result)
     if failures:

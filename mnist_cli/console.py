@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
 
 out = Console(highlight=False)  # results: tables and JSON
 err = Console(stderr=True, highlight=False)  # progress, notes and errors
+_quiet = False  # --quiet: results and errors only
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
 
 
 # User text (paths, model metadata, error messages) reaches Rich only as Text, never as markup.
@@ -38,7 +45,8 @@ def print_error(error: MnistError) -> None:
 
 
 def note(message: str) -> None:
-    err.print(Text(message), soft_wrap=True)
+    if not _quiet:
+        err.print(Text(message), soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
@@ -46,6 +54,43 @@ def print_json(data: Any) -> None:
 
     sys.stdout.write(json.dumps(data, allow_nan=False) + "\n")  # strict JSON: no NaN
     sys.stdout.flush()
+
+
+def show_downloads(outcomes: Any) -> None:
+    states = {
+        "present": "already present and valid",
+        "kept": "kept the official file already there (the imported one is not official)",
+    }
+    for outcome in outcomes:
+        note(f"{outcome.name}: {states.get(outcome.status, outcome.status)} ({outcome.path})")
+
+
+def show_training(result: Any) -> None:
+    out.print(
+        Text(
+            f"Best validation accuracy {result.best_val_accuracy:.2%} at epoch "
+            f"{result.best_epoch}: {result.best_path}"
+        ),
+        soft_wrap=True,
+    )
+
+
+def show_export(result: Any) -> None:
+    source = "MNIST test images" if result.real_images else "random images (no MNIST data)"
+    note(
+        f"onnx.checker: passed. onnxruntime vs {result.reference} on {result.images} {source}: "
+        f"max |probability difference| {result.max_probability_diff:.2e}, "
+        f"same predictions: {result.agreement:.2%}"
+    )
+    out.print(
+        Text(f"Wrote {result.path} ({result.size_bytes / 1024:.0f} KiB, opset {result.opset})"),
+        soft_wrap=True,
+    )
+
+
+def show_model(backend: Any) -> None:
+    what = "the bundled model" if backend.bundled else "model"
+    note(f"Using {what} {backend.path} ({backend.name.value} on {backend.provider})")
 
 
 class DownloadProgress:
@@ -59,7 +104,7 @@ class DownloadProgress:
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=err,
-            disable=not err.is_terminal,
+            disable=_quiet or not err.is_terminal,
         )
         self._tasks: dict[str, Any] = {}
 
@@ -79,8 +124,8 @@ class DownloadProgress:
 class TrainProgress:
     """Rich bars over epochs and batches on a terminal; one plain line per epoch elsewhere."""
 
-    def __init__(self) -> None:
-        self.live = err.is_terminal
+    def __init__(self, *, verbose: bool = False) -> None:
+        self.live, self.verbose = err.is_terminal and not _quiet, verbose
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -107,6 +152,8 @@ class TrainProgress:
             f"{config.batch_size}, peak lr {config.lr:g}, seed {config.seed}"
             + (f" (resuming at epoch {start_epoch + 1})" if start_epoch else "")
         )
+        if self.verbose:
+            note("Recipe: " + ", ".join(f"{k}={v}" for k, v in asdict(config).items()))
         self._epochs = self._progress.add_task(
             "epochs", total=config.epochs, completed=start_epoch, status=""
         )
@@ -131,7 +178,7 @@ class TrainProgress:
         )
         if self.live:
             self._progress.console.print(Text(line))
-        else:
+        elif not _quiet:
             print(line, file=sys.stderr, flush=True)
 
 
@@ -143,8 +190,11 @@ def _shade(count: int, largest: int, diagonal: bool) -> str:
     return f"on rgb(0,{level},0)" if diagonal else f"on rgb({level},0,0)"
 
 
-def show_report(report: Report) -> None:
-    """Print accuracy, per-class scores and the confusion matrix shaded by count."""
+def show_report(report: Report, *, json_output: bool = False) -> None:
+    """Print accuracy, per-class scores and the confusion matrix shaded by count (or JSON)."""
+    if json_output:
+        print_json(report.to_dict())
+        return
     out.print(
         Text.assemble(
             (report.model, "bold"),
@@ -188,8 +238,8 @@ def show_report(report: Report) -> None:
 class PredictionOutput:
     """Predictions as a table on stdout (or JSON lines); per-file errors on stderr."""
 
-    def __init__(self, *, json_output: bool, top_k: int) -> None:
-        self.json_output, self.top_k = json_output, top_k
+    def __init__(self, *, json_output: bool, top_k: int, show: bool = False) -> None:
+        self.json_output, self.top_k, self.show = json_output, top_k, show
         self.table = Table()
         self.table.add_column("file", overflow="fold")
         self.table.add_column("digit", justify="right")
@@ -205,6 +255,8 @@ class PredictionOutput:
         if result.error is not None:
             err.print(Text.assemble((result.path, "red"), f": {result.error}"), soft_wrap=True)
             return
+        if self.show:  # beside JSON the picture goes to stderr, so stdout stays parseable
+            (err if self.json_output else out).print(digit_picture(result, max(self.top_k, 3)))
         if self.json_output:
             print_json(
                 {"path": result.path, "digit": result.digit, "probabilities": result.probabilities}
@@ -219,3 +271,20 @@ class PredictionOutput:
     def __exit__(self, *exc: object) -> None:
         if not self.json_output and self.rows:
             out.print(self.table)
+
+
+def digit_picture(result: Any, top: int) -> Table:
+    """The 28x28 digit the model saw, in half-block characters, beside its top guesses."""
+    pixels = (result.image * 255).round().astype(int)
+    lines = Text()
+    for row in range(0, pixels.shape[0], 2):  # one character cell holds two pixel rows
+        for upper, lower in zip(pixels[row], pixels[row + 1], strict=True):
+            lines.append("▀", style=f"rgb({upper},{upper},{upper}) on rgb({lower},{lower},{lower})")
+        lines.append("\n")
+    guesses = Text.assemble((result.path, "bold"), "\n")
+    for digit, probability in result.top(top):
+        bar = "█" * round(probability * 20)
+        guesses.append(f"{digit}  {bar:<20} {probability:6.1%}\n")
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row(lines, guesses)
+    return grid

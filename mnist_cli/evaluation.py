@@ -5,7 +5,7 @@ One function evaluates any backend; torch is imported only if the model file nee
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class Report:
     classes: list[ClassScore]
     confusion: list[list[int]]  # rows: true label, columns: predicted label
     errors: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable files (--images)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +53,7 @@ def build_report(
     *,
     backend: str = "",
     provider: str = "",
+    skipped: list[tuple[str, str]] | None = None,
 ) -> Report:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix from logits."""
     predicted = logits.argmax(1)
@@ -75,6 +77,7 @@ def build_report(
         classes=scores,
         confusion=confusion.tolist(),
         errors=int((predicted != labels).sum()),
+        skipped=list(skipped or []),
     )
 
 
@@ -87,26 +90,62 @@ class Misclassified:
     predicted: np.ndarray
 
 
-def _misclassified(test: Split, predicted: np.ndarray) -> Misclassified:
-    wrong = predicted != test.labels
-    return Misclassified(test.images[wrong], test.labels[wrong], predicted[wrong])
+@dataclass(frozen=True)
+class LabelledImages:
+    """Digits to test on: N x 28 x 28 pixels in [0, 1], their labels, and files that failed."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    skipped: list[tuple[str, str]]  # (file, why) for images that could not be read
+
+    @classmethod
+    def from_split(cls, split: Split) -> LabelledImages:
+        return cls(split.images.astype(np.float32) / 255, split.labels, [])
 
 
-def evaluate(backend: Backend, test: Split) -> tuple[Report, Misclassified]:
+def load_image_folder(folder: Path | str) -> LabelledImages:
+    """The user's own digits: FOLDER/0/ ... FOLDER/9/ of image files, preprocessed as `predict`."""
+    from mnist_cli.imagefiles import class_folders
+    from mnist_cli.preprocessing import ImageError, load_digit
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--images {folder}: not a folder", hint=_LAYOUT)
+    pixels, labels, skipped = [], [], []
+    for path, label, problem in class_folders(folder, CLASS_LABELS):
+        try:
+            if problem is not None:
+                raise ImageError(f"{path}: {problem}")
+            pixels.append(load_digit(path))
+            labels.append(int(label))
+        except ImageError as error:
+            skipped.append((path, error.message.removeprefix(f"{path}: ")))
+    if not pixels:
+        raise DataError(f"--images {folder}: no readable images in 0/ ... 9/", hint=_LAYOUT)
+    return LabelledImages(np.stack(pixels), np.array(labels, np.int64), skipped)
+
+
+_LAYOUT = "put each digit's images in a subfolder named after it: FOLDER/0/, ..., FOLDER/9/"
+
+
+def evaluate(backend: Backend, data: LabelledImages) -> tuple[Report, Misclassified]:
     """Score an opened model on labelled images: the report and the digits it got wrong."""
-    if len(test) == 0:
+    if len(data.labels) == 0:
         raise DataError("the test set holds no images", hint="run `mnist download`")
-    logits = backend.logits(test.images[:, None].astype(np.float32) / 255)
-    loss = float(-log_softmax(logits)[np.arange(len(test)), test.labels].mean())
+    logits = backend.logits(data.pixels[:, None].astype(np.float32))
+    loss = float(-log_softmax(logits)[np.arange(len(data.labels)), data.labels].mean())
     report = build_report(
         backend.path,
-        test.labels,
+        data.labels,
         logits,
         loss,
         backend=backend.name.value,
         provider=backend.provider,
+        skipped=data.skipped,
     )
-    return report, _misclassified(test, logits.argmax(1))
+    wrong = logits.argmax(1) != data.labels
+    shown = (data.pixels[wrong] * 255).round().astype(np.uint8)
+    return report, Misclassified(shown, data.labels[wrong], logits.argmax(1)[wrong])
 
 
 def evaluate_model(
@@ -115,10 +154,21 @@ def evaluate_model(
     data_dir: Path | str = "datafiles",
     device: str = "auto",
     backend: BackendName | str | None = None,
+    images_dir: Path | str | None = None,
 ) -> tuple[Report, Misclassified]:
-    """Open a `.pt` or `.onnx` file (checked before any data is read) and score it on MNIST test."""
+    """Open a `.pt` or `.onnx` file (checked before any data is read) and score it on the MNIST
+    test set, or on the user's own digits in `images_dir` (FOLDER/0/ ... FOLDER/9/)."""
     engine = open_model(model_path, backend=backend, device=device)
-    return evaluate(engine, load_split(data_dir, "test"))
+    if images_dir is not None:
+        return evaluate(engine, load_image_folder(images_dir))
+    return evaluate(engine, LabelledImages.from_split(load_split(data_dir, "test")))
+
+
+def save_confusion_plot(report: Report, path: Path) -> Path:
+    from mnist_cli.plots import save_confusion_plot as draw
+
+    title = f"{Path(report.model).name}: accuracy {report.accuracy:.2%} on {report.images}"
+    return draw(report.confusion, [c.label for c in report.classes], path, title=title)
 
 
 def check_image_path(path: Path, *, option: str) -> None:

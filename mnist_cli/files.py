@@ -42,13 +42,13 @@ def exclusive_folder(out_dir: Path) -> Iterator[None]:
     A folder this call created is removed again if the block leaves nothing in it.
     """
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"--out {out_dir}: is a file, not a folder")
+        raise OutputError(f"--out-dir {out_dir}: is a file, not a folder")
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(
-            f"--out {out_dir}: cannot create the folder ({error.strerror})"
+            f"--out-dir {out_dir}: cannot create the folder ({error.strerror})"
         ) from error
     lock = out_dir / ".lock"
     fd = _take_lock(lock, out_dir)
@@ -66,15 +66,17 @@ def _take_lock(lock: Path, out_dir: Path) -> int:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as error:
-            raise OutputError(f"--out {out_dir}: cannot write there ({error.strerror})") from error
+            raise OutputError(
+                f"--out-dir {out_dir}: cannot write there ({error.strerror})"
+            ) from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise OutputError(
-                f"--out {out_dir}: another `mnist train` (process {owner}) is writing there",
-                hint="wait for it to finish, or choose another --out",
+                f"--out-dir {out_dir}: another `mnist train` (process {owner}) is writing there",
+                hint="wait for it to finish, or choose another --out-dir",
             ) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino

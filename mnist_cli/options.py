@@ -25,3 +25,10 @@ class Quantization(str, Enum):
     """How `mnist export` may shrink the graph."""
 
     int8 = "int8"
+
+
+class Architecture(str, Enum):
+    """The networks `mnist train` can build."""
+
+    cnn = "cnn"
+    fc = "fc"

@@ -33,7 +33,7 @@ from mnist_cli.errors import (
     TrainingDiverged,
     TrainingInterrupted,
 )
-from mnist_cli.files import exclusive_folder
+from mnist_cli.files import atomic_write, exclusive_folder
 from mnist_cli.models import build_model, default_arguments
 
 
@@ -222,7 +222,7 @@ def train(
     replaced when the new run saves its first epoch.
     """
     if resume and overwrite:
-        raise OptionError("--resume continues the run in --out; --overwrite starts it again")
+        raise OptionError("--resume continues the run in --out-dir; --overwrite starts it again")
     out_dir = Path(out_dir)
     torch_device = resolve_device(device)
     saved = _resume_point(out_dir / "last.pt") if resume else None
@@ -242,8 +242,9 @@ def _refuse_existing_run(out_dir: Path) -> None:
     found = [name for name in ("last.pt", "best.pt") if (out_dir / name).exists()]
     if found:
         raise OutputError(
-            f"--out {out_dir} already holds a run ({', '.join(found)}); nothing was changed",
-            hint="continue it with --resume, start again with --overwrite, or choose another --out",
+            f"--out-dir {out_dir} already holds a run ({', '.join(found)}); nothing was changed",
+            hint="continue it with --resume, start again with --overwrite, "
+            "or choose another --out-dir",
         )
 
 
@@ -262,7 +263,7 @@ def _resume_point(last_path: Path) -> Checkpoint:
     return saved
 
 
-_FRESH_START = "start a new run without --resume (or in another --out folder)"
+_FRESH_START = "start a new run without --resume (or in another --out-dir)"
 
 
 def _saved_config(saved: Checkpoint) -> TrainConfig:
@@ -305,7 +306,7 @@ class _Run:
     def interrupted(self, where: str) -> TrainingInterrupted:
         return TrainingInterrupted(
             f"interrupted {where}; saved {self.out_dir / 'last.pt'}",
-            hint=f"continue with `mnist train --resume --out {self.out_dir}`",
+            hint=f"continue with `mnist train --resume --out-dir {self.out_dir}`",
             exit_code=self.stop.exit_code,
         )
 
@@ -434,7 +435,19 @@ def _end_epoch(run: _Run, record: EpochRecord) -> bool:
             _checkpoint(run, record.val_accuracy, resumable=False), run.out_dir / "best.pt"
         )
     save_checkpoint(_checkpoint(run, record.val_accuracy, resumable=True), run.out_dir / "last.pt")
+    _write_history(state.history, run.out_dir)
     return improved
+
+
+def _write_history(history: list[EpochRecord], out_dir: Path) -> None:
+    """OUT/history.csv (one row per epoch) and OUT/history.png (the curves), atomically."""
+    from mnist_cli.plots import save_history_plot
+
+    names = [f.name for f in fields(EpochRecord)]
+    rows = [",".join(names)] + [",".join(str(getattr(r, n)) for n in names) for r in history]
+    csv = "\n".join(rows) + "\n"
+    atomic_write(out_dir / "history.csv", lambda handle: handle.write(csv.encode()))
+    save_history_plot(history, out_dir / "history.png")
 
 
 def _validate(run: _Run) -> tuple[float, float]:

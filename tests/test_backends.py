@@ -273,7 +273,7 @@ def test_damaged_last_pt_is_refused_by_resume(trained, tmp_path, changes, fragme
         train(None, data_dir=trained["data_dir"], out_dir=out, device="cpu", resume=True)
     assert fragment in caught.value.message and caught.value.exit_code == 1
     result = runner.invoke(
-        app, ["train", "--resume", "--out", str(out), "--data-dir", str(trained["data_dir"])]
+        app, ["train", "--resume", "--out-dir", str(out), "--data-dir", str(trained["data_dir"])]
     )
     assert result.exit_code == 1 and "--resume" in result.output
     assert "Traceback" not in result.output

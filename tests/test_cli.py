@@ -68,31 +68,31 @@ def assert_clean_failure(result, code: int, *fragments: str):
 
 
 def test_train_without_data(tmp_path):
-    result = run("train", "--data-dir", tmp_path / "none", "--out", tmp_path / "p")
+    result = run("train", "--data-dir", tmp_path / "none", "--out-dir", tmp_path / "p")
     assert_clean_failure(result, 1, "not found", "mnist download")
 
 
 def test_train_with_a_corrupt_file_names_it(data_dir, tmp_path):
     images = data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:1000])
-    result = run("train", "--data-dir", data_dir, "--out", tmp_path / "p")
+    result = run("train", "--data-dir", data_dir, "--out-dir", tmp_path / "p")
     assert_clean_failure(result, 1, "train-images-idx3-ubyte", "truncated", "mnist download")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_train_on_missing_cuda(data_dir, tmp_path):
-    result = run("train", "--device", "cuda", "--data-dir", data_dir, "--out", tmp_path / "p")
+    result = run("train", "--device", "cuda", "--data-dir", data_dir, "--out-dir", tmp_path / "p")
     assert_clean_failure(result, 2, "CUDA is not available")
     assert not (tmp_path / "p").exists()
 
 
 def test_resume_refuses_new_options(tmp_path):
-    result = run("train", "--resume", "--epochs", "3", "--out", tmp_path)
+    result = run("train", "--resume", "--epochs", "3", "--out-dir", tmp_path)
     assert_clean_failure(result, 2, "drop --epochs")
 
 
 def test_bad_option_value(data_dir, tmp_path):
-    result = run("train", "--epochs", "0", "--data-dir", data_dir, "--out", tmp_path / "p")
+    result = run("train", "--epochs", "0", "--data-dir", data_dir, "--out-dir", tmp_path / "p")
     assert_clean_failure(result, 2, "epochs must be at least 1")
 
 
@@ -130,7 +130,7 @@ def test_end_to_end_import_train_test(tmp_path, subset_dir):
         "cpu",
         "--data-dir",
         data,
-        "--out",
+        "--out-dir",
         out,
     )
     assert result.exit_code == 0, result.output
@@ -172,7 +172,7 @@ def train_command(data_dir, out, *extra):
         "cpu",
         "--data-dir",
         str(data_dir),
-        "--out",
+        "--out-dir",
         str(out),
         *extra,
     ]
@@ -189,7 +189,7 @@ def test_sigint_saves_last_pt_and_resume_ends_with_the_same_weights(data_dir, tm
         if line.startswith("epoch   2"):
             break
     # While it runs, a second run on the same folder is refused.
-    second = run("train", "--data-dir", data_dir, "--out", cut, "--device", "cpu")
+    second = run("train", "--data-dir", data_dir, "--out-dir", cut, "--device", "cpu")
     assert_clean_failure(second, 1, "another `mnist train`")
     process.send_signal(signal.SIGINT)
     rest = process.stderr.read()
@@ -199,7 +199,7 @@ def test_sigint_saves_last_pt_and_resume_ends_with_the_same_weights(data_dir, tm
     assert 2 <= saved.state.epoch < 20
     resumed = subprocess.run(
         train_command(data_dir, cut)[:4]
-        + ["--resume", "--data-dir", str(data_dir), "--out", str(cut), "--device", "cpu"],
+        + ["--resume", "--data-dir", str(data_dir), "--out-dir", str(cut), "--device", "cpu"],
         capture_output=True,
         text=True,
     )
@@ -211,12 +211,12 @@ def test_sigint_saves_last_pt_and_resume_ends_with_the_same_weights(data_dir, tm
 
 def test_out_that_cannot_be_written_fails_before_training(data_dir, tmp_path):
     (tmp_path / "file").write_text("")
-    result = run("train", "--data-dir", data_dir, "--out", tmp_path / "file" / "params")
+    result = run("train", "--data-dir", data_dir, "--out-dir", tmp_path / "file" / "params")
     assert_clean_failure(result, 1, "cannot create the folder")
     if os.geteuid() != 0:  # root may write to read-only folders
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        result = run("train", "--data-dir", data_dir, "--out", locked)
+        result = run("train", "--data-dir", data_dir, "--out-dir", locked)
         assert_clean_failure(result, 1, "cannot write there")
 
 
@@ -239,7 +239,7 @@ def test_test_accepts_an_onnx_file(trained, tmp_path):
     assert (
         run(
             "export",
-            "--checkpoint",
+            "--model",
             trained["checkpoint"],
             "--out",
             out,
@@ -260,7 +260,7 @@ def test_testing_an_onnx_file_never_imports_torch(trained, tmp_path):
     assert (
         run(
             "export",
-            "--checkpoint",
+            "--model",
             trained["checkpoint"],
             "--out",
             out,
@@ -300,7 +300,7 @@ def test_a_bad_errors_path_is_refused_before_the_evaluation(trained, tmp_path, t
     ],
 )
 def test_bad_train_values_exit_2(data_dir, tmp_path, option, value, fragment):
-    result = run("train", option, value, "--data-dir", data_dir, "--out", tmp_path / "p")
+    result = run("train", option, value, "--data-dir", data_dir, "--out-dir", tmp_path / "p")
     assert_clean_failure(result, 2, fragment)
     assert not (tmp_path / "p").exists()
 

@@ -136,7 +136,7 @@ def test_a_nan_checkpoint_never_replaces_a_good_export(exported, tmp_path):
     weights = {k: v.clone() for k, v in saved.state_dict.items()}
     weights["classifier.weight"][0, 0] = float("nan")
     save_checkpoint(dataclasses.replace(saved, state_dict=weights), tmp_path / "nan.pt")
-    run = _invoke_export("--checkpoint", tmp_path / "nan.pt", "--out", good)
+    run = _invoke_export("--model", tmp_path / "nan.pt", "--out", good)
     assert run.exit_code == 1 and "NaN" in run.output
     assert good.read_bytes() == result.path.read_bytes()
 
@@ -144,19 +144,19 @@ def test_a_nan_checkpoint_never_replaces_a_good_export(exported, tmp_path):
 def test_export_never_writes_over_its_input_or_a_foreign_file(trained, tmp_path):
     checkpoint = tmp_path / "best.pt"
     checkpoint.write_bytes(trained["checkpoint"].read_bytes())
-    run = _invoke_export("--checkpoint", checkpoint, "--out", checkpoint)
+    run = _invoke_export("--model", checkpoint, "--out", checkpoint)
     assert run.exit_code == 2 and "is the checkpoint being exported" in run.output
     assert checkpoint.read_bytes() == trained["checkpoint"].read_bytes()
     foreign = tmp_path / "notes.onnx"
     foreign.write_text("my notes")
-    run = _invoke_export("--checkpoint", checkpoint, "--out", foreign, "--data-dir", tmp_path)
+    run = _invoke_export("--model", checkpoint, "--out", foreign, "--data-dir", tmp_path)
     assert run.exit_code == 1 and "--overwrite" in run.output
     assert foreign.read_text() == "my notes"
     run = _invoke_export(
-        "--checkpoint", checkpoint, "--out", foreign, "--data-dir", tmp_path, "--overwrite"
+        "--model", checkpoint, "--out", foreign, "--data-dir", tmp_path, "--overwrite"
     )
     assert run.exit_code == 0, run.output
-    again = _invoke_export("--checkpoint", checkpoint, "--out", foreign, "--data-dir", tmp_path)
+    again = _invoke_export("--model", checkpoint, "--out", foreign, "--data-dir", tmp_path)
     assert again.exit_code == 0, again.output  # a file export wrote itself is replaced
 
 
@@ -171,9 +171,7 @@ def test_export_never_writes_over_its_input_or_a_foreign_file(trained, tmp_path)
     ],
 )
 def test_bad_export_options_exit_2_and_write_nothing(trained, tmp_path, option, fragment):
-    run = _invoke_export(
-        "--checkpoint", trained["checkpoint"], "--out", tmp_path / "m.onnx", *option
-    )
+    run = _invoke_export("--model", trained["checkpoint"], "--out", tmp_path / "m.onnx", *option)
     assert run.exit_code == 2 and fragment in run.output
     assert "Traceback" not in run.output and not (tmp_path / "m.onnx").exists()
 

@@ -15,7 +15,8 @@ from mnist_cli.cli import app
 from mnist_cli.data import load_split
 from mnist_cli.errors import MnistError
 from mnist_cli.export import export_onnx
-from mnist_cli.prediction import expand_paths, predict_paths
+from mnist_cli.imagefiles import expand_paths
+from mnist_cli.prediction import predict_paths
 
 runner = CliRunner()
 
@@ -148,7 +149,7 @@ def test_export_command_rejects_unknown_format(trained, tmp_path):
             "export",
             "--format",
             "tflite",
-            "--checkpoint",
+            "--model",
             str(trained["checkpoint"]),
             "--out",
             str(tmp_path / "m"),
@@ -163,7 +164,7 @@ def test_export_command_prints_its_checks(trained, tmp_path):
         app,
         [
             "export",
-            "--checkpoint",
+            "--model",
             str(trained["checkpoint"]),
             "--out",
             str(out),

@@ -1,0 +1,210 @@
+"""The user's surface: conventions of every command, the bundled model, pictures, own digits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer.main
+from PIL import Image
+from typer.testing import CliRunner
+
+from mnist_cli.backends import BUNDLED_MODELS
+from mnist_cli.cli import app
+from mnist_cli.data import load_split
+
+runner = CliRunner()
+COMMANDS = typer.main.get_command(app).commands
+
+
+def _choice_options():
+    for name, command in COMMANDS.items():
+        for param in command.params:
+            kind = param.type_descriptor.annotation
+            if isinstance(kind, type) and issubclass(kind, Enum) and not param.hidden:
+                yield name, param
+
+
+CHOICES = list(_choice_options())
+
+
+def test_the_choices_are_enums():
+    names = {(command, param.name) for command, param in CHOICES}
+    assert {("train", "arch"), ("predict", "backend"), ("export", "quantize")} <= names
+
+
+@pytest.mark.parametrize("command, param", CHOICES, ids=lambda x: getattr(x, "name", x))
+def test_every_choice_is_listed_in_help_and_a_bad_one_exits_2(command, param):
+    help_text = runner.invoke(app, [command, "--help"], terminal_width=200).output
+    assert all(choice.value in help_text for choice in param.type_descriptor.annotation)
+    result = runner.invoke(app, [command, param.opts[0], "bogus", *_required(command)])
+    assert result.exit_code == 2 and "bogus" in result.output
+
+
+def _required(command):
+    return ["x.png"] if command == "predict" else []
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_dash_h_is_help_everywhere(command):
+    args = ([command] if command else []) + ["-h"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_shell_completion_is_offered():
+    assert "--install-completion" in runner.invoke(app, ["--help"], terminal_width=200).output
+
+
+def test_every_command_has_quiet_and_folder_options_read_the_environment():
+    for name, command in COMMANDS.items():
+        options = {opt for param in command.params for opt in param.opts}
+        assert "--quiet" in options, name
+        for param in command.params:
+            if param.name in ("data_dir", "out_dir", "images"):
+                assert param.envvar, f"{name} {param.opts[0]}"
+
+
+def test_old_spellings_work_with_a_deprecation_line(trained, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            "--checkpoint",
+            str(trained["checkpoint"]),
+            "--out",
+            str(tmp_path / "m.onnx"),
+            "--data-dir",
+            str(trained["data_dir"]),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Deprecated: --checkpoint is now --model" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "fc",
+            "--out",
+            str(tmp_path / "p"),
+            "--data-dir",
+            str(tmp_path / "none"),
+        ],
+    )
+    assert "--model is now --arch" in result.output and "--out is now --out-dir" in result.output
+    assert result.exit_code == 1 and "MNIST train data not found" in result.output
+
+
+def _digit_pngs(folder: Path, data_dir: Path, count: int) -> list[int]:
+    test = load_split(data_dir, "test")
+    for i in range(count):
+        Image.fromarray(255 - test.images[i]).resize((84, 84)).save(folder / f"{i}.png")
+    return [int(label) for label in test.labels[:count]]
+
+
+@pytest.mark.skipif(not BUNDLED_MODELS["onnxruntime"].is_file(), reason="no bundled model")
+def test_the_bundled_model_works_without_params_and_says_so(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a fresh folder: no params/, no exported/
+    labels = _digit_pngs(tmp_path, trained["data_dir"], 10)
+    for extra in ([], ["--backend", "torch"]):
+        result = runner.invoke(app, ["predict", str(tmp_path), "--json", *extra])
+        assert result.exit_code == 0, result.output
+        assert "Using the bundled model" in result.stderr
+        digits = [json.loads(line)["digit"] for line in result.stdout.splitlines()]
+        assert sum(d == t for d, t in zip(digits, labels, strict=True)) >= 9
+    result = runner.invoke(app, ["test", "--data-dir", str(trained["data_dir"]), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["accuracy"] > 0.97 and "pretrained" in report["model"]
+    export = runner.invoke(app, ["export"])
+    assert export.exit_code == 1 and "no model at params/best.pt" in export.output
+
+
+def test_training_writes_its_history_as_csv_and_png(trained):
+    rows = (trained["out_dir"] / "history.csv").read_text().splitlines()
+    assert rows[0].split(",")[:4] == ["epoch", "train_loss", "val_loss", "val_accuracy"]
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]
+    assert "images_per_second" in rows[0] and "lr" in rows[0]
+    with Image.open(trained["out_dir"] / "history.png") as picture:
+        assert picture.format == "PNG" and picture.width > 500
+
+
+def test_plot_saves_the_confusion_matrix(trained, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "test",
+            "-m",
+            str(trained["checkpoint"]),
+            "--data-dir",
+            str(trained["data_dir"]),
+            "--plot",
+            str(tmp_path / "c.png"),
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "c.png") as picture:
+        assert picture.format == "PNG"
+    assert "Saved" not in result.stderr  # --quiet: results only
+
+
+def test_own_digits_in_class_folders(trained, tmp_path, monkeypatch):
+    test = load_split(trained["data_dir"], "test")
+    for i in range(60):
+        folder = tmp_path / "mine" / str(test.labels[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - test.images[i]).resize((64, 64)).save(folder / f"{i}.png")
+    (tmp_path / "mine" / "3" / "broken.png").write_bytes(b"\x89PNG nope")
+    (tmp_path / "mine" / "notes").mkdir()  # not a digit: ignored
+    monkeypatch.setenv("MNIST_IMAGES_DIR", str(tmp_path / "mine"))
+    result = runner.invoke(
+        app,
+        ["test", "-m", str(trained["checkpoint"]), "--json", "--errors", str(tmp_path / "e.png")],
+    )
+    assert result.exit_code == 1  # one file could not be read
+    report = json.loads(result.stdout)
+    assert report["images"] == 60 and report["accuracy"] > 0.85
+    assert sum(c["support"] for c in report["classes"]) == 60
+    assert [Path(p).name for p, _ in report["skipped"]] == ["broken.png"]
+    assert "broken.png" in result.stderr and (tmp_path / "e.png").is_file()
+
+
+def test_show_draws_the_digit_the_model_saw(trained, tmp_path):
+    _digit_pngs(tmp_path, trained["data_dir"], 1)
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "0.png"), "-m", str(trained["checkpoint"]), "--show"]
+    )
+    assert result.exit_code == 0, result.output
+    picture = [line for line in result.stdout.splitlines() if "▀" in line]
+    assert len(picture) == 14 and all(line.count("▀") == 28 for line in picture)
+    assert "█" in result.stdout and "%" in result.stdout
+
+
+def test_help_stays_light():
+    code = (
+        "import sys; from mnist_cli.cli import app\n"
+        "try: app(['--help'])\n"
+        "except SystemExit: pass\n"
+        "heavy = [m for m in ('torch', 'numpy', 'onnxruntime', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_predicted_digit_pixels_are_kept_only_when_asked(trained, tmp_path):
+    from mnist_cli.backends import open_model
+    from mnist_cli.prediction import predict_paths
+
+    _digit_pngs(tmp_path, trained["data_dir"], 2)
+    engine = open_model(trained["checkpoint"], device="cpu")
+    kept = list(predict_paths(engine, [str(tmp_path)], keep_digits=True))
+    assert all(r.image.shape == (28, 28) and np.isfinite(r.image).all() for r in kept)
+    assert all(r.image is None for r in predict_paths(engine, [str(tmp_path)]))
