@@ -165,7 +165,7 @@ def train(
         typer.Option(
             "--arch",
             "-a",
-            help="Network: cnn (the strongest) or fc (the tutorial's). [default: cnn]",
+            help="Network: cnn (the strongest) or fc (the tutorial's). \\[default: cnn]",
         ),
     ] = None,
     epochs: Annotated[

@@ -273,14 +273,20 @@ class PredictionOutput:
             out.print(self.table)
 
 
+_HALF_BLOCKS = " ▄▀█"  # (top pixel, bottom pixel): neither, bottom, top, both
+
+
 def digit_picture(result: Any, top: int) -> Table:
-    """The 28x28 digit the model saw, in half-block characters, beside its top guesses."""
-    pixels = (result.image * 255).round().astype(int)
-    lines = Text()
-    for row in range(0, pixels.shape[0], 2):  # one character cell holds two pixel rows
-        for upper, lower in zip(pixels[row], pixels[row + 1], strict=True):
-            lines.append("▀", style=f"rgb({upper},{upper},{upper}) on rgb({lower},{lower},{lower})")
-        lines.append("\n")
+    """The 28x28 digit the model saw, in half-block characters, beside its top guesses.
+
+    Plain characters, no colour: it reads the same over SSH, in a pipe and in a log.
+    """
+    ink = result.image >= 0.35
+    rows = []
+    for upper, lower in zip(ink[0::2], ink[1::2], strict=True):  # a cell holds two pixel rows
+        cells = zip(upper, lower, strict=True)
+        rows.append("".join(_HALF_BLOCKS[2 * bool(a) + bool(b)] for a, b in cells))
+    lines = Text("\n".join(rows))
     guesses = Text.assemble((result.path, "bold"), "\n")
     for digit, probability in result.top(top):
         bar = "█" * round(probability * 20)
