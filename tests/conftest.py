@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,35 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "checkpoint": root / "params" / "best.pt",
         "out_dir": root / "params",
     }
+
+
+_MEASURED = """
+import sys
+def hwm():  # peak resident memory of this process in MiB (VmHWM starts afresh at exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) // 1024
+{setup}
+before = hwm()
+{body}
+print(hwm() - before)
+"""
+
+
+def _memory_growth(body: str, *args: object, setup: str = "") -> tuple[str, int]:
+    """Run `body` in a fresh Python process; its output and how far its peak memory grew (MiB).
+
+    `setup` runs before the first reading (imports whose cost is not the point).
+    """
+    code = _MEASURED.format(setup=setup, body=body)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True
+    )
+    *said, grown = done.stdout.strip().splitlines()
+    return "\n".join(said), int(grown)
+
+
+@pytest.fixture(scope="session")
+def memory_growth():
+    """Measures a snippet's peak memory growth in a fresh process (see `_memory_growth`)."""
+    return _memory_growth

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import typing
 from enum import Enum
 from pathlib import Path
@@ -206,18 +204,6 @@ def test_show_draws_the_digit_the_model_saw(trained, tmp_path):
     assert all(set(line) <= set(" ▀▄█") for line in picture)
     assert sum(len(line.strip()) for line in picture) > 20  # the digit's ink is drawn
     assert "%" in result.stdout
-
-
-def test_help_stays_light():
-    code = (
-        "import sys; from mnist_cli.cli import app\n"
-        "try: app(['--help'])\n"
-        "except SystemExit: pass\n"
-        "heavy = [m for m in ('torch', 'numpy', 'onnxruntime', 'matplotlib') if m in sys.modules]\n"
-        "assert not heavy, heavy"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
 
 
 def test_predicted_digit_pixels_are_kept_only_when_asked(trained, tmp_path):

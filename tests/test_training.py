@@ -301,4 +301,5 @@ def test_a_full_disk_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypat
         train(config, data_dir=data_dir, out_dir=out, overwrite=True)
     assert "previous file is unchanged" in caught.value.message
     assert (out / "last.pt").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == ["best.pt", "last.pt"]
+    assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
