@@ -24,19 +24,21 @@ from mnist_cli.backends import BUNDLED_MODELS, BackendName
 FLOOR = "import typer, rich.console, PIL.Image, onnxruntime"
 
 
-def median_seconds(command: list[str], runs: int) -> float:
-    subprocess.run(command, capture_output=True, check=False)  # warm the file cache
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(command, capture_output=True, check=False)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def median_seconds(commands: dict[str, list[str]], runs: int) -> dict[str, float]:
+    """Median wall time of each command; rounds interleave them so that drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for round_ in range(runs + 1):
+        for name, command in commands.items():
+            started = time.perf_counter()
+            subprocess.run(command, capture_output=True, check=False)
+            if round_:  # the first round only warms the file cache
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--model", type=Path, default=BUNDLED_MODELS[BackendName.onnxruntime])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -59,7 +61,7 @@ def main() -> None:
                 str(args.model),
             ],
         }
-        seconds = {name: median_seconds(command, args.runs) for name, command in rows.items()}
+        seconds = median_seconds(rows, args.runs)
     floor = seconds["floor (typer, rich, PIL, onnxruntime)"]
     print(f"| command (median of {args.runs}) | seconds | ratio to floor |")
     print("|---|---|---|")

@@ -6,7 +6,6 @@ in [0, 1] and returns logits and probabilities. The onnxruntime path never impor
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
@@ -224,6 +223,8 @@ class OnnxBackend(Backend):
         meta = self.session.get_modelmeta().custom_metadata_map
         if "class_labels" not in meta:
             return list(DIGITS)
+        import json
+
         try:
             labels = json.loads(meta["class_labels"])
         except ValueError:

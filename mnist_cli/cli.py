@@ -1,7 +1,6 @@
 """The `mnist` command: parses options, calls one core function, shows the result."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Typer would then eval every annotation at start-up.
 import os
 import sys
 from collections.abc import Iterator

@@ -7,16 +7,6 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
@@ -25,8 +15,8 @@ if TYPE_CHECKING:
     from mnist_cli.evaluation import Report
     from mnist_cli.training import EpochRecord, TrainConfig
 
-out = Console(highlight=False)  # results: tables and JSON
-err = Console(stderr=True, highlight=False)  # progress, notes and errors
+out = Console(highlight=False, emoji=False)  # results: tables and JSON
+err = Console(stderr=True, highlight=False, emoji=False)  # progress, notes and errors
 _quiet = False  # --quiet: results and errors only
 
 
@@ -97,6 +87,15 @@ class DownloadProgress:
     """One progress bar per downloaded file; a download callback for `download_mnist`."""
 
     def __init__(self) -> None:
+        from rich.progress import (  # only downloads show these bars: not on every start
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -125,6 +124,15 @@ class TrainProgress:
     """Rich bars over epochs and batches on a terminal; one plain line per epoch elsewhere."""
 
     def __init__(self, *, verbose: bool = False) -> None:
+        from rich.progress import (  # only training shows these bars: not on every start
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.live, self.verbose = err.is_terminal and not _quiet, verbose
         self._progress = Progress(
             TextColumn("{task.description}"),

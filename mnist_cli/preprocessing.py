@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image
 
 from mnist_cli.errors import MnistError
 
@@ -148,12 +148,22 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
     return field
 
 
+def _median(values: np.ndarray) -> float:
+    """np.median without its import of numpy.ma, which costs every start of `mnist predict`."""
+    flat = values.ravel()
+    half = flat.size // 2
+    if flat.size % 2:
+        return float(np.partition(flat, half)[half])
+    low, high = np.partition(flat, [half - 1, half])[half - 1 : half + 1]
+    return (float(low) + float(high)) / 2
+
+
 def digit_from_array(gray: np.ndarray, *, name: str = "image") -> np.ndarray:
     """Grayscale [0, 1] array of any size -> 28x28 float32 MNIST-style digit, or ImageError."""
     gray = np.asarray(gray, dtype=np.float32)
     if gray.ndim != 2 or gray.size == 0 or not np.isfinite(gray).all():
         raise ImageError(f"{name}: no digit found (not a finite 2-D image)")
-    paper = float(np.median(gray))
+    paper = _median(gray)
     if paper > 0.5:  # dark ink on light paper: MNIST is light ink on black
         gray, paper = 1 - gray, 1 - paper
     ink = np.clip(gray - paper, 0, None)
@@ -164,6 +174,8 @@ def digit_from_array(gray: np.ndarray, *, name: str = "image") -> np.ndarray:
     mask = ink > _INK
     if min(mask.shape) > 2 * _SIZE:
         # Large photos and scans: drop isolated specks of noise before boxing the ink.
+        from PIL import ImageFilter  # large images only: not on every start
+
         cleaned = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MedianFilter(5))
         mask = np.asarray(cleaned) > 127 if np.asarray(cleaned).any() else mask
     box = _ink_box(mask)
@@ -204,6 +216,10 @@ def load_digit(path: Path | str, *, raw: bool = False) -> np.ndarray:
 def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF rotation of phone photos; a damaged EXIF block is ignored, not fatal."""
     try:
+        if not image.getexif():  # most images carry none: no need to import ImageOps
+            return image
+        from PIL import ImageOps
+
         return ImageOps.exif_transpose(image)
     except Exception:  # SyntaxError, ValueError, ... from malformed EXIF data
         return image
