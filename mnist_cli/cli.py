@@ -447,3 +447,47 @@ def predict(
                 output.add(result)
     if failures:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def serve(
+    model: ModelFile = None,
+    backend: Annotated[
+        BackendName | None,
+        typer.Option("--backend", help="Force a backend. \\[default: the model file's kind]"),
+    ] = None,
+    device: Device = "auto",
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on. Only this machine can connect to 127.0.0.1."),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="Port.")] = 8000,
+    max_upload: Annotated[int, typer.Option(min=1024, help="Largest request body, in bytes.")] = 4
+    << 20,
+    max_images: Annotated[
+        int, typer.Option(min=1, help="Most images in one multipart request.")
+    ] = 64,
+    quiet: Quiet = False,
+) -> None:
+    """Serve a draw-a-digit page and an HTTP API for the model.
+
+    GET / is the page; POST /predict takes an image body (or multipart files) and answers
+    JSON like `mnist predict --json`; GET /health and GET /metrics are for whoever runs it.
+    Ctrl-C or SIGTERM stops it after the requests in flight.
+
+    Example: mnist serve --port 8000   (then open http://127.0.0.1:8000)
+    """
+    from mnist_cli import console
+
+    with _user_errors(quiet=quiet):
+        from mnist_cli.backends import open_model
+        from mnist_cli.server import Limits
+        from mnist_cli.server import serve as run_server
+
+        engine = open_model(model, backend=backend, device=device)
+        console.show_model(engine)
+        console.note(f"Serving on http://{host}:{port} (Ctrl-C to stop)")
+        limits = Limits(max_upload=max_upload, max_images=max_images)
+        run_server(
+            engine, host=host, port=port, limits=limits, log_level="warning" if quiet else "info"
+        )

@@ -5,10 +5,12 @@ numpy and Pillow only: the onnxruntime path of `mnist predict` must not import t
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -41,26 +43,31 @@ def open_image(path: Path | str) -> Image.Image:
         raise ImageError(f"{path}: is a folder, not an image")
     if not stat.S_ISREG(mode):
         raise ImageError(f"{path}: not a regular file (a FIFO, socket or device); skipped")
+    return _decode(path, str(path))
+
+
+def _decode(source: Path | BinaryIO, name: str) -> Image.Image:
+    """Decode a file or an in-memory upload with the same limits."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"{path}: too large to decode safely ({_reason(error)})") from error
+        raise ImageError(f"{name}: too large to decode safely ({_reason(error)})") from error
     except PermissionError as error:
-        raise ImageError(f"{path}: cannot be read (permission denied)") from error
+        raise ImageError(f"{name}: cannot be read (permission denied)") from error
     except (OSError, ValueError) as error:
-        raise ImageError(f"{path}: not a readable image ({_reason(error)})") from error
+        raise ImageError(f"{name}: not a readable image ({_reason(error)})") from error
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ImageError(f"{path}: {width}x{height} is too large (over {MAX_PIXELS:,} pixels)")
+        raise ImageError(f"{name}: {width}x{height} is too large (over {MAX_PIXELS:,} pixels)")
     try:
         image.seek(0)  # first frame of an animation
         image.draft("L", (MAX_SIDE, MAX_SIDE))  # JPEG decodes at 1/2, 1/4 or 1/8 scale
         image.load()
         return _shrink(image)
     except Exception as error:  # Pillow's decoders raise many types on damaged files
-        raise ImageError(f"{path}: damaged image ({_reason(error)})") from error
+        raise ImageError(f"{name}: damaged image ({_reason(error)})") from error
 
 
 def _shrink(image: Image.Image) -> Image.Image:
@@ -199,18 +206,26 @@ def load_digit(path: Path | str, *, raw: bool = False) -> np.ndarray:
 
     `raw=True` takes an image that is MNIST-style already: 28x28, light on dark, unchanged.
     """
-    image = open_image(path)
+    return _digit(open_image(path), str(path), raw=raw)
+
+
+def digit_from_bytes(data: bytes, *, name: str = "upload", raw: bool = False) -> np.ndarray:
+    """The same as `load_digit`, for an image held in memory (an HTTP upload)."""
+    return _digit(_decode(io.BytesIO(data), name), name, raw=raw)
+
+
+def _digit(image: Image.Image, name: str, *, raw: bool) -> np.ndarray:
     if raw and image.size != (_SIZE, _SIZE):
         raise ImageError(
-            f"{path}: --raw needs a 28x28 image, this one is {image.size[0]}x{image.size[1]}"
+            f"{name}: --raw needs a 28x28 image, this one is {image.size[0]}x{image.size[1]}"
         )
     try:
         gray = to_grayscale(image if raw else _upright(image))
     except Exception as error:  # Pillow raises ValueError, OSError, ... for modes it cannot map
-        raise ImageError(f"{path}: unsupported image ({_reason(error)})") from error
+        raise ImageError(f"{name}: unsupported image ({_reason(error)})") from error
     if not np.isfinite(gray).all():
-        raise ImageError(f"{path}: holds NaN or infinite pixel values")
-    return gray if raw else digit_from_array(gray, name=str(path))
+        raise ImageError(f"{name}: holds NaN or infinite pixel values")
+    return gray if raw else digit_from_array(gray, name=name)
 
 
 def _upright(image: Image.Image) -> Image.Image:

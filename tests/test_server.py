@@ -1,0 +1,287 @@
+"""`mnist serve`: the HTTP API over a checked model, and what it does with bad requests."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from mnist_cli.backends import open_model
+from mnist_cli.data import load_split
+from mnist_cli.export import export_onnx
+from mnist_cli.server import Limits, create_app
+
+
+@pytest.fixture(scope="module")
+def served(trained, tmp_path_factory):
+    path = tmp_path_factory.mktemp("serve") / "model.onnx"
+    export_onnx(trained["checkpoint"], path, data_dir=trained["data_dir"])
+    app = create_app(open_model(path), Limits(max_upload=200_000, max_images=4, read_timeout=2))
+    test = load_split(trained["data_dir"], "test")
+    pngs = []
+    for i in range(6):
+        buffer = io.BytesIO()
+        Image.fromarray(255 - test.images[i]).resize((84, 84)).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    return TestClient(app), pngs, [int(x) for x in test.labels[:6]], path
+
+
+def test_health_names_the_model(served):
+    client, _, _, path = served
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["model"] == str(path)
+    assert health["backend"] == "onnxruntime" and health["provider"] and health["version"]
+
+
+def test_one_image_in_the_body(served):
+    client, pngs, labels, _ = served
+    response = client.post("/predict", content=pngs[0], headers={"content-type": "image/png"})
+    assert response.status_code == 200
+    (result,) = response.json()["results"]
+    assert result["digit"] == labels[0] and abs(sum(result["probabilities"]) - 1) < 1e-4
+    assert len(result["top"]) == 3 and result["top"][0][0] == result["digit"]
+    assert np.array(result["input"]).shape == (28, 28)
+
+
+def test_several_images_answer_in_order(served):
+    client, pngs, labels, _ = served
+    files = [("image", (f"{i}.png", pngs[i], "image/png")) for i in range(4)]
+    response = client.post("/predict", files=files)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["name"] for r in results] == [f"{i}.png" for i in range(4)]
+    assert sum(r["digit"] == t for r, t in zip(results, labels[:4], strict=True)) >= 3
+
+
+def test_a_bad_file_among_good_ones_is_an_error_in_its_place(served):
+    client, pngs, _, _ = served
+    files = [("a", ("a.png", pngs[0], "image/png")), ("b", ("b.png", b"not an image", "image/png"))]
+    results = client.post("/predict", files=files).json()["results"]
+    assert "digit" in results[0] and "not a readable image" in results[1]["error"]
+
+
+def _bomb() -> bytes:
+    """A tiny PNG whose header declares 10,000 x 10,000 pixels."""
+    buffer = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "body, headers, status, fragment",
+    [
+        (b"plain text", {"content-type": "text/plain"}, 415, "send an image"),
+        (b"", {"content-type": "image/png"}, 400, "empty"),
+        (bytes(300_000), {"content-type": "image/png"}, 413, "over 200,000 bytes"),
+        (b'{"x": 1}', {"content-type": "application/json"}, 415, "not 'application/json'"),
+    ],
+)
+def test_bad_requests_get_a_4xx_and_json(served, body, headers, status, fragment):
+    client, _, _, _ = served
+    response = client.post("/predict", content=body, headers=headers)
+    assert response.status_code == status and fragment in response.json()["error"]
+
+
+def test_images_the_server_cannot_use_are_reported_per_image(served):
+    client, _, _, _ = served
+    for body, fragment in ((b"\x89PNG garbage", "not a readable image"), (_bomb(), "too large")):
+        response = client.post("/predict", content=body, headers={"content-type": "image/png"})
+        assert response.status_code == 200
+        assert fragment in response.json()["results"][0]["error"]
+
+
+def test_too_many_images_in_one_request(served):
+    client, pngs, _, _ = served
+    files = [("image", (f"{i}.png", pngs[0], "image/png")) for i in range(5)]
+    response = client.post("/predict", files=files)
+    assert response.status_code == 413 and "many" in response.json()["error"].lower()
+
+
+@pytest.fixture(scope="module")
+def live(served):
+    """The app under a real uvicorn server on 127.0.0.1, in a thread, for real sockets."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    client, _, _, _ = served
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}", port
+    server.should_exit = True
+    thread.join(timeout=15)
+
+
+def test_a_client_that_stops_sending_times_out(served, live):
+    import socket
+    import time
+
+    _, pngs, _, _ = served
+    _, port = live
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        head = (
+            "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(pngs[0])}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + pngs[0][:100])  # then nothing more
+        answer = b""
+        while b"took over" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+        answer = answer.decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 408") and "took over 2 s" in answer
+    assert time.monotonic() - started < 15
+
+
+def test_metrics_count_requests_and_latency(served):
+    client, pngs, _, _ = served
+    before = client.get("/metrics").json()["requests"]
+    client.post("/predict", content=pngs[1], headers={"content-type": "image/png"})
+    client.post("/predict", content=b"x", headers={"content-type": "text/plain"})
+    metrics = client.get("/metrics").json()
+    assert metrics["requests"] == before + 2 and metrics["by_status"]["415"] >= 1
+    assert 0 < metrics["latency_seconds"]["p50"] <= metrics["latency_seconds"]["p99"]
+
+
+def test_the_page_is_self_contained(served):
+    client, _, _, _ = served
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)  # no CDN
+    assert 'fetch("/predict"' in page.text
+
+
+def test_no_route_reads_a_file_named_by_the_client(served):
+    client, _, _, _ = served
+    for path in ("/../../etc/passwd", "/static/../cli.py", "/predict?path=/etc/passwd"):
+        response = client.get(path)
+        assert response.status_code in (404, 405) and "root:" not in response.text
+
+
+def test_serving_onnx_never_imports_torch(served):
+    _, _, _, path = served
+    code = (
+        "import sys\n"
+        "from mnist_cli.backends import open_model\n"
+        "from mnist_cli.server import create_app\n"
+        f"create_app(open_model({str(path)!r}))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(json.dumps('ok'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", "import json\n" + code], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == "ok"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def draw(page, points):
+    """Drag the mouse through `points` (canvas fractions) on the drawing pad, as a hand would."""
+    box = page.locator("#pad").bounding_box()
+    to_page = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in points]
+    page.mouse.move(*to_page[0])
+    page.mouse.down()
+    for point in to_page[1:]:
+        page.mouse.move(*point, steps=8)
+    page.mouse.up()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian package `chromium`)")
+def test_a_digit_drawn_in_a_real_browser_is_read(live, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    url, _ = live
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 700})
+            page.goto(url)
+            draw(page, [(0.5, 0.15), (0.5, 0.5), (0.5, 0.85)])  # a "1"
+            guess = page.locator("#guess")
+            sync_api.expect(guess).to_have_text("1", timeout=15_000)
+            assert page.locator("#bars .bar").count() == 3
+            page.click("#clear")
+            sync_api.expect(guess).to_have_text("", timeout=5_000)
+            draw(page, [(0.25, 0.2), (0.75, 0.2), (0.4, 0.85)])  # a "7"
+            sync_api.expect(guess).not_to_have_text("", timeout=15_000)
+            page.screenshot(path=str(tmp_path / "page.png"))
+        finally:
+            browser.close()
+    assert (tmp_path / "page.png").stat().st_size > 1000
+
+
+def test_mnist_serve_answers_then_stops_on_sigterm(served):
+    import http.client
+    import signal
+    import socket
+    import time
+
+    _, pngs, _, path = served
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mnist_cli", "serve", "-m", str(path), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline, health = time.monotonic() + 60, None
+        while health is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/health")
+                health = json.loads(connection.getresponse().read())
+            except OSError:
+                time.sleep(0.2)
+        assert health is not None and health["model"] == str(path)
+        connection.request("POST", "/predict", body=pngs[0], headers={"Content-Type": "image/png"})
+        assert connection.getresponse().status == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+    log = server.stderr.read()
+    assert code in (0, -signal.SIGTERM, 128 + signal.SIGTERM) and "Traceback" not in log
+    assert "Serving on http://127.0.0.1" in log and "Shutting down" in log
+
+
+def test_serve_checks_the_model_before_listening(tmp_path):
+    from typer.testing import CliRunner
+
+    from mnist_cli.cli import app
+
+    (tmp_path / "m.onnx").write_text("not a model")
+    result = CliRunner().invoke(app, ["serve", "-m", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1 and "m.onnx: a text file" in result.output
