@@ -105,19 +105,24 @@ def test_too_many_images_in_one_request(served):
     assert response.status_code == 413 and "many" in response.json()["error"].lower()
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def live(served):
     """The app under a real uvicorn server on 127.0.0.1, in a thread, for real sockets."""
-    import socket
     import threading
     import time
 
     import uvicorn
 
     client, _, _, _ = served
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning")
     )
@@ -245,13 +250,10 @@ def test_a_digit_drawn_in_a_real_browser_is_read(live, tmp_path):
 def test_mnist_serve_answers_then_stops_on_sigterm(served):
     import http.client
     import signal
-    import socket
     import time
 
     _, pngs, _, path = served
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mnist_cli", "serve", "-m", str(path), "--port", str(port)],
         stderr=subprocess.PIPE,
