@@ -8,6 +8,7 @@ that a client names. The onnxruntime path never imports torch.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -37,6 +38,7 @@ class Limits:
     max_images: int = 64  # images in one multipart request
     read_timeout: float = 10.0  # seconds to receive the whole body (slow clients)
     top_k: int = 3
+    workers: int = max(1, min(4, os.cpu_count() or 1))  # requests decoded at once: bounds memory
 
 
 class RequestError(Exception):
@@ -83,6 +85,7 @@ def create_app(backend: Backend, limits: Limits | None = None) -> Starlette:
     """The ASGI app for one opened model."""
     limits = limits or Limits()
     metrics = Metrics()
+    decoding = asyncio.Semaphore(limits.workers)  # a 50-megapixel upload decodes to ~200 MB
     page = resources.files("mnist_cli").joinpath("static/index.html").read_text("utf-8")
 
     async def index(request: Request) -> Response:
@@ -109,7 +112,8 @@ def create_app(backend: Backend, limits: Limits | None = None) -> Starlette:
         try:
             uploads = await _uploads(request, limits)
             images = len(uploads)
-            results = await run_in_threadpool(_predict, backend, uploads, limits.top_k)
+            async with decoding:
+                results = await run_in_threadpool(_predict, backend, uploads, limits.top_k)
             response: Response = JSONResponse({"results": results})
         except RequestError as error:
             response = JSONResponse({"error": error.message}, status_code=error.status)
