@@ -131,7 +131,12 @@ def download(
     data_dir: DataDir = Path("datafiles"),
     source: Annotated[
         Path | None,
-        typer.Option("--from", help="Import the four files from this local folder (gzip or not)."),
+        typer.Option(
+            "--from",
+            envvar="MNIST_FROM",
+            show_envvar=True,
+            help="Import the four files from this local folder (gzip or not).",
+        ),
     ] = None,
     verify: Annotated[
         bool,
@@ -235,8 +240,9 @@ def train(
     old_model: Annotated[Architecture | None, typer.Option("--model", hidden=True)] = None,
     old_out: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
 ) -> None:
-    """Train a model; save OUT_DIR/last.pt every epoch and OUT_DIR/best.pt at the best
-    validation score, with the history as history.csv and history.png.
+    """Train a model: OUT_DIR/last.pt every epoch, best.pt at the best validation score.
+
+    The history goes to OUT_DIR/history.csv and OUT_DIR/history.png after each epoch.
 
     Ctrl-C or SIGTERM saves OUT_DIR/last.pt; --resume continues from there.
 
