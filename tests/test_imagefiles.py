@@ -1,0 +1,53 @@
+"""Finding image files: named files, folders, globs and class folders, never through links."""
+
+from __future__ import annotations
+
+import os
+
+from PIL import Image
+
+from mnist_cli.imagefiles import class_folders, expand_paths
+
+
+def _png(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (8, 8)).save(path)
+    return path
+
+
+def test_expand_files_folders_and_globs(tmp_path):
+    for i in range(20):
+        _png(tmp_path / "images" / ("nested" if i % 2 else "") / f"{i:02d}.png")
+    (tmp_path / "images" / "notes.txt").write_text("not an image")
+    folder = str(tmp_path / "images")
+    found = [p for p, problem in expand_paths([folder]) if problem is None]
+    assert len(found) == 20 and found == sorted(found)
+    assert len([p for p, _ in expand_paths([folder + "/*.png"])]) == 10
+    assert len([p for p, _ in expand_paths([folder + "/**/*.png"])]) == 20
+    problems = dict(expand_paths([str(tmp_path / "missing.png"), str(tmp_path / "*.jpg")]))
+    assert set(problems.values()) == {"no such file or folder", "no file matches this pattern"}
+
+
+def test_globs_and_folders_do_not_follow_symlink_loops(tmp_path):
+    _png(tmp_path / "g" / "sub" / "one.png")
+    (tmp_path / "g" / "loop").symlink_to(".")
+    (tmp_path / "g" / "sub" / "up").symlink_to("..")
+    found = [p for p, _ in expand_paths([str(tmp_path / "g" / "**" / "*.png")])]
+    assert found == [str(tmp_path / "g" / "sub" / "one.png")]
+    assert [p for p, _ in expand_paths([str(tmp_path / "g")])] == found
+
+
+def test_special_files_in_a_folder_come_with_a_reason(tmp_path):
+    _png(tmp_path / "good.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    reasons = dict(expand_paths([str(tmp_path)]))
+    assert reasons[str(tmp_path / "good.png")] is None
+    assert "not a regular file" in reasons[str(tmp_path / "pipe.png")]
+
+
+def test_class_folders_take_only_the_named_labels(tmp_path):
+    _png(tmp_path / "3" / "a.png")
+    _png(tmp_path / "7" / "deep" / "b.png")
+    _png(tmp_path / "notes" / "c.png")
+    found = [(os.path.basename(p), label) for p, label, _ in class_folders(tmp_path, ["3", "7"])]
+    assert found == [("a.png", "3"), ("b.png", "7")]
