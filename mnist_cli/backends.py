@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnist_cli.data import CLASS_LABELS
 from mnist_cli.devices import check_device_name
-from mnist_cli.errors import MnistError
+from mnist_cli.errors import MnistError, first_line
 from mnist_cli.files import ONNX_FILE, TORCH_FILE, describe_bytes
 from mnist_cli.options import BackendName
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from mnist_cli.checkpoints import Checkpoint
     from mnist_cli.models import Classifier
 
-DIGITS = [str(digit) for digit in range(10)]
 IMAGE_SHAPE = (1, 28, 28)
 MAX_MODEL_BYTES = 256 << 20  # a digit model is ~100 KB; anything this large is not one
 _CHUNK = 1000  # images per call when the model takes any batch size
@@ -183,7 +183,7 @@ class OnnxBackend(Backend):
         try:
             self.session = onnxruntime.InferenceSession(model, options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
-            raise ModelError(f"{path}: not a usable ONNX model ({_first_line(error)})") from None
+            raise ModelError(f"{path}: not a usable ONNX model ({first_line(error)})") from None
         self.provider = self.session.get_providers()[0]
         self.input_name, self.batch = self._check_input()
         self.output_name = self._check_output()
@@ -222,7 +222,7 @@ class OnnxBackend(Backend):
     def _labels(self) -> list[str]:
         meta = self.session.get_modelmeta().custom_metadata_map
         if "class_labels" not in meta:
-            return list(DIGITS)
+            return list(CLASS_LABELS)
         import json
 
         try:
@@ -231,7 +231,7 @@ class OnnxBackend(Backend):
             labels = None
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise self._fail("its class_labels metadata is not a JSON list of strings")
-        if labels != DIGITS:
+        if labels != CLASS_LABELS:
             raise self._fail(f"its classes are {labels[:12]!r}; mnist reads the digits 0-9")
         return labels
 
@@ -240,7 +240,7 @@ class OnnxBackend(Backend):
         try:
             got = self.session.run([self.output_name], {self.input_name: _zeros(batch)})[0]
         except Exception as error:  # onnxruntime raises its own exception types
-            raise self._fail(f"fails on a batch of blank images ({_first_line(error)})") from None
+            raise self._fail(f"fails on a batch of blank images ({first_line(error)})") from None
         if got.shape != (batch, len(self.labels)):
             raise self._fail(
                 f"output {self.output_name!r} has shape {list(got.shape)} for {batch} images; "
@@ -261,11 +261,6 @@ _MODEL_HINT = (
 
 def _zeros(batch: int) -> np.ndarray:
     return np.zeros((batch, *IMAGE_SHAPE), np.float32)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 class TorchBackend(Backend):
@@ -320,4 +315,4 @@ def restore_optimizer(optimizer: Any, checkpoint: Checkpoint) -> None:
                     raise ValueError(f"{key} of parameter {index} has the wrong shape")
         optimizer.load_state_dict(saved)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as error:
-        raise CheckpointError(f"its optimiser state is damaged ({_first_line(error)})") from None
+        raise CheckpointError(f"its optimiser state is damaged ({first_line(error)})") from None

@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from mnist_cli.errors import CheckpointError, OutputError
+from mnist_cli.data import CLASS_LABELS
+from mnist_cli.errors import CheckpointError, OutputError, first_line
 from mnist_cli.files import TORCH_FILE, atomic_write, describe_bytes
 from mnist_cli.models import ModelSpecError, check_arguments, parameter_shapes
 
 FORMAT = "mnist_cli.checkpoint/1"
-DIGITS = [str(digit) for digit in range(10)]
 
 
 @dataclass
@@ -76,7 +76,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
         atomic_write(path, lambda out: torch.save(_to_dict(checkpoint), out))
     except RuntimeError as error:  # torch.save reports a full disk as a RuntimeError
         raise OutputError(
-            f"{path}: could not be written ({_short(error)}); the previous file is unchanged",
+            f"{path}: could not be written ({first_line(error)}); the previous file is unchanged",
             hint="free some disk space, or choose another --out-dir",
         ) from None
 
@@ -116,7 +116,9 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
             hint="only load checkpoints written by `mnist train`",
         ) from error
     except Exception as error:  # torch.load raises many types on a damaged file
-        raise CheckpointError(f"{path}: damaged, torch cannot read it ({_short(error)})") from error
+        raise CheckpointError(
+            f"{path}: damaged, torch cannot read it ({first_line(error)})"
+        ) from error
     try:
         return checkpoint_from_dict(payload)
     except CheckpointError as error:
@@ -129,10 +131,6 @@ def _is_torch_zip(path: Path) -> bool:
             return any(name.endswith("/data.pkl") for name in archive.namelist())
     except (zipfile.BadZipFile, OSError):
         return True  # a damaged torch file: let torch.load name the damage
-
-
-def _short(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
 
 
 class _Fields:
@@ -187,7 +185,7 @@ def checkpoint_from_dict(payload: Any) -> Checkpoint:
         )
     architecture, arguments = read.get("architecture", str), read.get("arguments", dict)
     labels = read.get("class_labels", list)
-    if labels != DIGITS:
+    if labels != CLASS_LABELS:
         raise CheckpointError(f"its classes are {labels[:12]!r}; mnist works with the digits 0-9")
     state_dict = read.get("state_dict", dict)
     _check_weights(architecture, arguments, state_dict, len(labels))

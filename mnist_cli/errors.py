@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's first line (libraries' messages can run to pages), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 class MnistError(Exception):
     """Base error: a message for the user and an optional hint on how to fix it."""
 
