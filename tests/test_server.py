@@ -239,6 +239,8 @@ def test_a_digit_drawn_in_a_real_browser_is_read(live, tmp_path):
             assert page.locator("#bars .bar").count() == 3
             page.click("#clear")
             sync_api.expect(guess).to_have_text("", timeout=5_000)
+            page.wait_for_timeout(1_000)  # an answer still in flight must not repaint it
+            sync_api.expect(guess).to_have_text("", timeout=100)
             draw(page, [(0.25, 0.2), (0.75, 0.2), (0.4, 0.85)])  # a "7"
             sync_api.expect(guess).not_to_have_text("", timeout=15_000)
             page.screenshot(path=str(tmp_path / "page.png"))
