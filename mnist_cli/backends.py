@@ -313,6 +313,32 @@ def restore_optimizer(optimizer: Any, checkpoint: Checkpoint) -> None:
             for key in ("exp_avg", "exp_avg_sq"):
                 if state[key].shape != parameters[index].shape:
                     raise ValueError(f"{key} of parameter {index} has the wrong shape")
+        running = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(saved)
+        _keep_how_to_compute(optimizer, running)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as error:
         raise CheckpointError(f"its optimiser state is damaged ({first_line(error)})") from None
+
+
+_HOW_TO_COMPUTE = ("capturable", "fused", "foreach", "differentiable")
+
+
+def _keep_how_to_compute(optimizer: Any, running: list[dict[str, Any]]) -> None:
+    """Keep the running optimiser's device settings over the saved ones (CUDA graph or not)."""
+    import torch
+
+    for group, before in zip(optimizer.param_groups, running, strict=True):
+        for key in _HOW_TO_COMPUTE:
+            if key in before:
+                group[key] = before[key]
+        lr = float(group["lr"])
+        if isinstance(before["lr"], torch.Tensor):  # a CUDA graph reads it from this tensor
+            group["lr"] = before["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if "step" in state:
+                on_device = group.get("capturable") or group.get("fused")
+                device = parameter.device if on_device else "cpu"
+                state["step"] = state["step"].to(device=device, dtype=torch.float32)
