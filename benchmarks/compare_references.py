@@ -4,20 +4,23 @@
    connected net with softmax and MSE loss, Adam 1e-3;
 2. the recipe of PyTorch's official MNIST example (written here from its description): two
    3x3 convolutions (32, 64), max pool, dropout 0.25/0.5, a 128-unit dense layer, Adadelta
-   lr 1.0 decayed by 0.7 per epoch, batch 64, torchvision's DataLoader;
-3. `mnist train` with its default recipe (the core `train()` the command calls).
+   lr 1.0 decayed by 0.7 per epoch, batch 64, torchvision's DataLoader; it runs until it
+   reaches 99.0% test accuracy (or its own 14 epochs);
+3. `mnist train --epochs 1` (the core `train()` the command calls), seeds 0, 1 and 2;
+4. `mnist train --epochs 30`, seeds 0, 1 and 2: best.pt's test accuracy.
 
-Seconds count training only (test scoring after each epoch is outside the clock). Each
-reference runs for a fixed budget of epochs, stated in the table; "not reached" means 99.0%
-test accuracy was not reached within it.
+Seconds count training only (test scoring after each epoch is outside the clock; ours include
+the validation pass, which picks best.pt). The test set picks nothing: the recipe was tuned on
+the validation split (benchmarks/tune_recipe.py). The CPU goals are printed at the end.
 
-    python benchmarks/compare_references.py --data-dir datafiles            # ~12 min here
-    python benchmarks/compare_references.py --data-dir datafiles --quick    # ~3 min
+    python benchmarks/compare_references.py --data-dir datafiles            # ~1 h here
+    python benchmarks/compare_references.py --data-dir datafiles --quick    # ~5 min, no goals
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -33,8 +36,9 @@ from torchvision import datasets, transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark script
 from train_targets import TestEveryEpoch  # noqa: E402
 
+from mnist_cli.evaluation import evaluate_model  # noqa: E402
 from mnist_cli.models import FullyConnected  # noqa: E402
-from mnist_cli.training import default_config, train  # noqa: E402
+from mnist_cli.training import default_config, describe_recipe, train  # noqa: E402
 
 TARGET = 0.99
 
@@ -46,6 +50,7 @@ class Outcome:
     seconds: list[float] = field(default_factory=list)  # per epoch, training only
     accuracy: list[float] = field(default_factory=list)  # test accuracy after each epoch
     images: int = 0  # training images per epoch
+    best_test: float = 0.0  # test accuracy of best.pt (ours only)
 
     @property
     def time_to_target(self) -> float | None:
@@ -131,6 +136,8 @@ def _loader_recipe(
         outcome.seconds.append(time.perf_counter() - started)
         outcome.accuracy.append(_accuracy(model, test_loader))
         _log(outcome)
+        if outcome.time_to_target is not None:
+            break  # its time to 99.0% is what the comparison needs
     return outcome
 
 
@@ -173,56 +180,80 @@ def official_example(data_dir: Path, epochs: int) -> Outcome:
     )
 
 
-def mnist_train(data_dir: Path, epochs: int | None) -> Outcome:
-    config = default_config("cnn", epochs=epochs)
-    outcome = Outcome(
-        "3 mnist train (default)", config.epochs, images=60_000 - config.validation_size
-    )
+def mnist_train(data_dir: Path, epochs: int, seed: int) -> Outcome:
+    config = default_config("cnn", "cpu", epochs=epochs, seed=seed)
+    name = f"3 mnist train --epochs {epochs} --seed {seed}"
+    outcome = Outcome(name, config.epochs, images=60_000 - config.validation_size)
     with tempfile.TemporaryDirectory() as out:
         probe = TestEveryEpoch(Path(out), data_dir, "cpu")
         train(config, data_dir=data_dir, out_dir=out, device="cpu", callback=probe)
+        outcome.best_test, _ = evaluate_model(
+            Path(out) / "best.pt", data_dir=data_dir, device="cpu"
+        )
     for record, _, accuracy in probe.rows:
         outcome.seconds.append(record.seconds)
         outcome.accuracy.append(accuracy)
     return outcome
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("datafiles"))
-    parser.add_argument("--quick", action="store_true", help="fewer epochs for each recipe")
-    args = parser.parse_args()
-    budgets = (2, 1, 5) if args.quick else (10, 14, None)  # 14: the example's own default
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    outcomes = [
-        tutorial(args.data_dir, budgets[0]),
-        official_example(args.data_dir, budgets[1]),
-        mnist_train(args.data_dir, budgets[2]),
-    ]
+def _table(outcomes: list[Outcome]) -> None:
     print("\n| recipe | epochs run | s/epoch | images/s | test acc by epoch | time to 99.0% |")
     print("|---|---|---|---|---|---|")
     for o in outcomes:
         per_epoch = sum(o.seconds) / len(o.seconds)
         by_epoch = " ".join(f"{a:.2%}" for a in o.accuracy)
+        if len(o.accuracy) > 6:
+            by_epoch = f"{by_epoch[:34]} ... {o.accuracy[-1]:.2%}"
         reached = f"{o.time_to_target:.1f} s" if o.time_to_target else "not reached"
         print(
             f"| {o.name} | {len(o.seconds)} | {per_epoch:.1f} | {o.images / per_epoch:,.0f} | "
             f"{by_epoch} | {reached} |"
         )
-    ours = outcomes[2]
-    for reference in outcomes[:2]:
-        ratio = (sum(ours.seconds) / len(ours.seconds)) / (
-            sum(reference.seconds) / len(reference.seconds)
+
+
+def _goals(example: Outcome, one_epoch: list[Outcome], thirty: list[Outcome]) -> None:
+    firsts = [o.accuracy[0] for o in one_epoch]
+    median = statistics.median(firsts)
+    print("\nCPU goals (one run, this machine):")
+    print(
+        f"- `--epochs 1` test accuracy, seeds 0-2: {', '.join(f'{a:.2%}' for a in firsts)}; "
+        f"median {median:.2%} (goal >= 99.00%): {'met' if median >= TARGET else 'MISSED'}"
+    )
+    ours = [o.time_to_target for o in one_epoch if o.time_to_target]
+    if example.time_to_target and ours:
+        ratio = example.time_to_target / statistics.median(ours)
+        print(
+            f"- time to 99.0%: PyTorch example {example.time_to_target:.1f} s, `--epochs 1` "
+            f"{statistics.median(ours):.1f} s (median of the seeds that reached it): "
+            f"{ratio:.1f}x sooner (goal >= 20x): {'met' if ratio >= 20 else 'MISSED'}"
         )
-        line = f"{ours.name} vs {reference.name}: {ratio:.2f}x its seconds per epoch"
-        if ours.time_to_target and reference.time_to_target:
-            line += f", 99.0% reached {reference.time_to_target / ours.time_to_target:.1f}x sooner"
-        elif ours.time_to_target:
-            line += (
-                f"; 99.0% reached in {ours.time_to_target:.1f} s, never by the reference "
-                f"in {len(reference.seconds)} epochs ({sum(reference.seconds):.0f} s)"
-            )
-        print(line)
+    else:
+        print("- time to 99.0%: not reached by one of the two, so no ratio (goal >= 20x): MISSED")
+    finals = [o.best_test for o in thirty]
+    mean = statistics.mean(finals)
+    print(
+        f"- `--epochs 30` best.pt test accuracy, seeds 0-2: {', '.join(f'{a:.2%}' for a in finals)}"
+        f"; mean {mean:.2%} (goal >= 99.70%): {'met' if mean >= 0.997 else 'MISSED'}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("datafiles"))
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and seeds, no goals")
+    args = parser.parse_args()
+    seeds, long_run = ((0,), 2) if args.quick else ((0, 1, 2), 30)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(describe_recipe(default_config("cnn", "cpu"), "cpu"))
+    # The timed runs first, one at a time; the long accuracy runs last.
+    example = official_example(args.data_dir, 1 if args.quick else 14)
+    reference = tutorial(args.data_dir, 1 if args.quick else 3)
+    one_epoch = [mnist_train(args.data_dir, 1, seed) for seed in seeds]
+    _table([reference, example, *one_epoch])
+    thirty = [mnist_train(args.data_dir, long_run, seed) for seed in seeds]
+    _table(thirty)
+    if not args.quick:
+        _goals(example, one_epoch, thirty)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,166 @@
+"""Choose recipe values on the validation split only: candidates side by side, several seeds.
+
+Each candidate is the CPU recipe with a few values changed, trained through the core `train()`
+in its own process (several at once on a GPU, whose small steps leave it mostly idle). The
+table shows validation accuracy only: the test set picks nothing, hyperparameters included.
+
+    python benchmarks/tune_recipe.py --device cuda --jobs 12 --from ../shared/mnist
+    python benchmarks/tune_recipe.py --device cpu --jobs 1 --only one-epoch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+# name: (group, epochs, changes to the CPU recipe, cnn channels or None for the default)
+CANDIDATES: dict[str, tuple[str, int, dict, list[int] | None]] = {
+    "cpu 30 ep, 16-32-64": ("thirty", 30, {}, [16, 32, 64]),
+    "cpu 30 ep, 20-40-80": ("thirty", 30, {}, [20, 40, 80]),
+    "cpu 30 ep, 16-32-96": ("thirty", 30, {}, [16, 32, 96]),
+    "cpu 30 ep, 24-48-96": ("thirty", 30, {}, [24, 48, 96]),
+    "cuda 15 ep, lr 4e-3": ("cuda", 15, {"batch_size": 512, "lr": 4e-3}, None),
+    "cuda 15 ep, lr 6e-3": ("cuda", 15, {"batch_size": 512, "lr": 6e-3}, None),
+    "cuda 15 ep, lr 8e-3": ("cuda", 15, {"batch_size": 512, "lr": 8e-3}, None),
+}
+
+
+def work(spec: dict) -> dict:
+    """Train one candidate with one seed (in this process) and return its validation scores."""
+    import torch
+
+    from mnist_cli import models
+    from mnist_cli.training import TrainCallback, default_acceleration, default_config, train
+
+    torch.set_num_threads(1)
+    if spec["channels"]:  # a wider cnn: tried here before it could become the default
+        default = models.default_arguments
+        models.default_arguments = lambda arch: (
+            {"channels": spec["channels"], "classes": 10} if arch == "cnn" else default(arch)
+        )
+        import mnist_cli.training as training
+
+        training.default_arguments = models.default_arguments
+
+    class Record(TrainCallback):
+        def __init__(self) -> None:
+            self.val: list[float] = []
+            self.seconds = 0.0
+
+        def on_epoch(self, record, *, best):
+            self.val.append(record.val_accuracy)
+            self.seconds += record.seconds
+
+    config = default_config(
+        "cnn", "cpu", epochs=spec["epochs"], seed=spec["seed"], **spec["changes"]
+    )
+    record = Record()
+    with tempfile.TemporaryDirectory() as out:
+        try:
+            train(
+                config,
+                data_dir=spec["data_dir"],
+                out_dir=out,
+                device=spec["device"],
+                callback=record,
+            )
+        except RuntimeError as error:  # CUDA graphs failed: say so, and measure eagerly
+            print(f"graphs failed ({error}); eager instead", file=sys.stderr)
+            record = Record()
+            eager = default_acceleration(torch.device(spec["device"]), "cnn")
+            eager = replace(eager, cuda_graphs=False)
+            train(
+                config,
+                data_dir=spec["data_dir"],
+                out_dir=out,
+                device=spec["device"],
+                callback=record,
+                acceleration=eager,
+                overwrite=True,
+            )
+    return {**spec, "best": max(record.val), "last": record.val[-1], "seconds": record.seconds}
+
+
+def _launch(spec: dict) -> dict:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    if done.returncode != 0:
+        return {**spec, "error": done.stderr.strip().splitlines()[-1:]}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(
+        f"  {result['name']} seed {result['seed']}: best val {result['best']:.2%}, "
+        f"last {result['last']:.2%} ({time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("datafiles"))
+    parser.add_argument("--from", dest="source", type=Path, help="import MNIST from here first")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at once")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--only", choices=["one-epoch", "thirty", "cuda"], help="one group of candidates"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(work(json.loads(args.worker))))
+        return
+    if args.source:
+        from mnist_cli.download import import_mnist
+
+        import_mnist(args.data_dir, args.source)
+    specs = [
+        {
+            "name": name,
+            "epochs": epochs,
+            "changes": changes,
+            "channels": channels,
+            "seed": seed,
+            "device": args.device,
+            "data_dir": str(args.data_dir),
+        }
+        for name, (group, epochs, changes, channels) in CANDIDATES.items()
+        if args.only in (None, group)
+        for seed in range(args.seeds)
+    ]
+    specs.sort(key=lambda spec: -spec["epochs"])  # the long ones first
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(_launch, specs))
+    print("\n| candidate | seeds | best val accuracy per seed | mean best | mean last |")
+    print("|---|---|---|---|---|")
+    for name in CANDIDATES:
+        rows = [r for r in results if r["name"] == name]
+        if not rows:
+            continue
+        failed = [r["error"] for r in rows if "error" in r]
+        ok = [r for r in rows if "error" not in r]
+        if failed:
+            print(f"| {name} | failed: {failed[0]} | | | |")
+            continue
+        per_seed = " ".join(f"{r['best']:.2%}" for r in ok)
+        best = statistics.mean(r["best"] for r in ok)
+        last = statistics.mean(r["last"] for r in ok)
+        print(f"| {name} | {len(ok)} | {per_seed} | {best:.2%} | {last:.2%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
