@@ -60,6 +60,7 @@ class Backend:
     provider: str
     path: str
     labels: list[str]
+    note: str | None = None  # a warning about how it runs, for the user
     batch: int | None = None  # a fixed batch size the model was exported with, if any
 
     @property
@@ -165,6 +166,28 @@ def detect_backend(path: Path) -> BackendName:
     raise ModelError(f"{path}: {kind}; expected a .pt checkpoint or an .onnx model")
 
 
+def _shadowed_gpu_build() -> str | None:
+    """A warning when onnxruntime-gpu is installed but the CPU build's files took its place."""
+    from importlib import metadata
+
+    import onnxruntime
+
+    installed = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            installed.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            continue
+    if len(installed) < 2 or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return None
+    both = " and ".join(f"{name} {version}" for name, version in installed)
+    return (
+        f"{both} are installed and the CPU build answers, so onnxruntime runs on the CPU; "
+        "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu` "
+        "keeps only the CUDA build"
+    )
+
+
 class OnnxBackend(Backend):
     """An ONNX graph in onnxruntime, checked on open: input, outputs, labels and a dry run."""
 
@@ -185,6 +208,7 @@ class OnnxBackend(Backend):
         except Exception as error:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: not a usable ONNX model ({first_line(error)})") from None
         self.provider = self.session.get_providers()[0]
+        self.note = _shadowed_gpu_build() if device != "cpu" else None
         self.input_name, self.batch = self._check_input()
         self.output_name = self._check_output()
         self.labels = self._labels()

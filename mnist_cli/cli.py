@@ -179,12 +179,15 @@ def train(
         ),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", "-b", help="Images per step. \\[default: 256]")
+        int | None,
+        typer.Option(
+            "--batch-size", "-b", help="Images per step. \\[default: cnn 64 on CPU, 512 on CUDA]"
+        ),
     ] = None,
     lr: Annotated[
         float | None,
         typer.Option(
-            help="Peak learning rate of the one-cycle schedule. \\[default: cnn 4e-3, fc 1e-3]"
+            help="Peak learning rate of the one-cycle schedule. \\[default: cnn 6e-3, fc 1e-3]"
         ),
     ] = None,
     seed: Annotated[
@@ -195,7 +198,8 @@ def train(
         bool | None,
         typer.Option(
             "--augment/--no-augment",
-            help="Random rotations, scalings and shifts of each batch. "
+            help="After the first epoch: style strokes (flagged 1s, crossed 7s, slashed 0s), "
+            "thicker and thinner strokes, rotations, scalings and shifts. "
             "\\[default: on for cnn, off for fc]",
         ),
     ] = None,
@@ -270,7 +274,9 @@ def train(
             raise OptionError(f"--resume continues with the saved options; drop {', '.join(given)}")
         try:
             config = (
-                None if resume else training.default_config(arch.value if arch else "cnn", **chosen)
+                None
+                if resume
+                else training.default_config(arch.value if arch else "cnn", device, **chosen)
             )
         except (ValueError, TypeError) as error:
             raise OptionError(str(error)) from None

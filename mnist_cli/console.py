@@ -81,6 +81,8 @@ def show_export(result: Any) -> None:
 def show_model(backend: Any) -> None:
     what = "the bundled model" if backend.bundled else "model"
     note(f"Using {what} {backend.path} ({backend.name.value} on {backend.provider})")
+    if backend.note:  # shown even with --quiet: results would come slower than asked for
+        err.print(Text.assemble(("Warning:", "bold yellow"), " ", backend.note), soft_wrap=True)
 
 
 class DownloadProgress:
@@ -155,9 +157,10 @@ class TrainProgress:
         self._progress.stop()
 
     def on_start(self, *, config: TrainConfig, device: str, start_epoch: int, steps: int) -> None:
+        from mnist_cli.training import describe_recipe
+
         note(
-            f"Training {config.model} on {device}: {config.epochs} epochs, batch "
-            f"{config.batch_size}, peak lr {config.lr:g}, seed {config.seed}"
+            f"Training on {device}, {describe_recipe(config, device)}"
             + (f" (resuming at epoch {start_epoch + 1})" if start_epoch else "")
         )
         if self.verbose:

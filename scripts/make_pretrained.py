@@ -22,11 +22,14 @@ from mnist_cli.training import default_config, train
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("datafiles"))
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="cpu", help="its recipe comes with it: cpu or cuda")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         run = train(
-            default_config("cnn"), data_dir=args.data_dir, out_dir=scratch, device=args.device
+            default_config("cnn", args.device),
+            data_dir=args.data_dir,
+            out_dir=scratch,
+            device=args.device,
         )
         onnx_path = Path(scratch) / "cnn.onnx"
         export_onnx(run.best_path, onnx_path, data_dir=args.data_dir)

@@ -262,3 +262,42 @@ def test_damaged_last_pt_is_refused_by_resume(trained, tmp_path, changes, fragme
     )
     assert result.exit_code == 1 and "--resume" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "installed, providers, warned",
+    [
+        ({"onnxruntime": "1.22.0", "onnxruntime-gpu": "1.22.0"}, ["CPUExecutionProvider"], True),
+        ({"onnxruntime-gpu": "1.22.0"}, ["CUDAExecutionProvider", "CPUExecutionProvider"], False),
+        ({"onnxruntime": "1.22.0"}, ["CPUExecutionProvider"], False),
+    ],
+)
+def test_a_cpu_build_shadowing_the_gpu_build_is_named(monkeypatch, installed, providers, warned):
+    from importlib import metadata
+
+    import onnxruntime
+
+    from mnist_cli import backends
+
+    def version(name):
+        if name not in installed:
+            raise metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(metadata, "version", version)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
+    note = backends._shadowed_gpu_build()
+    assert (note is not None) == warned
+    if warned:
+        assert "onnxruntime-gpu 1.22.0" in note and "pip uninstall" in note
+
+
+def test_the_provider_that_ran_is_reported(tmp_path):
+    image = np.zeros((28, 28), np.uint8)
+    image[5:23, 13:15] = 255
+    Image.fromarray(image).save(tmp_path / "one.png")
+    result = CliRunner().invoke(
+        app, ["predict", str(tmp_path / "one.png"), "--backend", "onnxruntime"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime on CPUExecutionProvider" in result.output
