@@ -250,10 +250,18 @@ def train(
 
     Ctrl-C or SIGTERM saves OUT_DIR/last.pt; --resume continues from there.
 
+    Several processes (DistributedDataParallel; gloo on CPU, NCCL on CUDA), one machine:
+    torchrun --nproc-per-node 2 -m mnist_cli train --out-dir params
+
+    Several machines: run on each, with its own --node-rank:
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d
+    --rdzv-endpoint HOST:29500 -m mnist_cli train
+
     Example: mnist train --device cuda --epochs 30
     """
     from mnist_cli import console
-    from mnist_cli.errors import OptionError
+    from mnist_cli.distributed import is_main_process
+    from mnist_cli.errors import OptionError, TrainingDiverged, TrainingInterrupted
 
     arch = _renamed("--model", "--arch", old_model, arch)
     out_dir = _renamed("--out", "--out-dir", old_out, out_dir)
@@ -280,6 +288,21 @@ def train(
             )
         except (ValueError, TypeError) as error:
             raise OptionError(str(error)) from None
+        if not is_main_process():  # under torchrun only rank 0 speaks, but for its own failures
+            console.set_quiet(True)
+            try:
+                training.train(
+                    config,
+                    data_dir=data_dir,
+                    out_dir=out_dir,
+                    device=device,
+                    resume=resume,
+                    compile=compile,
+                    overwrite=overwrite,
+                )
+            except (TrainingInterrupted, TrainingDiverged) as said_by_rank_0:
+                raise typer.Exit(code=said_by_rank_0.exit_code) from None
+            return
         with console.TrainProgress(verbose=verbose) as progress:
             result = training.train(
                 config,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnist_cli import __version__
+from mnist_cli import __version__, distributed
 from mnist_cli.augmentation import NOISE_COLUMNS, augment
 from mnist_cli.backends import network_from_checkpoint, restore_optimizer
 from mnist_cli.checkpoints import (
@@ -288,14 +290,50 @@ def train(
     saved = _resume_point(out_dir / "last.pt") if resume else None
     config = _saved_config(saved) if saved else (config or default_config())
     acceleration = acceleration or default_acceleration(torch_device, config.model, compile=compile)
-    with exclusive_folder(out_dir), _StopFlag() as stop:
-        if not (resume or overwrite):
-            _refuse_existing_run(out_dir)
-        run = _start(config, acceleration, torch_device, Path(data_dir), saved)
-        run.out_dir, run.callback, run.stop = out_dir, callback or TrainCallback(), stop
-        if saved:
-            _restore(run, saved)
-        return _loop(run)
+    cluster = None
+    if distributed.launched_by_torchrun():
+        if config.batch_size % int(os.environ["WORLD_SIZE"]):
+            raise OptionError(
+                f"--batch-size {config.batch_size} is the global batch: it must split evenly "
+                f"over the {os.environ['WORLD_SIZE']} processes"
+            )
+        cluster, torch_device = distributed.join(torch_device)
+        # DDP's gradient hooks run outside a captured graph: distributed steps run eagerly.
+        acceleration = replace(acceleration, cuda_graphs=False, compile=False)
+    try:
+        with _owned(out_dir, cluster), _StopFlag() as stop:
+            if not (resume or overwrite) and (cluster is None or cluster.main):
+                _refuse_existing_run(out_dir)
+            run = _start(config, acceleration, torch_device, Path(data_dir), saved, cluster)
+            run.out_dir, run.callback, run.stop = out_dir, callback or TrainCallback(), stop
+            if saved:
+                _restore(run, saved)
+            if cluster:
+                distributed.barrier()  # rank 0 has checked the folder before anyone trains
+            return _loop(run)
+    except RuntimeError as error:
+        if cluster:  # DDP's own all-reduce found a peer gone
+            raise distributed.peer_lost(error) from None
+        raise
+    finally:
+        if cluster:
+            distributed.leave()
+
+
+def _where(run: _Run) -> str:
+    """The device, and under torchrun how the global batch is split."""
+    if not run.cluster:
+        return str(run.device)
+    world, batch = run.cluster.world_size, run.config.batch_size
+    return (
+        f"{world} processes on {run.device.type} ({run.cluster.backend}): global batch "
+        f"{batch} = {world} x {batch // world} per process, the recipe's batch and lr kept"
+    )
+
+
+def _owned(out_dir: Path, cluster: distributed.Cluster | None):
+    """The --out-dir lock, held by the one process that writes there."""
+    return exclusive_folder(out_dir) if cluster is None or cluster.main else nullcontext()
 
 
 def _refuse_existing_run(out_dir: Path) -> None:
@@ -360,6 +398,11 @@ class _Run:
     stop: _StopFlag = field(default_factory=_StopFlag)
     graph: GraphedStep | None = None  # captured at the first full batch, when enabled
     plotted_at: float = -math.inf  # perf_counter() of the last history.png
+    cluster: distributed.Cluster | None = None  # set under torchrun
+
+    @property
+    def main(self) -> bool:
+        return self.cluster is None or self.cluster.main
 
     @property
     def steps(self) -> int:
@@ -387,6 +430,7 @@ def _start(
     device: torch.device,
     data_dir: Path,
     saved: Checkpoint | None,
+    cluster: distributed.Cluster | None = None,
 ) -> _Run:
     """Load the data, then build (or restore) the model, optimiser and augmentation state."""
     train_split, val_split = split_train_validation(
@@ -411,18 +455,29 @@ def _start(
         capturable=accel.cuda_graphs,
     )
     # Augmentation draws from its own generator, saved with last.pt: nothing else shifts it.
-    augment_rng = torch.Generator(device=device).manual_seed(config.seed)
+    # Under torchrun each rank draws its own numbers.
+    rank = cluster.rank if cluster else 0
+    augment_rng = torch.Generator(device=device).manual_seed(config.seed + 1_000_003 * rank)
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if cluster:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        forward = DistributedDataParallel(model, device_ids=ids)
+    elif accel.compile:
+        forward = torch.compile(model)
     return _Run(
         config,
         accel,
         device,
         arguments,
         model,
-        torch.compile(model) if accel.compile else model,
+        forward,
         optimizer,
         augment_rng,
         data,
         TrainState(),
+        cluster=cluster,
     )
 
 
@@ -440,23 +495,34 @@ def _restore(run: _Run, saved: Checkpoint) -> None:
         )
     run.state = saved.state
     try:
+        if not run.main:
+            raise RuntimeError("last.pt holds rank 0's generator")
         run.augment_rng.set_state(saved.augment_rng)
     except (RuntimeError, TypeError):  # saved on another kind of device: reseed
-        run.augment_rng.manual_seed(run.config.seed + saved.state.epoch)
+        rank = run.cluster.rank if run.cluster else 0
+        run.augment_rng.manual_seed(run.config.seed + saved.state.epoch + 1_000_003 * rank)
 
 
 def _loop(run: _Run) -> TrainResult:
     """Train the remaining epochs, validating and saving after each."""
     config, state = run.config, run.state
     run.callback.on_start(
-        config=config, device=str(run.device), start_epoch=state.epoch, steps=run.steps
+        config=config, device=_where(run), start_epoch=state.epoch, steps=run.steps
     )
     for epoch in range(state.epoch, config.epochs):
         started, first, seconds_before = time.perf_counter(), state.step, state.partial_seconds
         loss_sum, lr = _train_epoch(run, epoch)
         train_seconds = time.perf_counter() - started
+        if not run.main:  # rank 0 validates and saves; the others wait for its verdict
+            state.epoch, state.step, state.partial_seconds = epoch + 1, 0, 0.0
+            _epoch_verdict(run, epoch, diverged=False)
+            continue
         val_loss, val_accuracy = _validate(run)
-        if not (math.isfinite(loss_sum) and math.isfinite(val_loss)):
+        finite, stop = math.isfinite(loss_sum) and math.isfinite(val_loss), run.stop.raised
+        if run.cluster:  # a signal that comes later is agreed on at the next report step
+            bad, stop = distributed.agree(run.device, not finite, stop)
+            finite = not bad
+        if not finite:
             raise run.diverged(
                 f"in epoch {epoch + 1}", val_loss if math.isfinite(loss_sum) else loss_sum
             )
@@ -472,10 +538,14 @@ def _loop(run: _Run) -> TrainResult:
         )
         improved = _end_epoch(run, record)
         run.callback.on_epoch(record, best=improved)
-        if run.stop.raised:
+        if run.cluster:
+            distributed.barrier()  # the others exit or go on once the files are written
+        if stop or (run.stop.raised and not run.cluster):
             raise run.interrupted(f"after epoch {epoch + 1}")
+    if run.cluster:
+        distributed.barrier()  # everyone has finished before rank 0 writes the last file
     best_path = run.out_dir / "best.pt"
-    if not best_path.is_file():
+    if run.main and not best_path.is_file():
         save_checkpoint(_checkpoint(run, state.best_val_accuracy, resumable=False), best_path)
     return TrainResult(
         best_path,
@@ -485,6 +555,16 @@ def _loop(run: _Run) -> TrainResult:
         str(run.device),
         state.history,
     )
+
+
+def _epoch_verdict(run: _Run, epoch: int, *, diverged: bool) -> None:
+    """A rank other than 0 at the end of an epoch: stop as rank 0 and the signals say."""
+    diverged, stop = distributed.agree(run.device, diverged, run.stop.raised)
+    if diverged:
+        raise run.diverged(f"in epoch {epoch + 1}", math.nan)
+    distributed.barrier()  # rank 0 has saved
+    if stop:
+        raise run.interrupted(f"after epoch {epoch + 1}")
 
 
 def _end_epoch(run: _Run, record: EpochRecord) -> bool:
@@ -533,37 +613,56 @@ def _validate(run: _Run) -> tuple[float, float]:
 
 def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
     """Run the steps of one epoch from `state.step`; return the summed loss and the last lr."""
-    config, state, steps = run.config, run.state, run.steps
-    first, loss_before, seconds_before = state.step, state.partial_loss, state.partial_seconds
+    config, state, steps, cluster = run.config, run.state, run.steps, run.cluster
+    first, loss_before = state.step, state.partial_loss
     run.model.train()
     order = _batch_order(len(run.data[1]), config.seed, epoch).to(run.device)
     loss_total = torch.zeros((), device=run.device)
     started, lr = time.perf_counter(), 0.0
+    every = _REPORT_EVERY.get(run.device.type, 10)
     for step in range(first, steps):
         lr = one_cycle_lr(epoch * steps + step, steps * config.epochs, config.lr, config.warmup)
         index = order[step * config.batch_size : (step + 1) * config.batch_size]
+        if cluster:  # each rank its own share of the global batch; a sliver too small is left
+            if len(index) < cluster.world_size:
+                continue
+            index = distributed.shard(index, cluster)
         loss = _step(run, index, lr)
         loss_total += loss.detach() * len(index)
         done = step + 1
-        every = _REPORT_EVERY.get(run.device.type, 10)
-        if done % every == 0 or done == steps or run.stop.raised:
-            value = loss.item()  # syncs a GPU: only every few steps
-            if not math.isfinite(value):
-                raise run.diverged(f"in epoch {epoch + 1}, batch {done}/{steps}", value)
-            images = min(done * config.batch_size, len(run.data[1])) - first * config.batch_size
-            elapsed = time.perf_counter() - started
-            run.callback.on_batch(
-                epoch=epoch, step=done, steps=steps, loss=value, rate=images / elapsed
-            )
-        if run.stop.raised:
+        # Under torchrun the ranks agree on stopping at report steps only, all at the same one.
+        report = done % every == 0 or done == steps or (run.stop.raised and not cluster)
+        if report:
+            _report(run, epoch, (first, done), loss, started=started)
+        if run.stop.raised and report:
             state.step, state.partial_loss = done, loss_before + loss_total.item()
-            state.partial_seconds = seconds_before + time.perf_counter() - started
-            last_accuracy = state.history[-1].val_accuracy if state.history else 0.0
-            save_checkpoint(
-                _checkpoint(run, last_accuracy, resumable=True), run.out_dir / "last.pt"
-            )
+            state.partial_seconds += time.perf_counter() - started
+            if run.main:
+                last_accuracy = state.history[-1].val_accuracy if state.history else 0.0
+                save_checkpoint(
+                    _checkpoint(run, last_accuracy, resumable=True), run.out_dir / "last.pt"
+                )
+            if cluster:
+                distributed.barrier()  # nobody exits before rank 0 has saved
             raise run.interrupted(f"in epoch {epoch + 1}, batch {done}/{steps}")
-    return loss_before + loss_total.item(), lr
+    total = loss_before + loss_total.item()
+    return (distributed.total(run.device, total) if cluster else total), lr
+
+
+def _report(run: _Run, epoch: int, steps: tuple[int, int], loss: torch.Tensor, *, started: float):
+    """Read the loss (syncing a GPU), check it, agree with the other ranks, call back."""
+    first, done = steps
+    value = loss.item()
+    bad = not math.isfinite(value)
+    if run.cluster:
+        stop, bad = distributed.agree(run.device, run.stop.raised, bad)
+        run.stop.raised = stop
+    if bad:
+        raise run.diverged(f"in epoch {epoch + 1}, batch {done}/{run.steps}", value)
+    batch = run.config.batch_size
+    seen = min(done * batch, len(run.data[1])) - first * batch
+    rate = seen / max(time.perf_counter() - started, 1e-9)
+    run.callback.on_batch(epoch=epoch, step=done, steps=run.steps, loss=value, rate=rate)
 
 
 _BACKGROUND = -NORMALIZATION["mean"] / NORMALIZATION["std"]  # a blank pixel, normalised

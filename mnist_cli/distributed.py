@@ -1,0 +1,124 @@
+"""Training across processes with torchrun: joining the group, sharding batches, agreeing to stop.
+
+`torchrun --nproc-per-node N -m mnist_cli train ...` starts N copies of `mnist train` with
+RANK, WORLD_SIZE, LOCAL_RANK and a rendezvous address in their environment; `join` turns
+that into a process group (NCCL on CUDA, gloo on the CPU) and DistributedDataParallel
+averages the gradients. Rank 0 alone validates, prints and writes files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from mnist_cli.errors import MnistError, OptionError
+
+# A rank that stops answering (killed, hung) makes the others fail after this many seconds
+# instead of waiting forever; torchrun usually ends them sooner.
+DEFAULT_TIMEOUT_SECONDS = 120
+
+
+class RankFailed(MnistError):
+    """Another process of the run died or stopped answering."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """This process's place in a torchrun job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process that torchrun started as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    """False in a torchrun process other than rank 0 (read from the environment alone)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def join(device: torch.device) -> tuple[Cluster, torch.device]:
+    """Join the torchrun job: NCCL on CUDA (one GPU per local rank), gloo on the CPU."""
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise OptionError(
+                f"local rank {local_rank} has no GPU: this machine has "
+                f"{torch.cuda.device_count()}; start at most that many processes per node"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    seconds = int(os.environ.get("MNIST_DIST_TIMEOUT", DEFAULT_TIMEOUT_SECONDS))
+    dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+    return Cluster(rank, world, local_rank, backend), device
+
+
+def leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(index: torch.Tensor, cluster: Cluster) -> torch.Tensor:
+    """This rank's part of a global batch: every world_size-th image, disjoint across ranks."""
+    return index[cluster.rank :: cluster.world_size]
+
+
+def agree(device: torch.device, *flags: bool) -> list[bool]:
+    """Each flag, true on every rank if it is true on any (one small all-reduce)."""
+    import torch.distributed as dist
+
+    values = torch.tensor([float(flag) for flag in flags], device=device)
+    _collective(lambda: dist.all_reduce(values, op=dist.ReduceOp.MAX))
+    return [bool(value) for value in values.tolist()]
+
+
+def total(device: torch.device, value: float) -> float:
+    """The sum of `value` over all ranks."""
+    import torch.distributed as dist
+
+    summed = torch.tensor([value], dtype=torch.float64, device=device)
+    _collective(lambda: dist.all_reduce(summed))
+    return float(summed.item())
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    _collective(dist.barrier)
+
+
+def _collective(call) -> None:
+    """Run a collective; a dead or silent peer becomes RankFailed, not a traceback or a hang."""
+    try:
+        call()
+    except (RuntimeError, ValueError) as error:  # gloo and NCCL report peers lost this way
+        raise peer_lost(error) from None
+
+
+def peer_lost(error: Exception) -> RankFailed:
+    """The error to show when a collective failed: its first meaningful line, and what to do."""
+    lines = (re.sub(r"^\[[^\]]*\]\s*", "", line).strip() for line in str(error).splitlines())
+    reason = next((line[:160] for line in lines if line), type(error).__name__)
+    return RankFailed(
+        f"another process of this torchrun job stopped answering ({reason}); this one stops too",
+        hint="look at the first error torchrun printed; continue with --resume",
+    )
