@@ -303,3 +303,95 @@ def test_a_full_disk_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypat
     assert (out / "last.pt").read_bytes() == before
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == ["best.pt", "last.pt"]
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+
+
+def test_each_device_has_its_recipe_and_the_start_line_says_which():
+    from mnist_cli.training import describe_recipe
+
+    cpu, cuda = default_config("cnn", "cpu"), default_config("cnn", "cuda")
+    assert cpu.batch_size < cuda.batch_size  # small steps on CPU, CUDA-graph-sized on a GPU
+    assert default_config("fc", "cuda") == default_config("fc", "cpu")
+    line = describe_recipe(default_config("cnn", "cpu", lr=1e-3, epochs=3), "cpu")
+    assert line.startswith("cnn recipe for cpu") and "changed by options: epochs, lr" in line
+    assert "changed" not in describe_recipe(cuda, "cuda:0")
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ({"thickness": 1.5}, "thickness"),
+        ({"styles": -0.1}, "styles"),
+        ({"plain_epochs": -1}, "plain"),
+    ],
+)
+def test_augmentation_values_out_of_range_are_refused(override, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        default_config("cnn", **override)
+
+
+def test_the_first_epoch_is_plain_and_augmentation_starts_after_it(data_dir, tmp_path, monkeypatch):
+    import mnist_cli.training as training
+
+    calls: list[int] = []
+    real = training.augment
+
+    def counting(images, *args, **kwargs):
+        calls.append(len(images))
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(training, "augment", counting)
+    config = default_config("cnn", **TINY)
+    steps = -(-(4000 - 500) // TINY["batch_size"])
+    train(config, data_dir=data_dir, out_dir=tmp_path, device="cpu")
+    assert len(calls) == steps  # the second epoch only
+    calls.clear()
+    plain = default_config("cnn", **TINY, plain_epochs=0)
+    train(plain, data_dir=data_dir, out_dir=tmp_path / "all", device="cpu")
+    assert len(calls) == 2 * steps
+
+
+def test_resume_keeps_the_running_optimisers_device_settings():
+    from mnist_cli.backends import restore_optimizer
+    from mnist_cli.checkpoints import Checkpoint, TrainState
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    first = torch.optim.AdamW([weight], lr=0.01)
+    weight.grad = torch.ones(3)
+    first.step()
+    saved = first.state_dict()  # as a CUDA-graph run writes it: capturable, lr in a tensor
+    saved["param_groups"][0].update(capturable=True, lr=torch.tensor(0.02))
+    saved["state"][0]["step"] = saved["state"][0]["step"].float()
+    checkpoint = Checkpoint(
+        architecture="fc",
+        arguments={},
+        state_dict={},
+        normalization={},
+        class_labels=[],
+        val_accuracy=0.0,
+        options={},
+        state=TrainState(),
+        optimizer=saved,
+    )
+    resumed = torch.optim.AdamW([weight], lr=0.01)
+    restore_optimizer(resumed, checkpoint)
+    group = resumed.param_groups[0]
+    assert group["capturable"] is False and group["lr"] == pytest.approx(0.02)
+    assert not isinstance(group["lr"], torch.Tensor)
+    resumed.step()  # a CPU step works: no capturable state left behind
+
+
+def test_graph_warmup_leaves_weights_and_optimiser_state_as_they_were():
+    from mnist_cli.cudagraph import _restore, _snapshot
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    saved = _snapshot(model, optimizer)  # a fresh optimiser: no state yet
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(8, 4)).sum().backward()
+        optimizer.step()
+    _restore(model, optimizer, saved)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for state in optimizer.state.values():
+        assert all(not v.any() for v in state.values() if isinstance(v, torch.Tensor))
