@@ -19,15 +19,21 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 # name: (group, epochs, changes to the CPU recipe, cnn channels or None for the default)
 CANDIDATES: dict[str, tuple[str, int, dict, list[int] | None]] = {
-    "cpu 30 ep, 16-32-64": ("thirty", 30, {}, [16, 32, 64]),
+    "cpu 1 ep, recipe": ("one-epoch", 1, {}, None),
+    "cpu 1 ep, augmented from the start": ("one-epoch", 1, {"plain_epochs": 0}, None),
+    "cpu 1 ep, lr 8e-3": ("one-epoch", 1, {"lr": 8e-3}, None),
+    "cpu 1 ep, batch 128, lr 8e-3": ("one-epoch", 1, {"batch_size": 128, "lr": 8e-3}, None),
+    "cpu 30 ep, recipe (16-32-64)": ("thirty", 30, {}, None),
+    "cpu 30 ep, warps only": ("thirty", 30, {"thickness": 0.0, "styles": 0.0}, None),
+    "cpu 30 ep, lr 3e-3": ("thirty", 30, {"lr": 3e-3}, None),
     "cpu 30 ep, 20-40-80": ("thirty", 30, {}, [20, 40, 80]),
     "cpu 30 ep, 16-32-96": ("thirty", 30, {}, [16, 32, 96]),
     "cpu 30 ep, 24-48-96": ("thirty", 30, {}, [24, 48, 96]),
+    "cpu 30 ep, 32-64-128": ("thirty", 30, {}, [32, 64, 128]),
     "cuda 15 ep, lr 4e-3": ("cuda", 15, {"batch_size": 512, "lr": 4e-3}, None),
     "cuda 15 ep, lr 6e-3": ("cuda", 15, {"batch_size": 512, "lr": 6e-3}, None),
     "cuda 15 ep, lr 8e-3": ("cuda", 15, {"batch_size": 512, "lr": 8e-3}, None),
@@ -39,7 +45,7 @@ def work(spec: dict) -> dict:
     import torch
 
     from mnist_cli import models
-    from mnist_cli.training import TrainCallback, default_acceleration, default_config, train
+    from mnist_cli.training import TrainCallback, default_config, train
 
     torch.set_num_threads(1)
     if spec["channels"]:  # a wider cnn: tried here before it could become the default
@@ -65,28 +71,9 @@ def work(spec: dict) -> dict:
     )
     record = Record()
     with tempfile.TemporaryDirectory() as out:
-        try:
-            train(
-                config,
-                data_dir=spec["data_dir"],
-                out_dir=out,
-                device=spec["device"],
-                callback=record,
-            )
-        except RuntimeError as error:  # CUDA graphs failed: say so, and measure eagerly
-            print(f"graphs failed ({error}); eager instead", file=sys.stderr)
-            record = Record()
-            eager = default_acceleration(torch.device(spec["device"]), "cnn")
-            eager = replace(eager, cuda_graphs=False)
-            train(
-                config,
-                data_dir=spec["data_dir"],
-                out_dir=out,
-                device=spec["device"],
-                callback=record,
-                acceleration=eager,
-                overwrite=True,
-            )
+        train(
+            config, data_dir=spec["data_dir"], out_dir=out, device=spec["device"], callback=record
+        )
     return {**spec, "best": max(record.val), "last": record.val[-1], "seconds": record.seconds}
 
 

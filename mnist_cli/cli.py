@@ -288,32 +288,17 @@ def train(
             )
         except (ValueError, TypeError) as error:
             raise OptionError(str(error)) from None
+        where = {"data_dir": data_dir, "out_dir": out_dir, "device": device}
+        how = {"resume": resume, "compile": compile, "overwrite": overwrite}
         if not is_main_process():  # under torchrun only rank 0 speaks, but for its own failures
             console.set_quiet(True)
             try:
-                training.train(
-                    config,
-                    data_dir=data_dir,
-                    out_dir=out_dir,
-                    device=device,
-                    resume=resume,
-                    compile=compile,
-                    overwrite=overwrite,
-                )
+                training.train(config, **where, **how)
             except (TrainingInterrupted, TrainingDiverged) as said_by_rank_0:
                 raise typer.Exit(code=said_by_rank_0.exit_code) from None
             return
         with console.TrainProgress(verbose=verbose) as progress:
-            result = training.train(
-                config,
-                data_dir=data_dir,
-                out_dir=out_dir,
-                device=device,
-                resume=resume,
-                callback=progress,
-                compile=compile,
-                overwrite=overwrite,
-            )
+            result = training.train(config, **where, **how, callback=progress)
         console.show_training(result)
 
 
