@@ -83,7 +83,8 @@ def main() -> None:
         models = [(str(c), c) for c in args.checkpoint]
         for epochs in args.epochs:
             out = Path(scratch, f"e{epochs}")
-            train(default_config("cnn", epochs=epochs), data_dir=args.data_dir, out_dir=out)
+            config = default_config("cnn", "cpu", epochs=epochs)
+            train(config, data_dir=args.data_dir, out_dir=out, device="cpu")
             models.append((f"cnn, {epochs} epochs", out / "best.pt"))
         worst = 0.0
         for label, checkpoint in models:

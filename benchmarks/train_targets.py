@@ -50,7 +50,7 @@ class TestEveryEpoch(TrainCallback):
 def run(model: str, data_dir: Path, device: str, epochs: int | None, augment: bool | None) -> dict:
     with tempfile.TemporaryDirectory() as out:
         out_dir = Path(out)
-        config = default_config(model, epochs=epochs, augment=augment)
+        config = default_config(model, device, epochs=epochs, augment=augment)
         print(f"{model}: {config}", flush=True)
         probe = TestEveryEpoch(out_dir, data_dir, device)
         train(config, data_dir=data_dir, out_dir=out_dir, device=device, callback=probe)
