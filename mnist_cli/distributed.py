@@ -66,7 +66,14 @@ def join(device: torch.device) -> tuple[Cluster, torch.device]:
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     seconds = int(os.environ.get("MNIST_DIST_TIMEOUT", DEFAULT_TIMEOUT_SECONDS))
-    dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+    try:
+        dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+    except (RuntimeError, ValueError) as error:  # no rendezvous address, nobody answering
+        raise OptionError(
+            f"WORLD_SIZE={world} says this is one of several processes, but they could not meet "
+            f"({str(error).strip().splitlines()[0]})",
+            hint="start it with torchrun (see `mnist train --help`), or unset WORLD_SIZE and RANK",
+        ) from None
     return Cluster(rank, world, local_rank, backend), device
 
 

@@ -123,3 +123,19 @@ def _ranks(parent: int) -> list[tuple[int, str]]:
             if ranks:
                 found.append((int(entry.name), ranks[0]))
     return found
+
+
+def test_distributed_variables_without_torchrun_are_a_clear_error(data_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mnist_cli.cli import app
+
+    for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    arguments = ["train", "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "o"), *RUN]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 2, result.output
+    assert "torchrun" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
