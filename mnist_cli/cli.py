@@ -181,7 +181,10 @@ def train(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            "--batch-size", "-b", help="Images per step. \\[default: cnn 64 on CPU, 512 on CUDA]"
+            "--batch-size",
+            "-b",
+            help="Images per step, across all processes under torchrun. "
+            "\\[default: cnn 64 on CPU, 512 on CUDA]",
         ),
     ] = None,
     lr: Annotated[
