@@ -38,7 +38,8 @@ from train_targets import TestEveryEpoch  # noqa: E402
 
 from mnist_cli.evaluation import evaluate_model  # noqa: E402
 from mnist_cli.models import FullyConnected  # noqa: E402
-from mnist_cli.training import default_config, describe_recipe, train  # noqa: E402
+from mnist_cli.recipes import default_config, describe_recipe  # noqa: E402
+from mnist_cli.training import train  # noqa: E402
 
 TARGET = 0.99
 

@@ -26,11 +26,11 @@ import torch
 
 from mnist_cli.download import import_mnist
 from mnist_cli.evaluation import evaluate_model
+from mnist_cli.recipes import describe_recipe
 from mnist_cli.training import (
     TrainCallback,
     default_acceleration,
     default_config,
-    describe_recipe,
     train,
 )
 

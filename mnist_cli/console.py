@@ -13,7 +13,8 @@ from rich.text import Text
 if TYPE_CHECKING:
     from mnist_cli.errors import MnistError
     from mnist_cli.evaluation import Report
-    from mnist_cli.training import EpochRecord, TrainConfig
+    from mnist_cli.recipes import TrainConfig
+    from mnist_cli.training import EpochRecord
 
 out = Console(highlight=False, emoji=False)  # results: tables and JSON
 err = Console(stderr=True, highlight=False, emoji=False)  # progress, notes and errors
@@ -157,7 +158,7 @@ class TrainProgress:
         self._progress.stop()
 
     def on_start(self, *, config: TrainConfig, device: str, start_epoch: int, steps: int) -> None:
-        from mnist_cli.training import describe_recipe
+        from mnist_cli.recipes import describe_recipe
 
         note(
             f"Training on {device}, {describe_recipe(config, device)}"

@@ -23,15 +23,6 @@ def test_one_cycle_rises_then_decays_to_zero():
     assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_recipes_and_overrides():
-    assert default_config("fc").model == "fc"
-    assert default_config("cnn", epochs=3, lr=None).epochs == 3
-    with pytest.raises(ValueError, match="epochs must be at least 1"):
-        default_config("cnn", epochs=0)
-    with pytest.raises(ValueError, match="unknown model"):
-        default_config("vit")
-
-
 def test_trained_model_is_far_above_chance(trained):
     report, _ = evaluate_model(trained["checkpoint"], data_dir=trained["data_dir"], device="cpu")
     assert report.accuracy > 0.9  # chance is 0.1; 3 epochs on 3,500 digits
@@ -240,20 +231,6 @@ def test_a_new_run_refuses_an_out_that_holds_one(data_dir, tmp_path):
     assert (out / "best.pt").read_bytes() != before
 
 
-@pytest.mark.parametrize(
-    "override, fragment",
-    [
-        ({"lr": float("nan")}, "lr must be a positive finite number"),
-        ({"lr": float("inf")}, "lr must be a positive finite number"),
-        ({"batch_size": 0}, "batch-size must be at least 1"),
-        ({"warmup": 2.0}, "warmup must be between 0 and 1"),
-    ],
-)
-def test_recipe_values_out_of_range_are_refused(override, fragment):
-    with pytest.raises(ValueError, match=fragment):
-        default_config("cnn", **override)
-
-
 def test_sigterm_saves_last_pt_and_exits_143(data_dir, tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(
@@ -303,17 +280,6 @@ def test_a_full_disk_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypat
     assert (out / "last.pt").read_bytes() == before
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == ["best.pt", "last.pt"]
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
-
-
-def test_each_device_has_its_recipe_and_the_start_line_says_which():
-    from mnist_cli.training import describe_recipe
-
-    cpu, cuda = default_config("cnn", "cpu"), default_config("cnn", "cuda")
-    assert cpu.batch_size < cuda.batch_size  # small steps on CPU, CUDA-graph-sized on a GPU
-    assert default_config("fc", "cuda") == default_config("fc", "cpu")
-    line = describe_recipe(default_config("cnn", "cpu", lr=1e-3, epochs=3), "cpu")
-    assert line.startswith("cnn recipe for cpu") and "changed by options: epochs, lr" in line
-    assert "changed" not in describe_recipe(cuda, "cuda:0")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pytest
+
+from mnist_cli.recipes import default_config, describe_recipe
+
+
+def test_recipes_and_overrides():
+    assert default_config("fc").model == "fc"
+    assert default_config("cnn", epochs=3, lr=None).epochs == 3
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        default_config("cnn", epochs=0)
+    with pytest.raises(ValueError, match="unknown model"):
+        default_config("vit")
+
+
+def test_each_device_has_its_recipe_and_the_start_line_says_which():
+    cpu, cuda = default_config("cnn", "cpu"), default_config("cnn", "cuda")
+    assert cpu.batch_size < cuda.batch_size  # small steps on CPU, CUDA-graph-sized on a GPU
+    assert default_config("fc", "cuda") == default_config("fc", "cpu")
+    line = describe_recipe(default_config("cnn", "cpu", lr=1e-3, epochs=3), "cpu")
+    assert line.startswith("cnn recipe for cpu") and "changed by options: epochs, lr" in line
+    assert "changed" not in describe_recipe(cuda, "cuda:0")
+    under_torchrun = "2 processes on cuda (nccl): global batch 512 = 2 x 256 per process"
+    assert describe_recipe(cuda, under_torchrun).startswith("cnn recipe for cuda")
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ({"lr": float("nan")}, "lr must be a positive finite number"),
+        ({"lr": float("inf")}, "lr must be a positive finite number"),
+        ({"batch_size": 0}, "batch-size must be at least 1"),
+        ({"warmup": 2.0}, "warmup must be between 0 and 1"),
+    ],
+)
+def test_recipe_values_out_of_range_are_refused(override, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        default_config("cnn", **override)
