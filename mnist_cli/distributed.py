@@ -40,9 +40,26 @@ class Cluster:
         return self.rank == 0
 
 
+def _number(name: str, default: int, *, least: int = 0) -> int:
+    """A whole number from the environment, or OptionError naming the variable."""
+    text = os.environ.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise OptionError(f"{name}={text!r} is not a whole number of at least {least}")
+    return value
+
+
+def world_size() -> int:
+    """How many processes the torchrun job has (1 outside torchrun)."""
+    return _number("WORLD_SIZE", 1, least=1)
+
+
 def launched_by_torchrun() -> bool:
     """True in a process that torchrun started as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return world_size() > 1
 
 
 def is_main_process() -> bool:
@@ -54,8 +71,8 @@ def join(device: torch.device) -> tuple[Cluster, torch.device]:
     """Join the torchrun job: NCCL on CUDA (one GPU per local rank), gloo on the CPU."""
     import torch.distributed as dist
 
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world = _number("RANK", 0), world_size()
+    local_rank = _number("LOCAL_RANK", 0)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise OptionError(
@@ -65,7 +82,7 @@ def join(device: torch.device) -> tuple[Cluster, torch.device]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    seconds = int(os.environ.get("MNIST_DIST_TIMEOUT", DEFAULT_TIMEOUT_SECONDS))
+    seconds = _number("MNIST_DIST_TIMEOUT", DEFAULT_TIMEOUT_SECONDS, least=1)
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
     except (RuntimeError, ValueError) as error:  # no rendezvous address, nobody answering

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import signal
 import threading
 import time
@@ -178,10 +177,10 @@ def train(
     acceleration = acceleration or default_acceleration(torch_device, config.model, compile=compile)
     cluster = None
     if distributed.launched_by_torchrun():
-        if config.batch_size % int(os.environ["WORLD_SIZE"]):
+        if config.batch_size % distributed.world_size():
             raise OptionError(
                 f"--batch-size {config.batch_size} is the global batch: it must split evenly "
-                f"over the {os.environ['WORLD_SIZE']} processes"
+                f"over the {distributed.world_size()} processes"
             )
         cluster, torch_device = distributed.join(torch_device)
         # DDP's gradient hooks run outside a captured graph: distributed steps run eagerly.

@@ -139,3 +139,27 @@ def test_distributed_variables_without_torchrun_are_a_clear_error(data_dir, tmp_
     assert result.exit_code == 2, result.output
     assert "torchrun" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "variables, fragment",
+    [
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
+        ({"WORLD_SIZE": "2", "RANK": "0", "MNIST_DIST_TIMEOUT": "soon"}, "MNIST_DIST_TIMEOUT"),
+        ({"WORLD_SIZE": "3", "RANK": "0"}, "must split evenly over the 3 processes"),
+    ],
+)
+def test_bad_distributed_settings_are_usage_errors(
+    data_dir, tmp_path, monkeypatch, variables, fragment
+):
+    from typer.testing import CliRunner
+
+    from mnist_cli.cli import app
+
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    arguments = ["train", "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "o"), *RUN]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
