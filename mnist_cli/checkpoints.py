@@ -64,6 +64,8 @@ class Checkpoint:
     mnist_cli_version: str = ""
     optimizer: dict[str, Any] | None = None  # last.pt only
     augment_rng: torch.Tensor | None = None  # last.pt only
+    # last.pt only, when state_dict holds the weights' moving average: the raw weights it follows
+    training_weights: dict[str, torch.Tensor] | None = None
 
     @property
     def resumable(self) -> bool:
@@ -89,8 +91,9 @@ def _to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
     }
     del payload["state"]
     payload.update(state)
-    if checkpoint.optimizer is None:
-        del payload["optimizer"], payload["augment_rng"]
+    for name in ("optimizer", "augment_rng", "training_weights"):
+        if payload[name] is None:
+            del payload[name]
     return payload
 
 
@@ -191,6 +194,12 @@ def checkpoint_from_dict(payload: Any) -> Checkpoint:
     _check_weights(architecture, arguments, state_dict, len(labels))
     optimizer = read.get("optimizer", dict, optional=True)
     augment_rng = read.get("augment_rng", torch.Tensor, optional=True)
+    training_weights = read.get("training_weights", dict, optional=True)
+    if training_weights is not None:
+        try:
+            _check_weights(architecture, arguments, training_weights, len(labels))
+        except CheckpointError as error:
+            raise CheckpointError(f"training_{error.message}") from None
     return Checkpoint(
         architecture=architecture,
         arguments=arguments,
@@ -203,6 +212,7 @@ def checkpoint_from_dict(payload: Any) -> Checkpoint:
         mnist_cli_version=read.get("mnist_cli_version", str, optional=True) or "",
         optimizer=optimizer,
         augment_rng=augment_rng,
+        training_weights=training_weights,
     )
 
 

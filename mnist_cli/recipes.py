@@ -28,6 +28,7 @@ class TrainConfig:
     styles: float = 0.3  # share of 0s, 1s and 7s given a slash or dot, a flag and foot, a bar
     label_smoothing: float = 0.1  # keeps logits calibrated; a small gain with augmentation
     warmup: float = 0.25  # share of all steps spent rising to the peak learning rate
+    weight_average: float = 0.999  # validate and save the weights' moving average: steadier
     validation_size: int = 5_000  # held out of the 60,000 training images to pick best.pt
     seed: int = 0  # fixes initial weights, the validation split and the batch order
 
@@ -88,9 +89,10 @@ def describe_recipe(config: TrainConfig, device: str) -> str:
         if config.augment
         else "no augmentation"
     )
+    average = f", weight average {config.weight_average:g}" if config.weight_average else ""
     line = (
         f"{config.model} recipe for {kind}: {config.epochs} epochs, batch {config.batch_size}, "
-        f"peak lr {config.lr:g}, {augmentation}, seed {config.seed}"
+        f"peak lr {config.lr:g}, {augmentation}{average}, seed {config.seed}"
     )
     return line + (f"; changed by options: {', '.join(map(_option, changed))}" if changed else "")
 
@@ -113,6 +115,7 @@ def check_config(config: TrainConfig) -> None:
         "warmup": (0, 1),
         "thickness": (0, 1),
         "styles": (0, 1),
+        "weight_average": (0, 0.999999),
     }
     for name, (low, high) in limits.items():
         if not low <= getattr(config, name) <= high:

@@ -17,6 +17,7 @@ from torch import nn
 
 from mnist_cli import __version__, distributed
 from mnist_cli.augmentation import NOISE_COLUMNS, augment
+from mnist_cli.averaging import WeightAverage
 from mnist_cli.backends import network_from_checkpoint, restore_optimizer
 from mnist_cli.checkpoints import (
     Checkpoint,
@@ -284,6 +285,12 @@ class _Run:
     graph: GraphedStep | None = None  # captured at the first full batch, when enabled
     plotted_at: float = -math.inf  # perf_counter() of the last history.png
     cluster: distributed.Cluster | None = None  # set under torchrun
+    average: WeightAverage | None = None  # what is validated and saved, when the recipe has one
+
+    @property
+    def kept(self) -> nn.Module:
+        """The network that is validated and saved: the weights' average, or the weights."""
+        return self.average.network if self.average else self.model
 
     @property
     def main(self) -> bool:
@@ -351,6 +358,8 @@ def _start(
         forward = DistributedDataParallel(model, device_ids=ids)
     elif accel.compile:
         forward = torch.compile(model)
+    keeps = config.weight_average and (cluster is None or cluster.main)  # rank 0 saves alone
+    average = WeightAverage(model, config.weight_average) if keeps else None
     return _Run(
         config,
         accel,
@@ -363,6 +372,7 @@ def _start(
         data,
         TrainState(),
         cluster=cluster,
+        average=average,
     )
 
 
@@ -379,6 +389,8 @@ def _restore(run: _Run, saved: Checkpoint) -> None:
             hint=_FRESH_START,
         )
     run.state = saved.state
+    if saved.training_weights is not None:  # state_dict, loaded already, is their average
+        run.model.load_state_dict(saved.training_weights)
     try:
         if not run.main:
             raise RuntimeError("last.pt holds rank 0's generator")
@@ -457,7 +469,8 @@ def _end_epoch(run: _Run, record: EpochRecord) -> bool:
     state = run.state
     state.epoch, state.step, state.partial_loss, state.partial_seconds = record.epoch, 0, 0.0, 0.0
     state.history.append(record)
-    improved = record.val_accuracy > state.best_val_accuracy
+    # A tie goes to the later epoch: as good on validation, and trained longer.
+    improved = record.val_accuracy >= state.best_val_accuracy
     if improved:
         state.best_val_accuracy, state.best_epoch = record.val_accuracy, record.epoch
         save_checkpoint(
@@ -488,10 +501,10 @@ def _write_history(history: list[EpochRecord], out_dir: Path) -> None:
 
 def _validate(run: _Run) -> tuple[float, float]:
     """Mean cross-entropy and accuracy on the validation split, in chunks, in eval mode."""
-    images, labels = run.data[2], run.data[3]
-    run.model.eval()
+    images, labels, network = run.data[2], run.data[3], run.kept
+    network.eval()
     with torch.no_grad():
-        logits = torch.cat([run.model(images[i : i + 1000]) for i in range(0, len(images), 1000)])
+        logits = torch.cat([network(images[i : i + 1000]) for i in range(0, len(images), 1000)])
     loss = nn.functional.cross_entropy(logits, labels).item()
     return loss, (logits.argmax(1) == labels).float().mean().item()
 
@@ -513,6 +526,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
                 continue
             index = distributed.shard(index, cluster)
         loss = _step(run, index, lr)
+        if run.average:
+            run.average.update(epoch * steps + step)
         loss_total += loss.detach() * len(index)
         done = step + 1
         # Under torchrun the ranks agree on stopping at report steps only, all at the same one.
@@ -605,9 +620,8 @@ def _loss(
 
 def _checkpoint(run: _Run, val_accuracy: float, *, resumable: bool) -> Checkpoint:
     """The run as a Checkpoint; `resumable` adds the optimiser and augmentation state."""
-    weights = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
-    if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
-        raise run.diverged(f"after {run.state.epoch} epochs", math.nan)  # never saved non-finite
+    weights = _finite_weights(run, run.kept)
+    raw = _finite_weights(run, run.model) if resumable and run.average else None
     return Checkpoint(
         architecture=run.config.model,
         arguments=run.arguments,
@@ -624,4 +638,12 @@ def _checkpoint(run: _Run, val_accuracy: float, *, resumable: bool) -> Checkpoin
         mnist_cli_version=__version__,
         optimizer=run.optimizer.state_dict() if resumable else None,
         augment_rng=run.augment_rng.get_state() if resumable else None,
+        training_weights=raw,
     )
+
+
+def _finite_weights(run: _Run, network: nn.Module) -> dict[str, torch.Tensor]:
+    weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
+        raise run.diverged(f"after {run.state.epoch} epochs", math.nan)  # never saved non-finite
+    return weights

@@ -77,3 +77,14 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
         save_checkpoint(payload(model), target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_damaged_training_weights_are_refused_with_their_name(tmp_path):
+    from dataclasses import replace
+
+    model = build_model("fc")
+    weights = dict(model.state_dict())
+    del weights["layers.1.weight"]
+    save_checkpoint(replace(payload(model), training_weights=weights), tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="training_weights: layers.1.weight is missing"):
+        load_checkpoint(tmp_path / "last.pt")

@@ -32,6 +32,8 @@ def test_each_device_has_its_recipe_and_the_start_line_says_which():
         ({"lr": float("inf")}, "lr must be a positive finite number"),
         ({"batch_size": 0}, "batch-size must be at least 1"),
         ({"warmup": 2.0}, "warmup must be between 0 and 1"),
+        ({"weight_average": 1.0}, "weight-average must be between 0 and 0.999999"),
+        ({"weight_average": -0.5}, "weight-average must be between"),
     ],
 )
 def test_recipe_values_out_of_range_are_refused(override, fragment):

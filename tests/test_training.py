@@ -99,6 +99,32 @@ def test_ctrl_c_saves_and_resume_gives_the_same_weights(data_dir, tmp_path):
     result = train(None, data_dir=data_dir, out_dir=tmp_path / "cut", device="cpu", resume=True)
     assert [row.epoch for row in result.history] == [1, 2]
     assert _same(_weights(tmp_path / "whole/last.pt"), _weights(tmp_path / "cut/last.pt"))
+    whole, cut = (load_checkpoint(tmp_path / f"{name}/last.pt") for name in ("whole", "cut"))
+    assert _same(whole.training_weights, cut.training_weights)  # and the raw weights under it
+
+
+def test_best_pt_holds_the_average_and_last_pt_also_the_raw_weights(trained):
+    best = load_checkpoint(trained["checkpoint"])
+    last = load_checkpoint(trained["out_dir"] / "last.pt")
+    assert best.training_weights is None and last.training_weights is not None
+    assert not _same(last.state_dict, last.training_weights)
+    # The saved validation accuracy is the average's: score it again from the file.
+    from mnist_cli.backends import network_from_checkpoint
+    from mnist_cli.data import load_split, split_train_validation
+    from mnist_cli.training import normalize
+
+    held = split_train_validation(load_split(trained["data_dir"], "train"), 500, 0)[1]
+    with torch.no_grad():
+        logits = network_from_checkpoint(last)(normalize(torch.from_numpy(held.images)))
+    accuracy = (logits.argmax(1) == torch.from_numpy(held.labels)).float().mean().item()
+    assert accuracy == pytest.approx(last.val_accuracy, abs=1e-6)
+
+
+def test_without_a_weight_average_the_raw_weights_are_saved(data_dir, tmp_path):
+    config = default_config("cnn", weight_average=0.0, epochs=1, validation_size=500)
+    train(config, data_dir=data_dir, out_dir=tmp_path, device="cpu")
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last.resumable and last.training_weights is None
 
 
 def test_out_that_is_a_file_fails_before_training(data_dir, tmp_path):
