@@ -28,15 +28,14 @@ import torch
 
 from mnist_cli import augmentation
 from mnist_cli.cudagraph import GraphedStep
-from mnist_cli.data import load_split
+from mnist_cli.data import BLANK_PIXEL, INK_PIXEL, load_split
 from mnist_cli.download import import_mnist
 from mnist_cli.evaluation import evaluate_model
 from mnist_cli.models import build_model
 from mnist_cli.recipes import describe_recipe
 from mnist_cli.training import (
-    _BACKGROUND,
-    _INK,
     TrainCallback,
+    batch_loss,
     default_acceleration,
     default_config,
     normalize,
@@ -142,15 +141,17 @@ def step_profile(data_dir: Path, device: torch.device, replays: int = 300) -> No
     images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.from_numpy(split.labels[:batch]).to(device)
     noise = torch.rand(batch, augmentation.NOISE_COLUMNS, device=device)
-    looks = {"background": _BACKGROUND}
+    blank = BLANK_PIXEL
     stages = {
         "style strokes": lambda: augmentation.add_style_strokes(
-            images, labels, **looks, ink=_INK, share=config.styles, noise=noise[:, 0:3]
+            images, labels, background=blank, ink=INK_PIXEL, share=config.styles, noise=noise[:, :3]
         ),
         "thickness": lambda: augmentation.random_thickness(
-            images, **looks, share=config.thickness, noise=noise[:, 3]
+            images, background=blank, share=config.thickness, noise=noise[:, 3]
         ),
-        "affine warp": lambda: augmentation.random_affine(images, **looks, noise=noise[:, 4:8]),
+        "affine warp": lambda: augmentation.random_affine(
+            images, background=blank, noise=noise[:, 4:]
+        ),
     }
     print(f"\n| batch {batch}, {replays} replays | GPU ms |\n|---|---|")
     for augmenting in (False, True):
@@ -162,15 +163,8 @@ def step_profile(data_dir: Path, device: torch.device, replays: int = 300) -> No
             capturable=True,
         )
 
-        def loss_of(x, y, n, model=model, augmenting=augmenting):
-            if augmenting:
-                x = augmentation.augment(
-                    x, y, n, **looks, ink=_INK, thickness=config.thickness, styles=config.styles
-                )
-            logits = model(x)
-            return torch.nn.functional.cross_entropy(
-                logits, y, label_smoothing=config.label_smoothing
-            )
+        def loss_of(*batch, model=model, augmenting=augmenting):  # the trainer's own loss
+            return batch_loss(model, *batch, config=config, augmenting=augmenting)
 
         step = GraphedStep(model, optimizer, loss_of, (images, labels, noise), augments=augmenting)
         name = "whole step, augmented" if augmenting else "whole step, plain"

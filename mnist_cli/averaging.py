@@ -52,7 +52,3 @@ class WeightAverage:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.network.state_dict()
-
-    def load_state_dict(self, weights: dict[str, torch.Tensor]) -> None:
-        """Set the average to saved weights (a resumed run's), in place."""
-        self.network.load_state_dict(weights)

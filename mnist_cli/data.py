@@ -17,6 +17,8 @@ DEFAULT_DATA_DIR = Path("datafiles")  # as in the tutorial
 CLASS_LABELS = [str(digit) for digit in range(10)]
 IMAGE_SIZE = 28
 NORMALIZATION = {"mean": 0.1307, "std": 0.3081}  # pixel mean and std of the training images
+BLANK_PIXEL = -NORMALIZATION["mean"] / NORMALIZATION["std"]  # a blank pixel, normalised
+INK_PIXEL = (1 - NORMALIZATION["mean"]) / NORMALIZATION["std"]  # a full-ink pixel, normalised
 
 # Uncompressed file name -> MD5 of its official bytes (the .gz wrappers vary between mirrors).
 OFFICIAL_MD5 = {

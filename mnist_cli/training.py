@@ -27,7 +27,15 @@ from mnist_cli.checkpoints import (
     save_checkpoint,
 )
 from mnist_cli.cudagraph import GraphedStep
-from mnist_cli.data import CLASS_LABELS, NORMALIZATION, Split, load_split, split_train_validation
+from mnist_cli.data import (
+    BLANK_PIXEL,
+    CLASS_LABELS,
+    INK_PIXEL,
+    NORMALIZATION,
+    Split,
+    load_split,
+    split_train_validation,
+)
 from mnist_cli.devices import resolve_device
 from mnist_cli.errors import (
     CheckpointError,
@@ -565,12 +573,6 @@ def _report(run: _Run, epoch: int, steps: tuple[int, int], loss: torch.Tensor, *
     run.callback.on_batch(epoch=epoch, step=done, steps=run.steps, loss=value, rate=rate)
 
 
-_BACKGROUND = -NORMALIZATION["mean"] / NORMALIZATION["std"]  # a blank pixel, normalised
-
-
-_INK = (1 - NORMALIZATION["mean"]) / NORMALIZATION["std"]  # a full-ink pixel, normalised
-
-
 def _step(run: _Run, index: torch.Tensor, lr: float) -> torch.Tensor:
     """One optimiser step on the batch `index`; returns its loss (on the device)."""
     for group in run.optimizer.param_groups:
@@ -586,35 +588,47 @@ def _step(run: _Run, index: torch.Tensor, lr: float) -> torch.Tensor:
             run.graph = GraphedStep(
                 run.model,
                 run.optimizer,
-                lambda *batch: _loss(run, *batch, augmenting=augmenting),
+                lambda *batch: _loss(run, batch, augmenting=augmenting),
                 (images, labels, noise),
                 augments=augmenting,
             )
         return run.graph(images, labels, noise)
-    loss = _loss(run, images, labels, noise, augmenting=augmenting)
+    loss = _loss(run, (images, labels, noise), augmenting=augmenting)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
     return loss
 
 
-def _loss(
-    run: _Run, images: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, *, augmenting: bool
+def _loss(run: _Run, batch: tuple[torch.Tensor, ...], *, augmenting: bool) -> torch.Tensor:
+    return batch_loss(
+        run.forward, *batch, config=run.config, augmenting=augmenting, bf16=run.accel.bf16
+    )
+
+
+def batch_loss(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    config: TrainConfig,
+    augmenting: bool,
+    bf16: bool = False,
 ) -> torch.Tensor:
-    """Augment a batch (when `augmenting`) and return its mean training loss."""
-    config = run.config
+    """Augment a batch as `config` says (when `augmenting`) and return its mean training loss."""
     if augmenting:
         images = augment(
             images,
             labels,
             noise,
-            background=_BACKGROUND,
-            ink=_INK,
+            background=BLANK_PIXEL,
+            ink=INK_PIXEL,
             thickness=config.thickness,
             styles=config.styles,
         )
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.accel.bf16):
-        logits = run.forward(images)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = forward(images)
     return nn.functional.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
 
 

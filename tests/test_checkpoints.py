@@ -88,3 +88,17 @@ def test_damaged_training_weights_are_refused_with_their_name(tmp_path):
     save_checkpoint(replace(payload(model), training_weights=weights), tmp_path / "last.pt")
     with pytest.raises(CheckpointError, match="training_weights: layers.1.weight is missing"):
         load_checkpoint(tmp_path / "last.pt")
+
+
+def test_training_weights_with_nan_or_of_the_wrong_type_are_refused(tmp_path):
+    from dataclasses import replace
+
+    model = build_model("fc")
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    weights["layers.1.weight"][0, 0] = float("nan")
+    save_checkpoint(replace(payload(model), training_weights=weights), tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="training_weights: layers.1.weight holds NaN"):
+        load_checkpoint(tmp_path / "nan.pt")
+    save_checkpoint(replace(payload(model), training_weights=[1, 2]), tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="'training_weights' is list, not dict"):
+        load_checkpoint(tmp_path / "list.pt")
