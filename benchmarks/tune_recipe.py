@@ -21,22 +21,27 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# name: (group, epochs, changes to the CPU recipe, cnn channels or None for the default)
-CANDIDATES: dict[str, tuple[str, int, dict, list[int] | None]] = {
-    "cpu 1 ep, recipe": ("one-epoch", 1, {}, None),
-    "cpu 1 ep, augmented from the start": ("one-epoch", 1, {"plain_epochs": 0}, None),
-    "cpu 1 ep, lr 8e-3": ("one-epoch", 1, {"lr": 8e-3}, None),
-    "cpu 1 ep, batch 128, lr 8e-3": ("one-epoch", 1, {"batch_size": 128, "lr": 8e-3}, None),
-    "cpu 30 ep, recipe (16-32-64)": ("thirty", 30, {}, None),
-    "cpu 30 ep, warps only": ("thirty", 30, {"thickness": 0.0, "styles": 0.0}, None),
-    "cpu 30 ep, lr 3e-3": ("thirty", 30, {"lr": 3e-3}, None),
-    "cpu 30 ep, 20-40-80": ("thirty", 30, {}, [20, 40, 80]),
-    "cpu 30 ep, 16-32-96": ("thirty", 30, {}, [16, 32, 96]),
-    "cpu 30 ep, 24-48-96": ("thirty", 30, {}, [24, 48, 96]),
-    "cpu 30 ep, 32-64-128": ("thirty", 30, {}, [32, 64, 128]),
-    "cuda 15 ep, lr 4e-3": ("cuda", 15, {"batch_size": 512, "lr": 4e-3}, None),
-    "cuda 15 ep, lr 6e-3": ("cuda", 15, {"batch_size": 512, "lr": 6e-3}, None),
-    "cuda 15 ep, lr 8e-3": ("cuda", 15, {"batch_size": 512, "lr": 8e-3}, None),
+# name: (group, epochs, changes to the CPU recipe, variant of the network or of the schedule)
+# A variant is tried here before it could become a recipe value: {"channels": [...]} widens the
+# cnn, {"extra_conv": True} adds a second convolution to its last stage, {"plain_tail": K}
+# trains the last K epochs without augmentation.
+CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
+    "cpu 1 ep, recipe": ("one-epoch", 1, {}, {}),
+    "cpu 1 ep, augmented from the start": ("one-epoch", 1, {"plain_epochs": 0}, {}),
+    "cpu 1 ep, lr 8e-3": ("one-epoch", 1, {"lr": 8e-3}, {}),
+    "cpu 1 ep, batch 128, lr 8e-3": ("one-epoch", 1, {"batch_size": 128, "lr": 8e-3}, {}),
+    "cpu 30 ep, recipe (16-32-64)": ("thirty", 30, {}, {}),
+    "cpu 30 ep, warps only": ("thirty", 30, {"thickness": 0.0, "styles": 0.0}, {}),
+    "cpu 30 ep, lr 3e-3": ("thirty", 30, {"lr": 3e-3}, {}),
+    "cpu 30 ep, 20-40-80": ("thirty", 30, {}, {"channels": [20, 40, 80]}),
+    "cpu 30 ep, 16-32-96": ("thirty", 30, {}, {"channels": [16, 32, 96]}),
+    "cpu 30 ep, 24-48-96": ("thirty", 30, {}, {"channels": [24, 48, 96]}),
+    "cpu 30 ep, 32-64-128": ("thirty", 30, {}, {"channels": [32, 64, 128]}),
+    "cpu 30 ep, two convs in the last stage": ("thirty", 30, {}, {"extra_conv": True}),
+    "cpu 30 ep, last 4 epochs plain": ("thirty", 30, {}, {"plain_tail": 4}),
+    "cuda 15 ep, lr 4e-3": ("cuda", 15, {"batch_size": 512, "lr": 4e-3}, {}),
+    "cuda 15 ep, lr 6e-3": ("cuda", 15, {"batch_size": 512, "lr": 6e-3}, {}),
+    "cuda 15 ep, lr 8e-3": ("cuda", 15, {"batch_size": 512, "lr": 8e-3}, {}),
 }
 
 
@@ -44,18 +49,18 @@ def work(spec: dict) -> dict:
     """Train one candidate with one seed (in this process) and return its validation scores."""
     import torch
 
-    from mnist_cli import models
+    from mnist_cli import training
     from mnist_cli.training import TrainCallback, default_config, train
 
     torch.set_num_threads(1)
-    if spec["channels"]:  # a wider cnn: tried here before it could become the default
-        default = models.default_arguments
-        models.default_arguments = lambda arch: (
-            {"channels": spec["channels"], "classes": 10} if arch == "cnn" else default(arch)
+    variant = spec["variant"]
+    _apply_network_variant(variant)
+    plain = {"now": False}  # flipped by the callback when the plain tail begins
+    if variant.get("plain_tail"):
+        loss = training.batch_loss
+        training.batch_loss = lambda *args, augmenting, **kwargs: loss(
+            *args, augmenting=augmenting and not plain["now"], **kwargs
         )
-        import mnist_cli.training as training
-
-        training.default_arguments = models.default_arguments
 
     class Record(TrainCallback):
         def __init__(self) -> None:
@@ -65,6 +70,7 @@ def work(spec: dict) -> dict:
         def on_epoch(self, record, *, best):
             self.val.append(record.val_accuracy)
             self.seconds += record.seconds
+            plain["now"] = record.epoch >= spec["epochs"] - variant.get("plain_tail", 0)
 
     config = default_config(
         "cnn", "cpu", epochs=spec["epochs"], seed=spec["seed"], **spec["changes"]
@@ -75,6 +81,33 @@ def work(spec: dict) -> dict:
             config, data_dir=spec["data_dir"], out_dir=out, device=spec["device"], callback=record
         )
     return {**spec, "best": max(record.val), "last": record.val[-1], "seconds": record.seconds}
+
+
+def _apply_network_variant(variant: dict) -> None:
+    """Make every cnn this process builds the candidate's: wider, or deeper in its last stage."""
+    from torch import nn
+
+    from mnist_cli import models, training
+
+    if variant.get("channels"):
+        default = models.default_arguments
+        models.default_arguments = lambda arch: (
+            {"channels": variant["channels"], "classes": 10} if arch == "cnn" else default(arch)
+        )
+        training.default_arguments = models.default_arguments
+    if variant.get("extra_conv"):
+
+        class Deeper(models.ConvNet):
+            def __init__(self, channels=(16, 32, 64), classes=10):
+                super().__init__(channels, classes)
+                conv, norm, relu, pool = self.features[2]
+                width = channels[-1]
+                extra = nn.Conv2d(width, width, 3, padding=1, bias=False)
+                self.features[2] = nn.Sequential(
+                    conv, norm, relu, extra, nn.BatchNorm2d(width), nn.ReLU(inplace=True), pool
+                )
+
+        models.ConvNet = Deeper  # build_model looks the class up at call time
 
 
 def _launch(spec: dict) -> dict:
@@ -120,12 +153,12 @@ def main() -> None:
             "name": name,
             "epochs": epochs,
             "changes": changes,
-            "channels": channels,
+            "variant": variant,
             "seed": seed,
             "device": args.device,
             "data_dir": str(args.data_dir),
         }
-        for name, (group, epochs, changes, channels) in CANDIDATES.items()
+        for name, (group, epochs, changes, variant) in CANDIDATES.items()
         if args.only in (None, group)
         for seed in range(args.seeds)
     ]
