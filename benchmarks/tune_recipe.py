@@ -55,11 +55,11 @@ def work(spec: dict) -> dict:
     torch.set_num_threads(1)
     variant = spec["variant"]
     _apply_network_variant(variant)
-    plain = {"now": False}  # flipped by the callback when the plain tail begins
-    if variant.get("plain_tail"):
+    plain_from = spec["epochs"] - variant.get("plain_tail", 0)  # first epoch (0-based) unaugmented
+    if plain_from < spec["epochs"]:
         loss = training.batch_loss
         training.batch_loss = lambda *args, augmenting, **kwargs: loss(
-            *args, augmenting=augmenting and not plain["now"], **kwargs
+            *args, augmenting=augmenting and len(record.val) < plain_from, **kwargs
         )
 
     class Record(TrainCallback):
@@ -70,7 +70,6 @@ def work(spec: dict) -> dict:
         def on_epoch(self, record, *, best):
             self.val.append(record.val_accuracy)
             self.seconds += record.seconds
-            plain["now"] = record.epoch >= spec["epochs"] - variant.get("plain_tail", 0)
 
     config = default_config(
         "cnn", "cpu", epochs=spec["epochs"], seed=spec["seed"], **spec["changes"]
@@ -100,12 +99,9 @@ def _apply_network_variant(variant: dict) -> None:
         class Deeper(models.ConvNet):
             def __init__(self, channels=(16, 32, 64), classes=10):
                 super().__init__(channels, classes)
-                conv, norm, relu, pool = self.features[2]
-                width = channels[-1]
-                extra = nn.Conv2d(width, width, 3, padding=1, bias=False)
-                self.features[2] = nn.Sequential(
-                    conv, norm, relu, extra, nn.BatchNorm2d(width), nn.ReLU(inplace=True), pool
-                )
+                *last, pool = self.features[2]  # conv, norm, relu, then the pool
+                *extra, _ = models._conv_block(channels[-1], channels[-1], 3)  # its own pool
+                self.features[2] = nn.Sequential(*last, *extra, pool)
 
         models.ConvNet = Deeper  # build_model looks the class up at call time
 
