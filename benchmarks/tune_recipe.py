@@ -23,7 +23,7 @@ from pathlib import Path
 
 # name: (group, epochs, changes to the CPU recipe, variant of the network or of the schedule)
 # A variant is tried here before it could become a recipe value: {"channels": [...]} widens the
-# cnn, {"extra_conv": True} adds a second convolution to its last stage, {"plain_tail": K}
+# cnn, {"deeper": [stages]} adds a second convolution to those stages (0-2), {"plain_tail": K}
 # trains the last K epochs without augmentation.
 CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
     "cpu 1 ep, recipe": ("one-epoch", 1, {}, {}),
@@ -37,7 +37,11 @@ CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
     "cpu 30 ep, 16-32-96": ("thirty", 30, {}, {"channels": [16, 32, 96]}),
     "cpu 30 ep, 24-48-96": ("thirty", 30, {}, {"channels": [24, 48, 96]}),
     "cpu 30 ep, 32-64-128": ("thirty", 30, {}, {"channels": [32, 64, 128]}),
-    "cpu 30 ep, two convs in the last stage": ("thirty", 30, {}, {"extra_conv": True}),
+    "cpu 30 ep, weight decay 0.01": ("thirty", 30, {"weight_decay": 0.01}, {}),
+    "cpu 30 ep, weight decay 0.05": ("thirty", 30, {"weight_decay": 0.05}, {}),
+    "cpu 30 ep, two convs in the last stage": ("thirty", 30, {}, {"deeper": [2]}),
+    "cpu 30 ep, two convs in the last two stages": ("thirty", 30, {}, {"deeper": [1, 2]}),
+    "cpu 30 ep, two convs in every stage": ("thirty", 30, {}, {"deeper": [0, 1, 2]}),
     "cpu 30 ep, last 4 epochs plain": ("thirty", 30, {}, {"plain_tail": 4}),
     "cuda 15 ep, lr 4e-3": ("cuda", 15, {"batch_size": 512, "lr": 4e-3}, {}),
     "cuda 15 ep, lr 6e-3": ("cuda", 15, {"batch_size": 512, "lr": 6e-3}, {}),
@@ -83,7 +87,7 @@ def work(spec: dict) -> dict:
 
 
 def _apply_network_variant(variant: dict) -> None:
-    """Make every cnn this process builds the candidate's: wider, or deeper in its last stage."""
+    """Make every cnn this process builds the candidate's: wider, or deeper in some stages."""
     from torch import nn
 
     from mnist_cli import models, training
@@ -94,14 +98,15 @@ def _apply_network_variant(variant: dict) -> None:
             {"channels": variant["channels"], "classes": 10} if arch == "cnn" else default(arch)
         )
         training.default_arguments = models.default_arguments
-    if variant.get("extra_conv"):
+    if variant.get("deeper"):
 
         class Deeper(models.ConvNet):
             def __init__(self, channels=(16, 32, 64), classes=10):
                 super().__init__(channels, classes)
-                *last, pool = self.features[2]  # conv, norm, relu, then the pool
-                *extra, _ = models._conv_block(channels[-1], channels[-1], 3)  # its own pool
-                self.features[2] = nn.Sequential(*last, *extra, pool)
+                for stage in variant["deeper"]:
+                    *block, pool = self.features[stage]  # conv, norm, relu, then the pool
+                    *extra, _ = models._conv_block(channels[stage], channels[stage], 3)
+                    self.features[stage] = nn.Sequential(*block, *extra, pool)
 
         models.ConvNet = Deeper  # build_model looks the class up at call time
 
