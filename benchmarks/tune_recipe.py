@@ -101,12 +101,13 @@ def _apply_network_variant(variant: dict) -> None:
     if variant.get("deeper"):
 
         class Deeper(models.ConvNet):
-            def __init__(self, channels=(16, 32, 64), classes=10):
-                super().__init__(channels, classes)
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
                 for stage in variant["deeper"]:
-                    *block, pool = self.features[stage]  # conv, norm, relu, then the pool
-                    *extra, _ = models._conv_block(channels[stage], channels[stage], 3)
-                    self.features[stage] = nn.Sequential(*block, *extra, pool)
+                    conv, *rest, pool = self.features[stage]  # conv, norm, relu, then the pool
+                    width = conv.out_channels
+                    *extra, _ = models._conv_block(width, width, 3)  # without its own pool
+                    self.features[stage] = nn.Sequential(conv, *rest, *extra, pool)
 
         models.ConvNet = Deeper  # build_model looks the class up at call time
 
