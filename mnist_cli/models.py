@@ -28,28 +28,30 @@ class FullyConnected(nn.Module):
         return self.layers(x)
 
 
-def _conv_block(inputs: int, outputs: int, kernel: int) -> nn.Sequential:
+def _conv_block(inputs: int, outputs: int, kernel: int, convs: int = 1) -> nn.Sequential:
     # Batch norm lets a high learning rate converge in few epochs; pooling halves the map.
-    return nn.Sequential(
-        nn.Conv2d(inputs, outputs, kernel, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(outputs),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
+    layers: list[nn.Module] = []
+    for width in [inputs] + [outputs] * (convs - 1):
+        conv = nn.Conv2d(width, outputs, kernel, padding=kernel // 2, bias=False)
+        layers += [conv, nn.BatchNorm2d(outputs), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
 
 
 class ConvNet(nn.Module):
-    """Three conv-BN-ReLU-pool blocks (28 -> 14 -> 7 -> 3) and one linear classifier."""
+    """Three stages of `convs` conv-BN-ReLU and a pool (28 -> 14 -> 7 -> 3), one linear layer."""
 
-    def __init__(self, channels: tuple[int, ...] = (16, 32, 64), classes: int = 10):
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (16, 32, 64),
+        classes: int = 10,
+        convs: tuple[int, ...] = (1, 1, 1),
+    ):
         super().__init__()
-        first, second, third = channels
-        self.features = nn.Sequential(
-            _conv_block(1, first, 3),  # 3x3 everywhere: a 5x5 first layer cost 2x the time on CPU
-            _conv_block(first, second, 3),
-            _conv_block(second, third, 3),
-        )
-        self.classifier = nn.Linear(third * 3 * 3, classes)
+        inputs = (1, *channels[:-1])
+        # 3x3 everywhere: a 5x5 first layer cost 2x the time on CPU
+        blocks = (_conv_block(i, o, 3, n) for i, o, n in zip(inputs, channels, convs, strict=True))
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(channels[-1] * 3 * 3, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
@@ -61,6 +63,8 @@ class ModelSpecError(ValueError):
 
 _MAX_WIDTH = 1 << 16  # no layer of a digit classifier needs more units or channels
 _MAX_LAYERS = 32
+_MAX_CONVS = 8  # per stage: each adds a full-size convolution, and 2 already reach 99.7%
+_LEGACY_CONVS = [1, 1, 1]  # cnn files written before "convs" existed had one per stage
 
 
 def default_arguments(architecture: str) -> dict[str, Any]:
@@ -68,7 +72,9 @@ def default_arguments(architecture: str) -> dict[str, Any]:
     if architecture == "fc":
         return {"hidden": [512, 256, 256, 128, 64], "classes": 10}
     if architecture == "cnn":
-        return {"channels": [16, 32, 64], "classes": 10}  # ~29k weights
+        # Two convolutions in the 14x14 and 7x7 stages: 99.69% after 30 epochs against 99.60%
+        # with one each, for 1.8x the CPU time per epoch; a second at 28x28 gained nothing.
+        return {"channels": [16, 32, 64], "convs": [1, 2, 2], "classes": 10}  # ~75k weights
     raise ModelSpecError(
         f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}"
     )
@@ -77,15 +83,26 @@ def default_arguments(architecture: str) -> dict[str, Any]:
 def check_arguments(architecture: str, arguments: dict[str, Any]) -> None:
     """Raise ModelSpecError unless `arguments` are the right names, types and sizes."""
     expected = set(default_arguments(architecture))
-    if set(arguments) != expected:
+    if set(arguments) != expected and set(arguments) != expected - {"convs"}:
         raise ModelSpecError(f"arguments {sorted(arguments)} are not {sorted(expected)}")
     widths = arguments["hidden" if architecture == "fc" else "channels"]
     lengths = range(1, _MAX_LAYERS + 1) if architecture == "fc" else (3,)
     if not isinstance(widths, list) or len(widths) not in lengths:
         raise ModelSpecError(f"layer sizes {widths!r} are not a list of {lengths[-1]} or fewer")
     for value in [*widths, arguments["classes"]]:
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_WIDTH:
+        if not _whole(value, _MAX_WIDTH):
             raise ModelSpecError(f"layer size {value!r} is not a whole number in 1-{_MAX_WIDTH}")
+    convs = arguments.get("convs", _LEGACY_CONVS)
+    if (
+        not isinstance(convs, list)
+        or len(convs) != 3
+        or not all(_whole(n, _MAX_CONVS) for n in convs)
+    ):
+        raise ModelSpecError(f"convs {convs!r} are not 3 whole numbers in 1-{_MAX_CONVS}")
+
+
+def _whole(value: Any, largest: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and 1 <= value <= largest
 
 
 def parameter_shapes(architecture: str, arguments: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -101,7 +118,8 @@ def build_model(architecture: str, arguments: dict[str, Any] | None = None) -> n
     check_arguments(architecture, arguments)
     if architecture == "fc":
         return FullyConnected(tuple(arguments["hidden"]), arguments["classes"])
-    return ConvNet(tuple(arguments["channels"]), arguments["classes"])
+    convs = tuple(arguments.get("convs", _LEGACY_CONVS))
+    return ConvNet(tuple(arguments["channels"]), arguments["classes"], convs)
 
 
 class Classifier(nn.Module):

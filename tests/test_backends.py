@@ -21,6 +21,7 @@ from mnist_cli.cli import app
 from mnist_cli.data import load_split
 from mnist_cli.errors import CheckpointError
 from mnist_cli.evaluation import evaluate_model
+from mnist_cli.models import default_arguments
 from mnist_cli.training import train
 
 runner = CliRunner()
@@ -136,8 +137,11 @@ def _raw_damaged(trained, tmp_path, name="m.pt", **changes):
         ({"normalization": {}}, "normalization: not an mnist checkpoint (no 'mean' field)"),
         ({"normalization": {"mean": 0.1, "std": 0}}, "std is 0"),
         ({"class_labels": [str(k) for k in range(20)]}, "mnist works with the digits 0-9"),
-        ({"arguments": {"channels": [16, 32, 64], "classes": 5}}, "5 outputs"),
-        ({"arguments": {"channels": [16, 32, "x"], "classes": 10}}, "'x' is not a whole number"),
+        ({"arguments": {**default_arguments("cnn"), "classes": 5}}, "5 outputs"),
+        (
+            {"arguments": {**default_arguments("cnn"), "channels": [16, 32, "x"]}},
+            "'x' is not a whole",
+        ),
         ({"format": "mnist_cli.checkpoint/99"}, "format 'mnist_cli.checkpoint/99'"),
         ({"val_accuracy": "high"}, "'val_accuracy' is str"),
         ({"history": [{"epoch": 1}]}, "history: not an mnist checkpoint (no 'train_loss'"),
@@ -173,7 +177,9 @@ def test_checkpoint_with_nan_weights_is_refused(trained, tmp_path):
 def test_absurd_architecture_arguments_are_refused_without_allocating(
     trained, tmp_path, memory_growth
 ):
-    path = _raw_damaged(trained, tmp_path, arguments={"channels": [16, 32, 60000], "classes": 10})
+    path = _raw_damaged(
+        trained, tmp_path, arguments={**default_arguments("cnn"), "channels": [16, 32, 60000]}
+    )
     message, grown_mib = memory_growth(
         "try:\n    open_model(sys.argv[1])\nexcept ModelError as error:\n    print(error.message)",
         path,

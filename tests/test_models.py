@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_cli.models import build_model, default_arguments
+from mnist_cli.models import ModelSpecError, build_model, default_arguments
 
 
 def test_fc_is_the_tutorial_net():
@@ -28,3 +28,32 @@ def test_rebuilt_from_stored_arguments():
 def test_unknown_architecture():
     with pytest.raises(ValueError, match="choose from"):
         build_model("resnet")
+
+
+def test_the_default_cnn_has_two_convolutions_in_its_last_two_stages():
+    model = build_model("cnn")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (1, 16), (16, 32), (32, 32), (32, 64), (64, 64)
+    ]  # fmt: skip
+    assert sum(p.numel() for p in model.parameters()) == 75_450
+
+
+def test_cnn_arguments_without_convs_build_the_one_conv_per_stage_net_of_older_files():
+    model = build_model("cnn", {"channels": [16, 32, 64], "classes": 10})
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 3
+    assert "features.2.0.weight" in model.state_dict()  # the key layout older files hold
+    assert "features.2.3.weight" not in model.state_dict()
+
+
+@pytest.mark.parametrize(
+    "convs", [[0, 1, 1], [1, 2], [1, 2, "2"], [1, True, 2], [1, 2, 9], "122", None]
+)
+def test_bad_conv_counts_are_refused(convs):
+    with pytest.raises(ModelSpecError, match="convs"):
+        build_model("cnn", {"channels": [16, 32, 64], "convs": convs, "classes": 10})
+
+
+def test_unknown_argument_names_are_refused():
+    with pytest.raises(ModelSpecError, match="are not"):
+        build_model("cnn", {"channels": [16, 32, 64], "depth": 2, "classes": 10})
