@@ -22,15 +22,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # name: (group, epochs, changes to the CPU recipe, variant of the network or of the schedule)
-# A variant is tried here before it could become a recipe value: {"channels": [...]} widens the
-# cnn, {"deeper": [stages]} adds a second convolution to those stages (0-2), {"plain_tail": K}
-# trains the last K epochs without augmentation.
+# A variant is tried here before it could become a recipe value: {"channels": [...]} and
+# {"convs": [...]} replace the cnn's widths and convolutions per stage, {"plain_tail": K} trains
+# the last K epochs without augmentation.
 CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
     "cpu 1 ep, recipe": ("one-epoch", 1, {}, {}),
     "cpu 1 ep, augmented from the start": ("one-epoch", 1, {"plain_epochs": 0}, {}),
     "cpu 1 ep, lr 8e-3": ("one-epoch", 1, {"lr": 8e-3}, {}),
     "cpu 1 ep, batch 128, lr 8e-3": ("one-epoch", 1, {"batch_size": 128, "lr": 8e-3}, {}),
-    "cpu 30 ep, recipe (16-32-64)": ("thirty", 30, {}, {}),
+    "cpu 30 ep, recipe (16-32-64, convs 1-2-2)": ("thirty", 30, {}, {}),
+    "cpu 30 ep, one conv per stage": ("thirty", 30, {}, {"convs": [1, 1, 1]}),
     "cpu 30 ep, warps only": ("thirty", 30, {"thickness": 0.0, "styles": 0.0}, {}),
     "cpu 30 ep, lr 3e-3": ("thirty", 30, {"lr": 3e-3}, {}),
     "cpu 30 ep, 20-40-80": ("thirty", 30, {}, {"channels": [20, 40, 80]}),
@@ -39,13 +40,15 @@ CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
     "cpu 30 ep, 32-64-128": ("thirty", 30, {}, {"channels": [32, 64, 128]}),
     "cpu 30 ep, weight decay 0.01": ("thirty", 30, {"weight_decay": 0.01}, {}),
     "cpu 30 ep, weight decay 0.05": ("thirty", 30, {"weight_decay": 0.05}, {}),
-    "cpu 30 ep, two convs in the last stage": ("thirty", 30, {}, {"deeper": [2]}),
-    "cpu 30 ep, two convs in the last two stages": ("thirty", 30, {}, {"deeper": [1, 2]}),
-    "cpu 30 ep, two convs in every stage": ("thirty", 30, {}, {"deeper": [0, 1, 2]}),
+    "cpu 30 ep, two convs in the last stage": ("thirty", 30, {}, {"convs": [1, 1, 2]}),
+    "cpu 30 ep, two convs in every stage": ("thirty", 30, {}, {"convs": [2, 2, 2]}),
     "cpu 30 ep, last 4 epochs plain": ("thirty", 30, {}, {"plain_tail": 4}),
     "cuda 15 ep, lr 4e-3": ("cuda", 15, {"batch_size": 512, "lr": 4e-3}, {}),
     "cuda 15 ep, lr 6e-3": ("cuda", 15, {"batch_size": 512, "lr": 6e-3}, {}),
     "cuda 15 ep, lr 8e-3": ("cuda", 15, {"batch_size": 512, "lr": 8e-3}, {}),
+    "cuda 30 ep, batch 512, lr 6e-3": ("cuda", 30, {"batch_size": 512, "lr": 6e-3}, {}),
+    "cuda 30 ep, batch 1024, lr 8e-3": ("cuda", 30, {"batch_size": 1024, "lr": 8e-3}, {}),
+    "cuda 30 ep, batch 1024, lr 1.2e-2": ("cuda", 30, {"batch_size": 1024, "lr": 1.2e-2}, {}),
 }
 
 
@@ -87,29 +90,16 @@ def work(spec: dict) -> dict:
 
 
 def _apply_network_variant(variant: dict) -> None:
-    """Make every cnn this process builds the candidate's: wider, or deeper in some stages."""
-    from torch import nn
-
+    """Make every cnn this process builds the candidate's: other widths or convolutions."""
     from mnist_cli import models, training
 
-    if variant.get("channels"):
+    changes = {key: variant[key] for key in ("channels", "convs") if key in variant}
+    if changes:
         default = models.default_arguments
         models.default_arguments = lambda arch: (
-            {"channels": variant["channels"], "classes": 10} if arch == "cnn" else default(arch)
+            {**default(arch), **changes} if arch == "cnn" else default(arch)
         )
         training.default_arguments = models.default_arguments
-    if variant.get("deeper"):
-
-        class Deeper(models.ConvNet):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                for stage in variant["deeper"]:
-                    conv, *rest, pool = self.features[stage]  # conv, norm, relu, then the pool
-                    width = conv.out_channels
-                    *extra, _ = models._conv_block(width, width, 3)  # without its own pool
-                    self.features[stage] = nn.Sequential(conv, *rest, *extra, pool)
-
-        models.ConvNet = Deeper  # build_model looks the class up at call time
 
 
 def _launch(spec: dict) -> dict:
