@@ -6,8 +6,8 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,7 @@ class Acceleration:
     compile: bool  # torch.compile the network (opt-in: it costs start-up time)
     fused_optimizer: bool  # one fused AdamW kernel per step (CUDA only)
     cuda_graphs: bool = False  # replay each whole step as one CUDA graph (CUDA only)
+    cudnn_autotune: bool = False  # cuDNN times its kernels once per shape (CUDA only)
 
 
 def default_acceleration(
@@ -152,7 +153,21 @@ def default_acceleration(
         compile=compile,
         fused_optimizer=False,
         cuda_graphs=device.type == "cuda" and not compile,
+        # Autotune makes later epochs 20% faster on an H200 but spends ~1.5 s timing kernels
+        # in the first: a loss for any run under ~40 epochs (benchmarks/gpu_check.py).
+        cudnn_autotune=False,
     )
+
+
+@contextmanager
+def _cudnn_autotune(enabled: bool) -> Iterator[None]:
+    """cuDNN's per-shape kernel timing for the run, the caller's setting restored after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or before
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 # Steps between progress callbacks: reading the loss makes the host wait for a GPU.
@@ -195,7 +210,11 @@ def train(
         # DDP's gradient hooks run outside a captured graph: distributed steps run eagerly.
         acceleration = replace(acceleration, cuda_graphs=False, compile=False)
     try:
-        with _owned(out_dir, cluster), _StopFlag() as stop:
+        with (
+            _owned(out_dir, cluster),
+            _StopFlag() as stop,
+            _cudnn_autotune(acceleration.cudnn_autotune),
+        ):
             if not (resume or overwrite) and (cluster is None or cluster.main):
                 _refuse_existing_run(out_dir)
             run = _start(config, acceleration, torch_device, Path(data_dir), saved, cluster)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -202,6 +203,7 @@ def test_cuda_defaults_are_the_measured_ones():
 
     cuda = default_acceleration(torch.device("cuda"), "cnn")
     assert cuda.channels_last and not cuda.bf16 and not cuda.fused_optimizer
+    assert cuda.cuda_graphs and not cuda.cudnn_autotune  # autotune loses under ~40 epochs
     assert default_acceleration(torch.device("cuda"), "cnn", compile=True).compile
     assert not default_acceleration(torch.device("cpu"), "fc").channels_last
 
@@ -220,6 +222,28 @@ def test_bf16_and_fused_optimizer_path_runs(data_dir, tmp_path):
     assert result.best_val_accuracy > 0.5
     saved = load_checkpoint(result.last_path)
     assert saved.options["acceleration"]["bf16"] is True
+
+
+def test_cudnn_autotune_holds_for_the_run_and_is_restored_after(data_dir, tmp_path):
+    from mnist_cli.training import Acceleration, TrainCallback
+
+    class Seen(TrainCallback):
+        def on_epoch(self, record, *, best):
+            self.during = torch.backends.cudnn.benchmark
+
+    seen = Seen()
+    tuned = Acceleration(channels_last=True, bf16=False, compile=False, fused_optimizer=False)
+    tuned = dataclasses.replace(tuned, cudnn_autotune=True)
+    assert torch.backends.cudnn.benchmark is False
+    train(
+        default_config("cnn", epochs=1, validation_size=500, batch_size=256),
+        data_dir=data_dir,
+        out_dir=tmp_path,
+        device="cpu",
+        acceleration=tuned,
+        callback=seen,
+    )
+    assert seen.during is True and torch.backends.cudnn.benchmark is False
 
 
 def test_a_diverging_run_stops_and_keeps_the_good_best_pt(data_dir, tmp_path):
