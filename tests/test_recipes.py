@@ -21,7 +21,7 @@ def test_each_device_has_its_recipe_and_the_start_line_says_which():
     line = describe_recipe(default_config("cnn", "cpu", lr=1e-3, epochs=3), "cpu")
     assert line.startswith("cnn recipe for cpu") and "changed by options: epochs, lr" in line
     assert "changed" not in describe_recipe(cuda, "cuda:0")
-    under_torchrun = "2 processes on cuda (nccl): global batch 512 = 2 x 256 per process"
+    under_torchrun = "2 processes on cuda (nccl): global batch 1024 = 2 x 512 per process"
     assert describe_recipe(cuda, under_torchrun).startswith("cnn recipe for cuda")
 
 
