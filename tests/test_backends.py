@@ -21,7 +21,7 @@ from mnist_cli.cli import app
 from mnist_cli.data import load_split
 from mnist_cli.errors import CheckpointError
 from mnist_cli.evaluation import evaluate_model
-from mnist_cli.models import default_arguments
+from mnist_cli.models import build_model, default_arguments
 from mnist_cli.training import train
 
 runner = CliRunner()
@@ -307,3 +307,17 @@ def test_the_provider_that_ran_is_reported(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "onnxruntime on CPUExecutionProvider" in result.output
+
+
+def test_a_checkpoint_from_before_convs_existed_opens_as_one_conv_per_stage(trained, tmp_path):
+    legacy_arguments = {"channels": [16, 32, 64], "classes": 10}  # no "convs": older files
+    torch.manual_seed(0)
+    legacy = build_model("cnn", legacy_arguments).eval()
+    path = _damaged(trained, tmp_path, arguments=legacy_arguments, state_dict=legacy.state_dict())
+    backend = open_model(path, device="cpu")
+    images = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    saved = load_checkpoint(path)
+    mean, std = saved.normalization["mean"], saved.normalization["std"]
+    with torch.no_grad():
+        expected = legacy((torch.from_numpy(images) - mean) / std).numpy()
+    np.testing.assert_allclose(backend.logits(images), expected, rtol=1e-4, atol=1e-5)
