@@ -322,3 +322,13 @@ def test_an_empty_test_set_is_a_clear_error(trained, tmp_path):
     (folder / "t10k-labels-idx1-ubyte").write_bytes(bytes.fromhex("00000801") + bytes(4))
     result = run("test", "--model", trained["checkpoint"], "--data-dir", tmp_path)
     assert_clean_failure(result, 1, "the test set holds no images")
+
+
+def test_train_help_states_each_recipes_batch_and_peak_lr():
+    from mnist_cli.recipes import RECIPES
+
+    help_text = " ".join(runner.invoke(app, ["train", "--help"], terminal_width=200).output.split())
+    for (model, device), recipe in RECIPES.items():
+        kind = "" if model == "fc" else f" on {device.upper() if device == 'cuda' else 'CPU'}"
+        assert f"{recipe.batch_size}{kind}" in help_text, (model, device)
+        assert f"{recipe.lr:.0e}".replace("e-0", "e-") + kind in help_text, (model, device)
