@@ -13,7 +13,7 @@ Seconds count training only (test scoring after each epoch is outside the clock;
 the validation pass, which picks best.pt). The test set picks nothing: the recipe was tuned on
 the validation split (benchmarks/tune_recipe.py). The CPU goals are printed at the end.
 
-    python benchmarks/compare_references.py --data-dir datafiles            # ~1 h here
+    python benchmarks/compare_references.py --data-dir datafiles            # ~80 min here
     python benchmarks/compare_references.py --data-dir datafiles --quick    # ~5 min, no goals
 """
 
