@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -232,8 +231,9 @@ def test_cudnn_autotune_holds_for_the_run_and_is_restored_after(data_dir, tmp_pa
             self.during = torch.backends.cudnn.benchmark
 
     seen = Seen()
-    tuned = Acceleration(channels_last=True, bf16=False, compile=False, fused_optimizer=False)
-    tuned = dataclasses.replace(tuned, cudnn_autotune=True)
+    tuned = Acceleration(
+        channels_last=True, bf16=False, compile=False, fused_optimizer=False, cudnn_autotune=True
+    )
     assert torch.backends.cudnn.benchmark is False
     train(
         default_config("cnn", epochs=1, validation_size=500, batch_size=256),
