@@ -309,8 +309,14 @@ def test_the_provider_that_ran_is_reported(tmp_path):
     assert "onnxruntime on CPUExecutionProvider" in result.output
 
 
-def test_a_checkpoint_from_before_convs_existed_opens_as_one_conv_per_stage(trained, tmp_path):
-    legacy_arguments = {"channels": [16, 32, 64], "classes": 10}  # no "convs": older files
+@pytest.mark.parametrize(
+    "legacy_arguments",
+    [
+        {"channels": [16, 32, 64], "classes": 10},  # before "convs": one conv per stage
+        {"channels": [16, 32, 64], "convs": [1, 2, 2], "classes": 10},  # before "pool_first"
+    ],
+)
+def test_a_checkpoint_of_an_older_cnn_layout_opens_and_runs(trained, tmp_path, legacy_arguments):
     torch.manual_seed(0)
     legacy = build_model("cnn", legacy_arguments).eval()
     path = _damaged(trained, tmp_path, arguments=legacy_arguments, state_dict=legacy.state_dict())

@@ -46,6 +46,31 @@ def test_cnn_arguments_without_convs_build_the_one_conv_per_stage_net_of_older_f
     assert "features.2.3.weight" not in model.state_dict()
 
 
+def _layer_kinds(stage: nn.Module) -> list[str]:
+    return [type(layer).__name__ for layer in stage]
+
+
+def test_the_default_cnn_pools_before_normalising_in_every_stage():
+    stages = build_model("cnn").features
+    assert _layer_kinds(stages[0]) == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    assert _layer_kinds(stages[2]) == [
+        "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"
+    ]  # fmt: skip
+
+
+def test_cnn_arguments_without_pool_first_pool_last_as_files_written_before_it_did():
+    model = build_model("cnn", {"channels": [16, 32, 64], "convs": [1, 2, 2], "classes": 10})
+    assert _layer_kinds(model.features[0]) == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert "features.2.4.weight" in model.state_dict()  # BN after the second conv, as saved
+
+
+@pytest.mark.parametrize("pool_first", [[1, 1, 1], [True, False], "yes", None, [True, None, True]])
+def test_bad_pool_orders_are_refused(pool_first):
+    arguments = {"channels": [16, 32, 64], "convs": [1, 2, 2], "pool_first": pool_first}
+    with pytest.raises(ModelSpecError, match="pool_first"):
+        build_model("cnn", {**arguments, "classes": 10})
+
+
 @pytest.mark.parametrize(
     "convs", [[0, 1, 1], [1, 2], [1, 2, "2"], [1, True, 2], [1, 2, 9], "122", None]
 )
