@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -21,16 +22,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+_AT_28, _LAST = [True, False, False], [False, False, False]  # where a stage pools before BN
+
 # name: (group, epochs, changes to the CPU recipe, variant of the network or of the schedule)
-# A variant is tried here before it could become a recipe value: {"channels": [...]} and
-# {"convs": [...]} replace the cnn's widths and convolutions per stage, {"plain_tail": K} trains
-# the last K epochs without augmentation.
+# A variant is tried here before it could become a recipe value: {"channels": [...]},
+# {"convs": [...]} and {"pool_first": [...]} replace the cnn's widths, convolutions and pooling
+# order per stage, {"plain_tail": K} trains the last K epochs without augmentation.
 CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
     "cpu 1 ep, recipe": ("one-epoch", 1, {}, {}),
     "cpu 1 ep, augmented from the start": ("one-epoch", 1, {"plain_epochs": 0}, {}),
     "cpu 1 ep, lr 8e-3": ("one-epoch", 1, {"lr": 8e-3}, {}),
     "cpu 1 ep, batch 128, lr 8e-3": ("one-epoch", 1, {"batch_size": 128, "lr": 8e-3}, {}),
-    "cpu 30 ep, recipe (16-32-64, convs 1-2-2)": ("thirty", 30, {}, {}),
+    "cpu 1 ep, pool first at 28x28": ("one-epoch", 1, {}, {"pool_first": _AT_28}),
+    "cpu 1 ep, pooled after BN-ReLU": ("one-epoch", 1, {}, {"pool_first": _LAST}),
+    "cpu 30 ep, recipe (16-32-64, convs 1-2-2, pool first)": ("thirty", 30, {}, {}),
     "cpu 30 ep, one conv per stage": ("thirty", 30, {}, {"convs": [1, 1, 1]}),
     "cpu 30 ep, warps only": ("thirty", 30, {"thickness": 0.0, "styles": 0.0}, {}),
     "cpu 30 ep, lr 3e-3": ("thirty", 30, {"lr": 3e-3}, {}),
@@ -43,12 +48,26 @@ CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
     "cpu 30 ep, two convs in the last stage": ("thirty", 30, {}, {"convs": [1, 1, 2]}),
     "cpu 30 ep, two convs in every stage": ("thirty", 30, {}, {"convs": [2, 2, 2]}),
     "cpu 30 ep, last 4 epochs plain": ("thirty", 30, {}, {"plain_tail": 4}),
+    "cpu 30 ep, pool first at 28x28": ("thirty", 30, {}, {"pool_first": _AT_28}),
+    "cpu 30 ep, pooled after BN-ReLU": ("thirty", 30, {}, {"pool_first": _LAST}),
     "cuda 15 ep, lr 4e-3": ("cuda", 15, {"batch_size": 512, "lr": 4e-3}, {}),
     "cuda 15 ep, lr 6e-3": ("cuda", 15, {"batch_size": 512, "lr": 6e-3}, {}),
     "cuda 15 ep, lr 8e-3": ("cuda", 15, {"batch_size": 512, "lr": 8e-3}, {}),
     "cuda 30 ep, batch 512, lr 6e-3": ("cuda", 30, {"batch_size": 512, "lr": 6e-3}, {}),
     "cuda 30 ep, batch 1024, lr 8e-3": ("cuda", 30, {"batch_size": 1024, "lr": 8e-3}, {}),
     "cuda 30 ep, batch 1024, lr 1.2e-2": ("cuda", 30, {"batch_size": 1024, "lr": 1.2e-2}, {}),
+    "cuda 30 ep, batch 1024, lr 8e-3, pool first at 28x28": (
+        "cuda",
+        30,
+        {"batch_size": 1024, "lr": 8e-3},
+        {"pool_first": _AT_28},
+    ),
+    "cuda 30 ep, batch 1024, lr 8e-3, pooled after BN-ReLU": (
+        "cuda",
+        30,
+        {"batch_size": 1024, "lr": 8e-3},
+        {"pool_first": _LAST},
+    ),
 }
 
 
@@ -93,7 +112,7 @@ def _apply_network_variant(variant: dict) -> None:
     """Make every cnn this process builds the candidate's: other widths or convolutions."""
     from mnist_cli import models, training
 
-    changes = {key: variant[key] for key in ("channels", "convs") if key in variant}
+    changes = {key: variant[key] for key in ("channels", "convs", "pool_first") if key in variant}
     if changes:
         default = models.default_arguments
         models.default_arguments = lambda arch: (
@@ -115,7 +134,8 @@ def _launch(spec: dict) -> dict:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(
         f"  {result['name']} seed {result['seed']}: best val {result['best']:.2%}, "
-        f"last {result['last']:.2%} ({time.perf_counter() - started:.0f} s)",
+        f"last {result['last']:.2%}, training {result['seconds']:.2f} s "
+        f"(wall {time.perf_counter() - started:.0f} s)",
         flush=True,
     )
     return result
@@ -131,6 +151,7 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=["one-epoch", "thirty", "cuda"], help="one group of candidates"
     )
+    parser.add_argument("--match", default="", help="only candidates whose name has this regex")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -151,7 +172,7 @@ def main() -> None:
             "data_dir": str(args.data_dir),
         }
         for name, (group, epochs, changes, variant) in CANDIDATES.items()
-        if args.only in (None, group)
+        if args.only in (None, group) and re.search(args.match, name)
         for seed in range(args.seeds)
     ]
     specs.sort(key=lambda spec: -spec["epochs"])  # the long ones first
