@@ -1,6 +1,6 @@
 """Reproduce the bundled model: train the default cnn on MNIST, export it, copy both in.
 
-python scripts/make_pretrained.py --data-dir datafiles [--device cpu]
+python scripts/make_pretrained.py --data-dir datafiles [--device cuda --recipe cpu]
 
 Writes mnist_cli/pretrained/cnn.pt (best.pt of `mnist train` with the default recipe, without
 optimiser state) and mnist_cli/pretrained/cnn.onnx (its checked `mnist export`).
@@ -22,11 +22,16 @@ from mnist_cli.training import default_config, train
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("datafiles"))
-    parser.add_argument("--device", default="cpu", help="its recipe comes with it: cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--recipe",
+        choices=["cpu", "cuda"],
+        help="the recipe to train with (default: the device's); the CPU recipe runs on a GPU too",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         run = train(
-            default_config("cnn", args.device),
+            default_config("cnn", args.recipe or args.device),
             data_dir=args.data_dir,
             out_dir=scratch,
             device=args.device,
