@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import onnx
@@ -81,13 +82,18 @@ def test_old_opset_refused(trained, tmp_path):
     assert caught.value.exit_code == 2
 
 
-def test_int8_export_keeps_accuracy_and_is_smaller(exported, tmp_path):
+def test_int8_export_keeps_accuracy_and_is_smaller(exported, tmp_path, caplog):
     from mnist_cli.evaluation import evaluate_model
 
     result, trained = exported
-    int8 = export_onnx(
-        trained["checkpoint"], tmp_path / "q.onnx", data_dir=trained["data_dir"], quantize="int8"
-    )
+    with caplog.at_level(logging.WARNING):
+        int8 = export_onnx(
+            trained["checkpoint"],
+            tmp_path / "q.onnx",
+            data_dir=trained["data_dir"],
+            quantize="int8",
+        )
+    assert not caplog.records  # e.g. the quantiser's "Axis 1 is out-of-range" for batch norm
     assert int8.quantization == "int8" and int8.reference == "float onnx"
     assert int8.agreement >= 0.99 and int8.size_bytes < result.size_bytes
     meta = {p.key: p.value for p in onnx.load(str(int8.path)).metadata_props}
