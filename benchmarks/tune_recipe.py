@@ -52,6 +52,7 @@ CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
     "cpu 30 ep, pooled after BN-ReLU": ("thirty", 30, {}, {"pool_first": _LAST}),
     "cpu 30 ep, weight average 0.9995": ("thirty", 30, {"weight_average": 0.9995}, {}),
     "cpu 30 ep, label smoothing 0.05": ("thirty", 30, {"label_smoothing": 0.05}, {}),
+    "cpu 30 ep, batch 128, lr 8e-3": ("thirty", 30, {"batch_size": 128, "lr": 8e-3}, {}),
     "cuda 15 ep, lr 4e-3": ("cuda", 15, {"batch_size": 512, "lr": 4e-3}, {}),
     "cuda 15 ep, lr 6e-3": ("cuda", 15, {"batch_size": 512, "lr": 6e-3}, {}),
     "cuda 15 ep, lr 8e-3": ("cuda", 15, {"batch_size": 512, "lr": 8e-3}, {}),
