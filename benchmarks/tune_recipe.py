@@ -112,10 +112,12 @@ def work(spec: dict) -> dict:
 
 
 def _apply_network_variant(variant: dict) -> None:
-    """Make every cnn this process builds the candidate's: other widths or convolutions."""
+    """Make every cnn this process builds the candidate's: its keys that are cnn arguments."""
     from mnist_cli import models, training
 
-    changes = {key: variant[key] for key in ("channels", "convs", "pool_first") if key in variant}
+    changes = {
+        key: value for key, value in variant.items() if key in models.default_arguments("cnn")
+    }
     if changes:
         default = models.default_arguments
         models.default_arguments = lambda arch: (
@@ -144,6 +146,13 @@ def _launch(spec: dict) -> dict:
     return result
 
 
+def _regex(text: str) -> re.Pattern:
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {error}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("datafiles"))
@@ -154,7 +163,9 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=["one-epoch", "thirty", "cuda"], help="one group of candidates"
     )
-    parser.add_argument("--match", default="", help="only candidates whose name has this regex")
+    parser.add_argument(
+        "--match", type=_regex, default="", help="only candidates whose name has this regex"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
