@@ -136,7 +136,7 @@ class Acceleration:
     channels_last: bool  # NHWC convolutions: faster for the cnn on CPU and CUDA alike
     bf16: bool  # autocast matrix work to bfloat16 (CUDA only)
     compile: bool  # torch.compile the network (opt-in: it costs start-up time)
-    fused_optimizer: bool  # one fused AdamW kernel per step (CUDA only)
+    fused_optimizer: bool  # AdamW in one kernel, not a Python loop over the weights (CPU)
     cuda_graphs: bool = False  # replay each whole step as one CUDA graph (CUDA only)
     cudnn_autotune: bool = False  # cuDNN times its kernels once per shape (CUDA only)
 
@@ -147,11 +147,12 @@ def default_acceleration(
     """The settings measured to help on `device` (benchmarks/gpu_check.py for CUDA)."""
     # On an H100 this small net is bound by kernel launches, not arithmetic: bf16 autocast,
     # fused AdamW and torch.compile measured no gain there, one CUDA graph per step does.
+    # On a CPU the unfused AdamW is a loop of small operations per weight tensor.
     return Acceleration(
         channels_last=model == "cnn",
         bf16=False,
         compile=compile,
-        fused_optimizer=False,
+        fused_optimizer=device.type == "cpu",
         cuda_graphs=device.type == "cuda" and not compile,
         # Autotune makes later epochs 20% faster on an H200 but spends ~1.5 s timing kernels
         # in the first: a loss for any run under ~40 epochs (benchmarks/gpu_check.py).

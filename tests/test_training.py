@@ -197,11 +197,13 @@ def test_a_failed_run_leaves_no_empty_out_folder(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_cuda_defaults_are_the_measured_ones():
+def test_device_defaults_are_the_measured_ones():
     from mnist_cli.training import default_acceleration
 
     cuda = default_acceleration(torch.device("cuda"), "cnn")
     assert cuda.channels_last and not cuda.bf16 and not cuda.fused_optimizer
+    cpu = default_acceleration(torch.device("cpu"), "cnn")
+    assert cpu.channels_last and cpu.fused_optimizer and not cpu.cuda_graphs
     assert cuda.cuda_graphs and not cuda.cudnn_autotune  # autotune loses under ~40 epochs
     assert default_acceleration(torch.device("cuda"), "cnn", compile=True).compile
     assert not default_acceleration(torch.device("cpu"), "fc").channels_last
