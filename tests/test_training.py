@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -401,6 +402,36 @@ def test_resume_keeps_the_running_optimisers_device_settings():
     assert group["capturable"] is False and group["lr"] == pytest.approx(0.02)
     assert not isinstance(group["lr"], torch.Tensor)
     resumed.step()  # a CPU step works: no capturable state left behind
+
+
+@pytest.mark.parametrize("saved_fused, running_fused", [(False, True), (True, False)])
+def test_resume_crosses_between_fused_and_looped_adamw(saved_fused, running_fused):
+    # last.pt files from before CPU runs used the fused AdamW hold the looped one's state.
+    from mnist_cli.backends import restore_optimizer
+    from mnist_cli.checkpoints import Checkpoint, TrainState
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    first = torch.optim.AdamW([weight], lr=0.01, fused=saved_fused or None)
+    weight.grad = torch.ones(3)
+    first.step()
+    checkpoint = Checkpoint(
+        architecture="fc",
+        arguments={},
+        state_dict={},
+        normalization={},
+        class_labels=[],
+        val_accuracy=0.0,
+        options={},
+        state=TrainState(),
+        optimizer=copy.deepcopy(first.state_dict()),  # as read back from a file
+    )
+    resumed = torch.optim.AdamW([weight], lr=0.01, fused=running_fused or None)
+    restore_optimizer(resumed, checkpoint)
+    assert bool(resumed.param_groups[0]["fused"]) is running_fused
+    resumed.step()
+    first.step()  # the same second step, taken by the optimiser that saved the state
+    assert float(resumed.state[weight]["step"]) == 2.0
+    assert torch.allclose(resumed.state[weight]["exp_avg"], first.state[weight]["exp_avg"])
 
 
 def test_graph_warmup_leaves_weights_and_optimiser_state_as_they_were():
