@@ -154,8 +154,8 @@ def default_acceleration(
         compile=compile,
         fused_optimizer=device.type == "cpu",
         cuda_graphs=device.type == "cuda" and not compile,
-        # Autotune makes later epochs 20% faster on an H200 but spends ~1.5 s timing kernels
-        # in the first: a loss for any run under ~40 epochs (benchmarks/gpu_check.py).
+        # Autotune speeds later epochs, but its kernel timing in the first costs more, and
+        # varies more, than 30 epochs win back (benchmarks/gpu_check.py, README).
         cudnn_autotune=False,
     )
 
