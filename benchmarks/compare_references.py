@@ -233,9 +233,9 @@ def _goals(example: Outcome, one_epoch: list[Outcome], thirty: list[Outcome]) ->
     mean = statistics.mean(finals)
     print(
         f"- `--epochs 30` best.pt test accuracy, seeds 0-2: {', '.join(f'{a:.2%}' for a in finals)}"
-        f"; mean {mean:.2%} (goal >= 99.70%): {'met' if mean >= 0.997 else 'MISSED'}; "
+        f"; mean {mean:.3%} (goal >= 99.70%): {'met' if mean >= 0.997 else 'MISSED'}; "
         f"the last epoch's weights: {', '.join(f'{a:.2%}' for a in lasts)}, "
-        f"mean {statistics.mean(lasts):.2%}"
+        f"mean {statistics.mean(lasts):.3%}"
     )
 
 
