@@ -374,17 +374,11 @@ def test_the_first_epoch_is_plain_and_augmentation_starts_after_it(data_dir, tmp
     assert len(calls) == 2 * steps
 
 
-def test_resume_keeps_the_running_optimisers_device_settings():
+def _resumed_into(optimizer: torch.optim.Optimizer, saved: dict) -> torch.optim.Optimizer:
+    """`optimizer` after --resume restored the optimiser state `saved` into it."""
     from mnist_cli.backends import restore_optimizer
     from mnist_cli.checkpoints import Checkpoint, TrainState
 
-    weight = torch.nn.Parameter(torch.ones(3))
-    first = torch.optim.AdamW([weight], lr=0.01)
-    weight.grad = torch.ones(3)
-    first.step()
-    saved = first.state_dict()  # as a CUDA-graph run writes it: capturable, lr in a tensor
-    saved["param_groups"][0].update(capturable=True, lr=torch.tensor(0.02))
-    saved["state"][0]["step"] = saved["state"][0]["step"].float()
     checkpoint = Checkpoint(
         architecture="fc",
         arguments={},
@@ -396,37 +390,36 @@ def test_resume_keeps_the_running_optimisers_device_settings():
         state=TrainState(),
         optimizer=saved,
     )
-    resumed = torch.optim.AdamW([weight], lr=0.01)
-    restore_optimizer(resumed, checkpoint)
-    group = resumed.param_groups[0]
+    restore_optimizer(optimizer, checkpoint)
+    return optimizer
+
+
+def test_resume_keeps_the_running_optimisers_device_settings():
+    weight = torch.nn.Parameter(torch.ones(3))
+    first = torch.optim.AdamW([weight], lr=0.01)
+    weight.grad = torch.ones(3)
+    first.step()
+    saved = first.state_dict()  # as a CUDA-graph run writes it: capturable, lr in a tensor
+    saved["param_groups"][0].update(capturable=True, lr=torch.tensor(0.02))
+    saved["state"][0]["step"] = saved["state"][0]["step"].float()
+    restored = _resumed_into(torch.optim.AdamW([weight], lr=0.01), saved)
+    group = restored.param_groups[0]
     assert group["capturable"] is False and group["lr"] == pytest.approx(0.02)
     assert not isinstance(group["lr"], torch.Tensor)
-    resumed.step()  # a CPU step works: no capturable state left behind
+    restored.step()  # a CPU step works: no capturable state left behind
 
 
 @pytest.mark.parametrize("saved_fused, running_fused", [(False, True), (True, False)])
 def test_resume_crosses_between_fused_and_looped_adamw(saved_fused, running_fused):
     # last.pt files from before CPU runs used the fused AdamW hold the looped one's state.
-    from mnist_cli.backends import restore_optimizer
-    from mnist_cli.checkpoints import Checkpoint, TrainState
-
     weight = torch.nn.Parameter(torch.ones(3))
     first = torch.optim.AdamW([weight], lr=0.01, fused=saved_fused or None)
     weight.grad = torch.ones(3)
     first.step()
-    checkpoint = Checkpoint(
-        architecture="fc",
-        arguments={},
-        state_dict={},
-        normalization={},
-        class_labels=[],
-        val_accuracy=0.0,
-        options={},
-        state=TrainState(),
-        optimizer=copy.deepcopy(first.state_dict()),  # as read back from a file
+    saved = copy.deepcopy(first.state_dict())  # as read back from a file
+    resumed = _resumed_into(
+        torch.optim.AdamW([weight], lr=0.01, fused=running_fused or None), saved
     )
-    resumed = torch.optim.AdamW([weight], lr=0.01, fused=running_fused or None)
-    restore_optimizer(resumed, checkpoint)
     assert bool(resumed.param_groups[0]["fused"]) is running_fused
     resumed.step()
     first.step()  # the same second step, taken by the optimiser that saved the state
