@@ -229,6 +229,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="only where a step's time goes")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per short run")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device here")
     if args.source:
