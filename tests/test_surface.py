@@ -144,6 +144,19 @@ def test_the_bundled_model_works_without_params_and_says_so(trained, tmp_path, m
     assert export.exit_code == 1 and "no model at params/best.pt" in export.output
 
 
+@pytest.mark.skipif(not BUNDLED_MODELS["torch"].is_file(), reason="no bundled model")
+def test_the_bundled_model_was_trained_with_the_current_cpu_recipe():
+    from dataclasses import asdict
+
+    from mnist_cli.checkpoints import load_checkpoint
+    from mnist_cli.recipes import default_config
+
+    # A recipe change must come with `python scripts/make_pretrained.py`, or the model is stale.
+    options = load_checkpoint(BUNDLED_MODELS["torch"]).options
+    recipe = asdict(default_config("cnn", "cpu"))
+    assert {name: options.get(name) for name in recipe} == recipe
+
+
 def test_training_writes_its_history_as_csv_and_png(trained):
     rows = (trained["out_dir"] / "history.csv").read_text().splitlines()
     assert rows[0].split(",")[:4] == ["epoch", "train_loss", "val_loss", "val_accuracy"]
