@@ -188,6 +188,25 @@ def _shadowed_gpu_build() -> str | None:
     )
 
 
+def _cuda_provider(device: str) -> tuple[str, dict[str, int]]:
+    """onnxruntime's CUDA provider on the GPU that `device` names ("auto" and "cuda": the first).
+
+    torch is imported first: onnxruntime-gpu's CUDA provider needs the CUDA and cuDNN libraries
+    that torch's own wheels install and load, and it finds them only once they are loaded
+    (onnxruntime's documentation: import torch before the session). Without them it falls back to
+    the CPU, and `provider` says so.
+    """
+    import torch  # loads libcudart, libcublas and libcudnn into the process
+
+    from mnist_cli.devices import resolve_device
+
+    name = check_device_name(device)
+    index = int(name.partition(":")[2] or 0) if name.startswith("cuda") else 0
+    if index and torch.cuda.is_available():
+        resolve_device(name)  # "only 1 CUDA device(s) here", as for a checkpoint, not an EP Error
+    return "CUDAExecutionProvider", {"device_id": index}
+
+
 class OnnxBackend(Backend):
     """An ONNX graph in onnxruntime, checked on open: input, outputs, labels and a dry run."""
 
@@ -199,10 +218,11 @@ class OnnxBackend(Backend):
         self.path = path
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: warnings would clutter the CLI's output
+        onnxruntime.set_default_logger_severity(3)  # the same for warnings before the session's
         available = onnxruntime.get_available_providers()
-        providers = ["CPUExecutionProvider"]
+        providers: list[Any] = ["CPUExecutionProvider"]
         if device != "cpu" and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
+            providers.insert(0, _cuda_provider(device))
         try:
             self.session = onnxruntime.InferenceSession(model, options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types

@@ -326,3 +326,45 @@ def test_a_checkpoint_of_an_older_cnn_layout_opens_and_runs(trained, tmp_path, l
     with torch.no_grad():
         expected = classifier(torch.from_numpy(images))[0].numpy()
     np.testing.assert_allclose(backend.logits(images), expected, rtol=1e-4, atol=1e-5)
+
+
+_CUDA_PROVIDER_PROBE = """
+import sys
+import onnxruntime
+from mnist_cli import backends
+from mnist_cli.options import BackendName
+
+asked = []
+real_session = onnxruntime.InferenceSession
+
+def session(model, options, providers):
+    asked.append([providers, "torch" in sys.modules])
+    return real_session(model, options, providers=["CPUExecutionProvider"])
+
+onnxruntime.get_available_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+onnxruntime.InferenceSession = session
+before = "torch" in sys.modules
+bundled = backends.default_model_path(BackendName.onnxruntime)
+backend = backends.open_model(bundled, device=sys.argv[1])
+print(json.dumps({"before": before, "asked": asked[0], "provider": backend.provider}))
+"""
+
+
+@pytest.mark.parametrize("device, index", [("cuda:1", 1), ("cuda", 0), ("auto", 0)])
+def test_the_cuda_provider_gets_the_named_gpu_and_torch_loaded_first(device, index):
+    # onnxruntime-gpu's CUDA provider finds cuDNN and cuBLAS only once torch has loaded them.
+    # In a fresh process the CPU build stands in for it, and the session opens on the CPU, as it
+    # does where no GPU answers.
+    import subprocess
+    import sys
+
+    probe = "import json\n" + _CUDA_PROVIDER_PROBE
+    done = subprocess.run(
+        [sys.executable, "-c", probe, device], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    cuda = ["CUDAExecutionProvider", {"device_id": index}]
+    assert seen["before"] is False  # nothing else had loaded torch: the backend did
+    assert seen["asked"] == [[cuda, "CPUExecutionProvider"], True]
+    assert seen["provider"] == "CPUExecutionProvider"  # what ran is reported, not what was asked
