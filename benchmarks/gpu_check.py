@@ -13,6 +13,8 @@ Run on a machine with an NVIDIA GPU, MNIST already in --data-dir (or --from a fo
    checkpoints included), and best.pt's test accuracy; then the GPU goals: the fewest epochs
    whose median test accuracy reaches 99.0%, in how many seconds, and `--epochs 30`'s seconds.
    The process is warm by then (part 2 paid for CUDA's start-up), as in a long-lived trainer.
+   `--batch-size` and `--lr` run parts 2 and 3 with another batch or peak learning rate (run
+   the script twice on one machine to compare); `--goals-only` runs part 3 alone.
 4. Where a step's GPU time goes (`--profile` alone, about a minute): the captured step with and
    without augmentation, each augmentation stage captured alone, and the busiest kernels.
 """
@@ -89,10 +91,16 @@ def settings_table(data_dir: Path, device: torch.device, epochs: int) -> None:
 
 
 def recipe(
-    data_dir: Path, device: torch.device, epochs: int | None, *, per_epoch: bool, seed: int = 0
+    data_dir: Path,
+    device: torch.device,
+    epochs: int | None,
+    *,
+    per_epoch: bool,
+    seed: int = 0,
+    changes: dict | None = None,
 ) -> tuple[float, float]:
     """Train the CUDA recipe once; print and return its training seconds and best.pt's test."""
-    config = default_config("cnn", "cuda", epochs=epochs, seed=seed)
+    config = default_config("cnn", "cuda", epochs=epochs, seed=seed, **(changes or {}))
     with tempfile.TemporaryDirectory() as out:
         probe = TestEveryEpoch(Path(out), data_dir, str(device)) if per_epoch else EpochTimes()
         started = time.perf_counter()
@@ -109,7 +117,8 @@ def recipe(
         )
     else:
         print(
-            f"`mnist train --device cuda --epochs {config.epochs} --seed {seed}`: training "
+            f"`mnist train --device cuda --epochs {config.epochs} --seed {seed}{_flags(changes)}`: "
+            f"training "
             f"{sum(probe.seconds):.2f} s, wall {wall:.2f} s (no per-epoch test scoring); "
             f"best.pt test accuracy {best.accuracy:.2%}",
             flush=True,
@@ -117,11 +126,20 @@ def recipe(
     return (probe.elapsed if per_epoch else sum(probe.seconds)), best.accuracy
 
 
-def goals(data_dir: Path, device: torch.device, seeds: int) -> None:
+def _flags(changes: dict | None) -> str:
+    """The command-line options that `changes` stands for, as `mnist train` spells them."""
+    given = {key: value for key, value in (changes or {}).items() if value is not None}
+    return "".join(f" --{key.replace('_', '-')} {value:g}" for key, value in given.items())
+
+
+def goals(data_dir: Path, device: torch.device, seeds: int, changes: dict | None = None) -> None:
     """Short runs over several seeds, then the GPU goals: 99.0% in <= 1 s, 30 epochs in <= 5 s."""
     print()
     runs = {
-        epochs: [recipe(data_dir, device, epochs, per_epoch=False, seed=s) for s in range(seeds)]
+        epochs: [
+            recipe(data_dir, device, epochs, per_epoch=False, seed=s, changes=changes)
+            for s in range(seeds)
+        ]
         for epochs in (1, 2, 3, 30)
     }
     medians = {
@@ -228,23 +246,32 @@ def main() -> None:
     parser.add_argument("--skip-settings", action="store_true", help="only the recipes")
     parser.add_argument("--profile", action="store_true", help="only where a step's time goes")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per short run")
+    parser.add_argument("--batch-size", type=int, help="try another batch (the recipe's otherwise)")
+    parser.add_argument("--lr", type=float, help="try another peak learning rate")
+    parser.add_argument("--goals-only", action="store_true", help="only the seeds and the goals")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    changes = {"batch_size": args.batch_size, "lr": args.lr}
+    try:
+        default_config("cnn", "cuda", **changes)
+    except ValueError as error:
+        parser.error(str(error))
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device here")
     if args.source:
         import_mnist(args.data_dir, args.source)
     device = torch.device("cuda")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
-    print(describe_recipe(default_config("cnn", "cuda"), "cuda"))
+    print(describe_recipe(default_config("cnn", "cuda", **changes), "cuda"))
     if args.profile:
         step_profile(args.data_dir, device)
         return
-    if not args.skip_settings:
+    if not (args.skip_settings or args.goals_only):
         settings_table(args.data_dir, device, args.settings_epochs)
-    recipe(args.data_dir, device, None, per_epoch=True)
-    goals(args.data_dir, device, args.seeds)
+    if not args.goals_only:
+        recipe(args.data_dir, device, None, per_epoch=True, changes=changes)
+    goals(args.data_dir, device, args.seeds, changes)
 
 
 if __name__ == "__main__":

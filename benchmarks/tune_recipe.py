@@ -39,6 +39,7 @@ CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
     "cpu 30 ep, one conv per stage": ("thirty", 30, {}, {"convs": [1, 1, 1]}),
     "cpu 30 ep, warps only": ("thirty", 30, {"thickness": 0.0, "styles": 0.0}, {}),
     "cpu 30 ep, lr 3e-3": ("thirty", 30, {"lr": 3e-3}, {}),
+    "cpu 30 ep, lr 1.2e-2": ("thirty", 30, {"lr": 1.2e-2}, {}),
     "cpu 30 ep, 20-40-80": ("thirty", 30, {}, {"channels": [20, 40, 80]}),
     "cpu 30 ep, 16-32-96": ("thirty", 30, {}, {"channels": [16, 32, 96]}),
     "cpu 30 ep, 24-48-96": ("thirty", 30, {}, {"channels": [24, 48, 96]}),
@@ -59,6 +60,8 @@ CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
     "cuda 30 ep, batch 512, lr 6e-3": ("cuda", 30, {"batch_size": 512, "lr": 6e-3}, {}),
     "cuda 30 ep, batch 1024, lr 8e-3": ("cuda", 30, {"batch_size": 1024, "lr": 8e-3}, {}),
     "cuda 30 ep, batch 1024, lr 1.2e-2": ("cuda", 30, {"batch_size": 1024, "lr": 1.2e-2}, {}),
+    "cuda 30 ep, batch 2048, lr 1.2e-2": ("cuda", 30, {"batch_size": 2048, "lr": 1.2e-2}, {}),
+    "cuda 30 ep, batch 2048, lr 1.6e-2": ("cuda", 30, {"batch_size": 2048, "lr": 1.6e-2}, {}),
     "cuda 30 ep, batch 1024, lr 8e-3, pool first at 28x28": (
         "cuda",
         30,
