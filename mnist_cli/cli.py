@@ -184,14 +184,14 @@ def train(
             "--batch-size",
             "-b",
             help="Images per step, across all processes under torchrun. "
-            "\\[default: cnn 128 on CPU, 1024 on CUDA; fc 256]",
+            "\\[default: cnn 128 on CPU, 2048 on CUDA; fc 256]",
         ),
     ] = None,
     lr: Annotated[
         float | None,
         typer.Option(
             help="Peak learning rate of the one-cycle schedule. "
-            "\\[default: cnn 8e-3 on CPU, 8e-3 on CUDA; fc 1e-3]"
+            "\\[default: cnn 8e-3 on CPU, 1.2e-2 on CUDA; fc 1e-3]"
         ),
     ] = None,
     seed: Annotated[

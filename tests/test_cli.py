@@ -331,4 +331,5 @@ def test_train_help_states_each_recipes_batch_and_peak_lr():
     for (model, device), recipe in RECIPES.items():
         kind = "" if model == "fc" else f" on {device.upper() if device == 'cuda' else 'CPU'}"
         assert f"{recipe.batch_size}{kind}" in help_text, (model, device)
-        assert f"{recipe.lr:.0e}".replace("e-0", "e-") + kind in help_text, (model, device)
+        lr = f"{recipe.lr:.1e}".replace(".0e", "e").replace("e-0", "e-")  # 8e-3, 1.2e-2
+        assert lr + kind in help_text, (model, device)
