@@ -27,7 +27,8 @@ _AT_28, _LAST = [True, False, False], [False, False, False]  # where a stage poo
 # name: (group, epochs, changes to the CPU recipe, variant of the network or of the schedule)
 # A variant is tried here before it could become a recipe value: {"channels": [...]},
 # {"convs": [...]} and {"pool_first": [...]} replace the cnn's widths, convolutions and pooling
-# order per stage, {"plain_tail": K} trains the last K epochs without augmentation.
+# order per stage, {"plain_tail": K} trains the last K epochs without augmentation, {"warp": {...}}
+# replaces the affine warp's ranges (max_degrees, max_scale, max_shift_pixels).
 CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
     "cpu 1 ep, recipe": ("one-epoch", 1, {}, {}),
     "cpu 1 ep, augmented from the start": ("one-epoch", 1, {"plain_epochs": 0}, {}),
@@ -49,6 +50,19 @@ CANDIDATES: dict[str, tuple[str, int, dict, dict]] = {
     "cpu 30 ep, two convs in the last stage": ("thirty", 30, {}, {"convs": [1, 1, 2]}),
     "cpu 30 ep, two convs in every stage": ("thirty", 30, {}, {"convs": [2, 2, 2]}),
     "cpu 30 ep, last 4 epochs plain": ("thirty", 30, {}, {"plain_tail": 4}),
+    "cpu 30 ep, stronger warps (15 deg, 15%, 3 px)": (
+        "thirty",
+        30,
+        {},
+        {"warp": {"max_degrees": 15.0, "max_scale": 0.15, "max_shift_pixels": 3.0}},
+    ),
+    "cpu 30 ep, weaker warps (5 deg, 5%, 1 px)": (
+        "thirty",
+        30,
+        {},
+        {"warp": {"max_degrees": 5.0, "max_scale": 0.05, "max_shift_pixels": 1.0}},
+    ),
+    "cpu 30 ep, styles and thickness 0.15": ("thirty", 30, {"styles": 0.15, "thickness": 0.15}, {}),
     "cpu 30 ep, pool first at 28x28": ("thirty", 30, {}, {"pool_first": _AT_28}),
     "cpu 30 ep, pooled after BN-ReLU": ("thirty", 30, {}, {"pool_first": _LAST}),
     "cpu 30 ep, weight average 0.9995": ("thirty", 30, {"weight_average": 0.9995}, {}),
@@ -87,6 +101,12 @@ def work(spec: dict) -> dict:
     torch.set_num_threads(1)
     variant = spec["variant"]
     _apply_network_variant(variant)
+    if "warp" in variant:  # looked up by `augment` at each call, so the patch reaches it
+        from functools import partial
+
+        from mnist_cli import augmentation
+
+        augmentation.random_affine = partial(augmentation.random_affine, **variant["warp"])
     plain_from = spec["epochs"] - variant.get("plain_tail", 0)  # first epoch (0-based) unaugmented
     if plain_from < spec["epochs"]:
         loss = training.batch_loss
