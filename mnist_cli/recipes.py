@@ -24,8 +24,9 @@ class TrainConfig:
     weight_decay: float = 5e-4  # AdamW's decoupled decay, a mild regulariser
     augment: bool = True  # style strokes, stroke thickness, rotation, scale and shift
     plain_epochs: int = 1  # unaugmented first: variety only slows a net that saw nothing yet
-    thickness: float = 0.3  # share of images drawn thicker or thinner (felt pens, fine pens)
-    styles: float = 0.3  # share of 0s, 1s and 7s given a slash or dot, a flag and foot, a bar
+    thickness: float = 0.15  # share drawn thicker or thinner (felt pens, fine pens)
+    styles: float = 0.15  # share of 0s, 1s and 7s given a slash or dot, a flag and foot, a bar;
+    # 0.15 for both led 0.3 on validation after 30 epochs (99.65% against 99.59%, 4 seeds)
     label_smoothing: float = 0.1  # keeps logits calibrated; a small gain with augmentation
     warmup: float = 0.25  # share of all steps spent rising to the peak learning rate
     weight_average: float = 0.999  # validate and save the weights' moving average: steadier
@@ -39,6 +40,8 @@ RECIPES = {
     ("cnn", "cuda"): TrainConfig(
         batch_size=2048,  # one CUDA graph per step: 35% less time than 1024, same validation
         lr=1.2e-2,  # batch 16x the CPU's; with 2048, 1.2e-2 tied 1024's 8e-3 on validation
+        thickness=0.3,  # the shares it was measured with; 0.15 was tried on the CPU recipe only
+        styles=0.3,
     ),
     ("fc", "cpu"): TrainConfig(
         model="fc",
