@@ -191,10 +191,10 @@ def _shadowed_gpu_build() -> str | None:
 def _cuda_provider(device: str) -> tuple[str, dict[str, int]]:
     """onnxruntime's CUDA provider on the GPU that `device` names ("auto" and "cuda": the first).
 
-    torch is imported first: onnxruntime-gpu's CUDA provider needs the CUDA and cuDNN libraries
-    that torch's own wheels install and load, and it finds them only once they are loaded
-    (onnxruntime's documentation: import torch before the session). Without them it falls back to
-    the CPU, and `provider` says so.
+    torch is imported first: onnxruntime-gpu's CUDA provider needs the CUDA and cuDNN libraries,
+    and where they are not installed system-wide it finds torch's copies only once torch has
+    loaded them (onnxruntime's documentation: import torch before the session). Without them it
+    falls back to the CPU, and `provider` says so.
     """
     import torch  # loads libcudart, libcublas and libcudnn into the process
 
