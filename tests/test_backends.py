@@ -329,6 +329,7 @@ def test_a_checkpoint_of_an_older_cnn_layout_opens_and_runs(trained, tmp_path, l
 
 
 _CUDA_PROVIDER_PROBE = """
+import json
 import sys
 import onnxruntime
 from mnist_cli import backends
@@ -352,15 +353,20 @@ print(json.dumps({"before": before, "asked": asked[0], "provider": backend.provi
 
 @pytest.mark.parametrize("device, index", [("cuda:1", 1), ("cuda", 0), ("auto", 0)])
 def test_the_cuda_provider_gets_the_named_gpu_and_torch_loaded_first(device, index):
-    # onnxruntime-gpu's CUDA provider finds cuDNN and cuBLAS only once torch has loaded them.
-    # In a fresh process the CPU build stands in for it, and the session opens on the CPU, as it
-    # does where no GPU answers.
+    # Where CUDA is not installed system-wide, onnxruntime-gpu's CUDA provider finds cuDNN and
+    # cuBLAS only once torch has loaded them. In a fresh process the CPU build stands in for it,
+    # and the session opens on the CPU, as it does where no GPU answers. No GPU is visible to the
+    # probe, so that "cuda:1" is not refused on a machine with one GPU.
+    import os
     import subprocess
     import sys
 
-    probe = "import json\n" + _CUDA_PROVIDER_PROBE
     done = subprocess.run(
-        [sys.executable, "-c", probe, device], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _CUDA_PROVIDER_PROBE, device],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
