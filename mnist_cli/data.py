@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_cli.errors import DataError, OptionError
+from mnist_cli.files import MISSING, path_problem
 
 DEFAULT_DATA_DIR = Path("datafiles")  # as in the tutorial
 CLASS_LABELS = [str(digit) for digit in range(10)]
@@ -134,11 +135,14 @@ def load_split(data_dir: Path | str, split: str) -> Split:
     arrays = []
     for name, is_labels in ((images_name, False), (labels_name, True)):
         path = folder / name
-        if not path.is_file():
+        problem = path_problem(path)
+        if problem == MISSING:
             raise DataError(
                 f"MNIST {split} data not found: {path} is missing",
                 hint="run `mnist download` (or `mnist download --from FOLDER` offline)",
             )
+        if problem is not None:
+            raise DataError(f"{path}: {problem}", hint=_FIX)
         data = read_idx_bytes(path, kind=name)
         if len(data) == OFFICIAL_SIZES[name] and md5_of(data) != OFFICIAL_MD5[name]:
             raise DataError(

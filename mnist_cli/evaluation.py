@@ -14,7 +14,7 @@ import numpy as np
 from mnist_cli.backends import Backend, BackendName, log_softmax, open_model
 from mnist_cli.data import CLASS_LABELS, Split, load_split
 from mnist_cli.errors import DataError
-from mnist_cli.files import atomic_write
+from mnist_cli.files import atomic_write, check_writable
 
 
 @dataclass
@@ -121,7 +121,10 @@ def load_image_folder(folder: Path | str) -> LabelledImages:
         except ImageError as error:
             skipped.append((path, error.message.removeprefix(f"{path}: ")))
     if not pixels:
-        raise DataError(f"--images {folder}: no readable images in 0/ ... 9/", hint=_LAYOUT)
+        named = ", ".join(f"{path} ({why.removesuffix('; skipped')})" for path, why in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        found = f"; skipped: {named}{more}" if skipped else ""
+        raise DataError(f"--images {folder}: no readable images in 0/ ... 9/{found}", hint=_LAYOUT)
     return LabelledImages(np.stack(pixels), np.array(labels, np.int64), skipped)
 
 
@@ -172,13 +175,15 @@ def save_confusion_plot(report: Report, path: Path) -> Path:
 
 
 def check_image_path(path: Path, *, option: str) -> None:
-    """Refuse, before any work, an output picture path that cannot be a PNG file."""
+    """Refuse, before any work, an output picture path that cannot be a PNG file or cannot be
+    written."""
     from mnist_cli.errors import OptionError
 
     if path.is_dir():
         raise OptionError(f"{option} {path}: is a folder; give a file name such as {path}/x.png")
     if path.suffix.lower() != ".png":
         raise OptionError(f"{option} {path}: the picture is a PNG; give a name ending in .png")
+    check_writable(path, option=option)
 
 
 def save_error_grid(errors: Misclassified, path: Path | str, *, columns: int = 16) -> Path:

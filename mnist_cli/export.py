@@ -21,7 +21,13 @@ from mnist_cli.backends import (
     open_model,
 )
 from mnist_cli.errors import MnistError, OptionError
-from mnist_cli.files import ONNX_FILE, atomic_write, describe_bytes
+from mnist_cli.files import (
+    ONNX_FILE,
+    atomic_write,
+    check_writable,
+    describe_bytes,
+    real_target,
+)
 from mnist_cli.options import Quantization
 
 if TYPE_CHECKING:
@@ -96,7 +102,8 @@ def export_onnx(
     checkpoint, out = Path(checkpoint), Path(out)
     quantize = Quantization(quantize) if quantize is not None else None
     _check_opset(opset)
-    _check_target(out, checkpoint, overwrite=overwrite)
+    target = _check_target(out, checkpoint, overwrite=overwrite)
+    check_writable(target, option="--out")
     try:
         reference = open_model(checkpoint, backend=BackendName.torch, device="cpu")
     except BackendMismatch:
@@ -108,7 +115,7 @@ def export_onnx(
     data = _checked_bytes(_to_onnx(reference, opset), metadata, "exported graph")
     images, real = _check_images(data_dir, check_images)
     expected = reference.probabilities(images)
-    got = OnnxBackend(data, str(out), "cpu").probabilities(images)
+    got = OnnxBackend(data, f"the graph exported from {checkpoint}", "cpu").probabilities(images)
     diff = float(np.abs(got - expected).max())
     same = bool((got.argmax(1) == expected.argmax(1)).all())
     if not diff <= MAX_PROBABILITY_DIFF or not same:  # `not <=` also fails on NaN
@@ -117,10 +124,18 @@ def export_onnx(
             f"same predictions: {same}); nothing written to {out}"
         )
     if quantize is None:
-        atomic_write(out, lambda handle: handle.write(data))
+        atomic_write(target, lambda handle: handle.write(data))
         return ExportResult(out, opset, len(images), real, diff, same, len(data))
     return _export_int8(
-        data, {**metadata, "quantization": _INT8_NOTE}, out, opset, images, real, data_dir, got
+        data,
+        {**metadata, "quantization": _INT8_NOTE},
+        out,
+        target,
+        opset,
+        images,
+        real,
+        data_dir,
+        got,
     )
 
 
@@ -135,21 +150,24 @@ def _check_opset(opset: int) -> None:
         )
 
 
-def _check_target(out: Path, checkpoint: Path, *, overwrite: bool) -> None:
-    """Refuse to write over the input, a folder, a special file or a file we did not make."""
-    if out.is_dir():
+def _check_target(out: Path, checkpoint: Path, *, overwrite: bool) -> Path:
+    """The real file `out` names (links and `..` resolved), refused if it is the checkpoint
+    (by identity, not spelling), a folder, a special file or a file we did not make."""
+    target = real_target(out)
+    if target.is_dir():
         raise OptionError(f"--out {out}: is a folder; give a file name such as {out}/model.onnx")
-    if not out.exists():
-        return
-    if checkpoint.exists() and os.path.samefile(out, checkpoint):
+    if not target.exists():
+        return target
+    if checkpoint.exists() and os.path.samefile(target, checkpoint):
         raise OptionError(f"--out {out} is the checkpoint being exported; choose another file")
-    if not out.is_file():
+    if not target.is_file():
         raise OptionError(f"--out {out}: not a regular file")
-    if not overwrite and not _written_by_us(out):
+    if not overwrite and not _written_by_us(target):
         raise ExportError(
             f"{out} exists and was not written by `mnist export`; nothing was changed",
             hint="pass --overwrite to replace it, or choose another --out",
         )
+    return target
 
 
 def _written_by_us(path: Path) -> bool:
@@ -226,6 +244,7 @@ def _export_int8(
     float_data: bytes,
     metadata: dict[str, str],
     out: Path,
+    target: Path,
     opset: int,
     images: np.ndarray,
     real: bool,
@@ -234,14 +253,14 @@ def _export_int8(
 ) -> ExportResult:
     """Quantise the checked float graph, compare it with that graph, and save it."""
     data = _checked_bytes(_quantize_int8(float_data, data_dir), metadata, "int8 graph")
-    probabilities = OnnxBackend(data, str(out), "cpu").probabilities(images)
+    probabilities = OnnxBackend(data, "the int8 graph", "cpu").probabilities(images)
     agreement = float((probabilities.argmax(1) == float_probabilities.argmax(1)).mean())
     if agreement < MIN_INT8_AGREEMENT:
         raise ExportError(
             f"the int8 model agrees with the float one on only {agreement:.1%} of "
             f"{len(images)} images; nothing written to {out}"
         )
-    atomic_write(out, lambda handle: handle.write(data))
+    atomic_write(target, lambda handle: handle.write(data))
     return ExportResult(
         out,
         opset,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -19,20 +20,112 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+Writer = Callable[[BinaryIO], None]
+
+
+def atomic_write(path: Path, write: Writer) -> None:
     """Let `write` fill a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    atomic_write_all({path: write})
+
+
+def atomic_write_all(files: Mapping[Path, Writer]) -> None:
+    """Write every file beside its target first, then rename them all into place.
+
+    If any write fails (a full disk, Ctrl-C), no target is touched: the set changes as one.
+    Errors name the real file, never the temporary one.
+    """
+    written: list[tuple[str, Path]] = []
+    try:
+        for path, write in files.items():
+            written.append((_write_beside(path, write), path))
+        for tmp, path in written:
+            try:
+                os.replace(tmp, path)
+            except OSError as error:
+                raise _cannot_write(path, error) from None
+    finally:
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _write_beside(path: Path, write: Writer) -> str:
+    """A complete, synced temporary copy of `path`'s new content in its folder; its name."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    except OSError as error:
+        raise _cannot_write(path, error) from None
     try:
         with os.fdopen(fd, "wb") as out:
             write(out)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _cannot_write(path, error) from None
         raise
+    return tmp
+
+
+def _cannot_write(path: Path, error: OSError) -> OutputError:
+    return OutputError(
+        f"{path}: cannot be written ({error.strerror or error}); the previous file is unchanged"
+    )
+
+
+def check_writable(path: Path, *, option: str) -> None:
+    """Refuse, before any work, an output file that could not be written when the work is done.
+
+    The file may not be a folder or a special file, and its folder (or the nearest one that
+    exists, where it would be created) must take a new file: tried, not guessed from modes.
+    """
+    problem = path_problem(path)
+    if problem not in (None, MISSING):
+        raise OutputError(f"{option} {path}: {problem}; cannot write a file there")
+    folder = path.parent
+    while not folder.exists():
+        if folder.is_symlink() or folder == folder.parent:
+            raise OutputError(f"{option} {path}: its folder {folder} cannot be created")
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{option} {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".mnist-probe.")
+    except OSError as error:
+        raise OutputError(
+            f"{option} {path}: cannot write in {folder} ({error.strerror or error})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+MISSING = "no such file"
+
+
+def path_problem(path: Path | str) -> str | None:
+    """Why `path` is not a regular file to read, in words (None when it is one)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        return MISSING
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "a device") + " (not a regular file)"
+
+
+def real_target(path: Path) -> Path:
+    """The file that writing `path` would replace: links and `..` resolved as the kernel will,
+    with the folders that do not exist yet counted as the plain folders they will be made."""
+    return Path(os.path.realpath(path))
 
 
 @contextmanager

@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mnist_cli.files import path_problem
+
 IMAGE_SUFFIXES = {
     ".png",
     ".jpg",
@@ -55,16 +57,21 @@ def expand_paths(paths: Sequence[str]) -> Iterator[tuple[str, str | None]]:
             yield raw, "no such file or folder"
 
 
-_SPECIAL = "not a regular file (a FIFO, socket or device); skipped"
-
-
-def _walk(folder: Path) -> Iterator[tuple[str, str | None]]:
-    """The image files below `folder`; special files among them come with a reason."""
-    for directory, _, files in os.walk(folder, followlinks=False):
-        for name in files:
+def _walk(folder: Path, *, all_files: bool = False) -> Iterator[tuple[str, str | None]]:
+    """The image files below `folder`; special files among them come with a reason, and with
+    `all_files` every other file too (hidden ones aside)."""
+    for directory, folders, files in os.walk(folder, followlinks=False):
+        folders.sort()
+        for name in sorted(files):
+            path = os.path.join(directory, name)
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                path = os.path.join(directory, name)
-                yield path, None if os.path.isfile(path) else _SPECIAL
+                problem = path_problem(path)
+                yield path, None if problem is None else f"{problem}; skipped"
+            elif all_files and not name.startswith("."):
+                yield path, _NOT_AN_IMAGE
+
+
+_NOT_AN_IMAGE = "not an image file name (.png, .jpg, ...); skipped"
 
 
 def _glob(pattern: str) -> Iterator[str]:
@@ -103,8 +110,23 @@ def _matches(parts: list[str], pattern: list[str]) -> bool:
 
 
 def class_folders(folder: Path, labels: Sequence[str]) -> Iterator[tuple[str, str, str | None]]:
-    """(file, label, problem) for each image in FOLDER/<label>/ (torchvision's ImageFolder)."""
-    for label in labels:
-        if (folder / label).is_dir():
-            for path, problem in _walk(folder / label):
-                yield path, label, problem
+    """(file, label, problem) for each image in FOLDER/<label>/ (torchvision's ImageFolder).
+
+    Nothing is dropped in silence: every other entry of FOLDER (a folder not named after a
+    label, a loose file) and every file below a label's folder that is no image comes with a
+    problem. Hidden names (".DS_Store", ".git") are passed over, as `ls` does.
+    """
+    for entry in sorted(os.scandir(folder), key=lambda item: item.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.name in labels and entry.is_dir():
+            for path, problem in _walk(Path(entry.path), all_files=True):
+                yield path, entry.name, problem
+        elif entry.is_dir():
+            yield (
+                entry.path,
+                "",
+                f"a folder not named after a class ({labels[0]} to {labels[-1]}); skipped",
+            )
+        else:
+            yield entry.path, "", "not inside a class folder; skipped"

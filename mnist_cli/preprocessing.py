@@ -6,16 +6,16 @@ numpy and Pillow only: the onnxruntime path of `mnist predict` must not import t
 from __future__ import annotations
 
 import io
-import os
-import stat
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mnist_cli.errors import MnistError
+from mnist_cli.files import path_problem
 
 MAX_PIXELS = 50_000_000  # larger canvases are refused before decoding (decompression bombs)
 MAX_SIDE = 1024  # larger images are reduced first: the digit ends up 20 px tall anyway
@@ -35,18 +35,30 @@ def open_image(path: Path | str) -> Image.Image:
     Only regular files are read: a FIFO, socket or device would block or never end.
     """
     path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as error:
-        raise ImageError(f"{path}: cannot be read ({error.strerror})") from error
-    if stat.S_ISDIR(mode):
-        raise ImageError(f"{path}: is a folder, not an image")
-    if not stat.S_ISREG(mode):
-        raise ImageError(f"{path}: not a regular file (a FIFO, socket or device); skipped")
+    problem = path_problem(path)
+    if problem is not None:
+        raise ImageError(f"{path}: {problem}; skipped")
     return _decode(path, str(path))
 
 
-def _decode(source: Path | BinaryIO, name: str) -> Image.Image:
+class PixelBudget:
+    """How many pixels one request may still decode, summed over its images (after JPEG's
+    draft), so that a request costs at most a known multiple of a normal one."""
+
+    def __init__(self, pixels: int) -> None:
+        self.total = self.left = pixels
+
+    def take(self, image: Image.Image, name: str) -> None:
+        width, height = image.size
+        if width * height > self.left:
+            raise ImageError(
+                f"{name}: {width}x{height} is more than this request may decode "
+                f"({self.left:,} of {self.total:,} pixels left)"
+            )
+        self.left -= width * height
+
+
+def _decode(source: Path | BinaryIO, name: str, budget: PixelBudget | None = None) -> Image.Image:
     """Decode a file or an in-memory upload with the same limits."""
     try:
         with warnings.catch_warnings():
@@ -62,10 +74,16 @@ def _decode(source: Path | BinaryIO, name: str) -> Image.Image:
     if width * height > MAX_PIXELS:
         raise ImageError(f"{name}: {width}x{height} is too large (over {MAX_PIXELS:,} pixels)")
     try:
-        image.seek(0)  # first frame of an animation
-        image.draft("L", (MAX_SIDE, MAX_SIDE))  # JPEG decodes at 1/2, 1/4 or 1/8 scale
-        image.load()
-        return _shrink(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd files: the result decides
+            image.seek(0)  # first frame of an animation
+            image.draft("L", (MAX_SIDE, MAX_SIDE))  # JPEG decodes at 1/2, 1/4 or 1/8 scale
+            if budget is not None:
+                budget.take(image, name)
+            image.load()
+            return _shrink(image)
+    except ImageError:
+        raise
     except Exception as error:  # Pillow's decoders raise many types on damaged files
         raise ImageError(f"{name}: damaged image ({_reason(error)})") from error
 
@@ -89,7 +107,14 @@ _REDUCIBLE = {"L", "LA", "RGB", "RGBA", "I", "F"}
 
 
 def _reason(error: BaseException) -> str:
-    return str(error).split(" (")[0] or type(error).__name__
+    """A library's message in a few words, without the object reprs Pillow puts in them."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not a format Pillow can read"
+    text = _OBJECT_REPR.sub("", str(error).split(" (")[0]).strip(" :")
+    return text or type(error).__name__
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
@@ -209,9 +234,11 @@ def load_digit(path: Path | str, *, raw: bool = False) -> np.ndarray:
     return _digit(open_image(path), str(path), raw=raw)
 
 
-def digit_from_bytes(data: bytes, *, name: str = "upload", raw: bool = False) -> np.ndarray:
+def digit_from_bytes(
+    data: bytes, *, name: str = "upload", raw: bool = False, budget: PixelBudget | None = None
+) -> np.ndarray:
     """The same as `load_digit`, for an image held in memory (an HTTP upload)."""
-    return _digit(_decode(io.BytesIO(data), name), name, raw=raw)
+    return _digit(_decode(io.BytesIO(data), name, budget), name, raw=raw)
 
 
 def _digit(image: Image.Image, name: str, *, raw: bool) -> np.ndarray:

@@ -7,7 +7,7 @@ import torch
 
 from mnist_cli.backends import network_from_checkpoint
 from mnist_cli.checkpoints import Checkpoint, TrainState, load_checkpoint, save_checkpoint
-from mnist_cli.errors import CheckpointError
+from mnist_cli.errors import CheckpointError, OutputError
 from mnist_cli.models import build_model, default_arguments
 
 
@@ -73,7 +73,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="last.pt: cannot be written .disk full."):
         save_checkpoint(payload(model), target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

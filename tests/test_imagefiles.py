@@ -49,5 +49,10 @@ def test_class_folders_take_only_the_named_labels(tmp_path):
     _png(tmp_path / "3" / "a.png")
     _png(tmp_path / "7" / "deep" / "b.png")
     _png(tmp_path / "notes" / "c.png")
-    found = [(os.path.basename(p), label) for p, label, _ in class_folders(tmp_path, ["3", "7"])]
-    assert found == [("a.png", "3"), ("b.png", "7")]
+    found = list(class_folders(tmp_path, ["3", "7"]))
+    assert [(os.path.basename(p), label) for p, label, why in found if why is None] == [
+        ("a.png", "3"),
+        ("b.png", "7"),
+    ]
+    skipped = {os.path.basename(p): why for p, _, why in found if why is not None}
+    assert skipped == {"notes": "a folder not named after a class (3 to 7); skipped"}

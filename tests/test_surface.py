@@ -193,7 +193,7 @@ def test_own_digits_in_class_folders(trained, tmp_path, monkeypatch):
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(255 - test.images[i]).resize((64, 64)).save(folder / f"{i}.png")
     (tmp_path / "mine" / "3" / "broken.png").write_bytes(b"\x89PNG nope")
-    (tmp_path / "mine" / "notes").mkdir()  # not a digit: ignored
+    (tmp_path / "mine" / "notes").mkdir()  # not a digit: named among the skipped
     monkeypatch.setenv("MNIST_IMAGES_DIR", str(tmp_path / "mine"))
     result = runner.invoke(
         app,
@@ -203,7 +203,7 @@ def test_own_digits_in_class_folders(trained, tmp_path, monkeypatch):
     report = json.loads(result.stdout)
     assert report["images"] == 60 and report["accuracy"] > 0.8
     assert sum(c["support"] for c in report["classes"]) == 60
-    assert [Path(p).name for p, _ in report["skipped"]] == ["broken.png"]
+    assert [Path(p).name for p, _ in report["skipped"]] == ["broken.png", "notes"]
     assert "broken.png" in result.stderr and (tmp_path / "e.png").is_file()
 
 
