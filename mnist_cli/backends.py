@@ -6,8 +6,7 @@ in [0, 1] and returns logits and probabilities. The onnxruntime path never impor
 
 from __future__ import annotations
 
-import os
-import stat
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,8 @@ import numpy as np
 from mnist_cli.data import CLASS_LABELS
 from mnist_cli.devices import check_device_name
 from mnist_cli.errors import MnistError, first_line
-from mnist_cli.files import ONNX_FILE, TORCH_FILE, describe_bytes
+from mnist_cli.files import MISSING, ONNX_FILE, TORCH_FILE, describe_bytes, path_problem
+from mnist_cli.onnxgraph import GraphReadError, control_flow
 from mnist_cli.options import BackendName
 
 if TYPE_CHECKING:
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 IMAGE_SHAPE = (1, 28, 28)
 MAX_MODEL_BYTES = 256 << 20  # a digit model is ~100 KB; anything this large is not one
 _CHUNK = 1000  # images per call when the model takes any batch size
+MAX_SCORE = 1e4  # a digit model's logits stay within tens; beyond this a file is broken
+SAMPLE_DIGITS = Path(__file__).resolve().parent / "samples" / "digits.npy"  # MNIST test 0-9
+DRY_RUN_SECONDS = 10.0  # a digit model answers 11 images in milliseconds
 
 
 DEFAULT_MODELS = {
@@ -69,7 +72,11 @@ class Backend:
         return Path(self.path).resolve().parent == PRETRAINED_DIR
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        """Logits (N x classes, float32), run in chunks the model accepts."""
+        """Logits (N x classes, float32), run in chunks the model accepts.
+
+        Scores that are not finite, or out of any sane range, or a wrong number of rows make
+        the model refused (ModelError): a NaN is never counted as a digit.
+        """
         if images.dtype != np.float32 or images.shape[1:] != IMAGE_SHAPE:
             raise ValueError(f"expected float32 N x 1 x 28 x 28, got {images.dtype} {images.shape}")
         size = self.batch or _CHUNK
@@ -83,7 +90,31 @@ class Backend:
         count = len(images)
         if self.batch is not None and count < size:  # pad a fixed-batch model's last chunk
             images = np.concatenate([images, np.zeros((size - count, *IMAGE_SHAPE), np.float32)])
-        return np.asarray(self._run(images), dtype=np.float32)[:count]
+        scores = np.asarray(self._run(images), dtype=np.float32)
+        expected = (len(images), len(self.labels))
+        if scores.shape != expected:
+            raise ModelError(
+                f"{self.path}: gave scores of shape {list(scores.shape)} for {len(images)} "
+                f"images, not {list(expected)}; refused",
+                hint=_MODEL_HINT,
+            )
+        with np.errstate(invalid="ignore"):
+            sane = np.isfinite(scores).all() and np.abs(scores).max(initial=0) <= MAX_SCORE
+        if not sane:
+            raise ModelError(
+                f"{self.path}: gave NaN, infinite or absurd scores (beyond +-{MAX_SCORE:g}) "
+                f"on {len(images)} images; refused",
+                hint="the file is damaged or was not trained on digits",
+            )
+        return scores[:count]
+
+    def _check_on_digits(self) -> None:
+        """Run the bundled sample digits and a blank image: sane scores, one row per image.
+
+        An odd batch (11) that a fixed-batch model runs in chunks of its own size.
+        """
+        samples = np.load(SAMPLE_DIGITS, allow_pickle=False)[:, None].astype(np.float32) / 255
+        self.logits(np.concatenate([samples, np.zeros((1, *IMAGE_SHAPE), np.float32)]))
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -140,20 +171,17 @@ def open_model(
 
 def detect_backend(path: Path) -> BackendName:
     """Which backend a file needs, from its bytes (not its name); ModelError if neither."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
+    problem = path_problem(path)
+    if problem == MISSING:
         tool = "mnist export" if path.suffix.lower() == ".onnx" else "mnist train"
         raise ModelError(
             f"no model at {path}", hint=f"make one with `{tool}`, or pass --model FILE"
-        ) from None
-    except OSError as error:
-        raise ModelError(f"{path}: cannot be read ({error.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise ModelError(f"{path}: {what}, not a model file")
-    if info.st_size > MAX_MODEL_BYTES:
-        raise ModelError(f"{path}: {info.st_size:,} bytes, too large for a digit model")
+        )
+    if problem is not None:
+        raise ModelError(f"{path}: {problem}, not a model file")
+    size = path.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise ModelError(f"{path}: {size:,} bytes, too large for a digit model")
     try:
         with open(path, "rb") as handle:
             head = handle.read(64)
@@ -216,6 +244,16 @@ class OnnxBackend(Backend):
         import onnxruntime
 
         self.path = path
+        data = model if isinstance(model, bytes) else Path(model).read_bytes()
+        try:
+            loop = control_flow(data)
+        except GraphReadError as error:
+            raise ModelError(f"{path}: not a usable ONNX model (damaged: {error})") from None
+        if loop is not None:
+            raise self._fail(
+                f"its graph holds the control-flow operator {loop}, which can run for ever; "
+                "a digit classifier is a straight pipeline of layers"
+            )
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: warnings would clutter the CLI's output
         onnxruntime.set_default_logger_severity(3)  # the same for warnings before the session's
@@ -224,6 +262,7 @@ class OnnxBackend(Backend):
         if device != "cpu" and "CUDAExecutionProvider" in available:
             providers.insert(0, _cuda_provider(device))
         try:
+            # From its path when it has one: weights may lie beside it (external data).
             self.session = onnxruntime.InferenceSession(model, options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: not a usable ONNX model ({first_line(error)})") from None
@@ -232,7 +271,9 @@ class OnnxBackend(Backend):
         self.input_name, self.batch = self._check_input()
         self.output_name = self._check_output()
         self.labels = self._labels()
-        self._dry_run()
+        self._time_limit: float | None = DRY_RUN_SECONDS
+        self._check_on_digits()
+        self._time_limit = None
 
     def _fail(self, problem: str) -> ModelError:
         return ModelError(f"{self.path}: {problem}", hint=_MODEL_HINT)
@@ -279,32 +320,57 @@ class OnnxBackend(Backend):
             raise self._fail(f"its classes are {labels[:12]!r}; mnist reads the digits 0-9")
         return labels
 
-    def _dry_run(self) -> None:
-        batch = self.batch or 2
-        try:
-            got = self.session.run([self.output_name], {self.input_name: _zeros(batch)})[0]
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise self._fail(f"fails on a batch of blank images ({first_line(error)})") from None
-        if got.shape != (batch, len(self.labels)):
-            raise self._fail(
-                f"output {self.output_name!r} has shape {list(got.shape)} for {batch} images; "
-                f"expected [{batch}, {len(self.labels)}] (one score per digit)"
-            )
-        if not np.isfinite(got).all():
-            raise self._fail("gives NaN or infinite scores on a blank image")
-
     def _run(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: images})[0]
+        feeds = {self.input_name: images}
+        try:
+            return _interruptible(self.session, [self.output_name], feeds, self._time_limit)[0]
+        except TimeoutError:
+            raise self._fail(
+                f"takes over {self._time_limit:g} s for {len(images)} images; refused"
+            ) from None
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise self._fail(f"fails on {len(images)} images ({first_line(error)})") from None
+
+
+def _interruptible(session: Any, outputs: list[str], feeds: dict, seconds: float | None) -> list:
+    """`session.run` in a worker thread that Ctrl-C or a time limit stops within a moment.
+
+    onnxruntime holds the main thread in C++ until a run ends, so a signal would wait for it;
+    its RunOptions.terminate flag stops a run between (and inside looping) operators.
+    """
+    import onnxruntime
+
+    options = onnxruntime.RunOptions()
+    options.log_severity_level = 4  # a terminated run is expected here, not an error to log
+    if seconds is None and threading.current_thread() is not threading.main_thread():
+        return session.run(outputs, feeds, options)  # a server's worker: no signal comes here
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = session.run(outputs, feeds, options)
+        except Exception as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=work, name="onnxruntime run", daemon=True)
+    worker.start()
+    try:
+        worker.join(seconds)
+    except BaseException:  # Ctrl-C: stop the run, then let the interrupt go on
+        options.terminate = True
+        raise
+    if worker.is_alive():
+        options.terminate = True
+        raise TimeoutError
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 _MODEL_HINT = (
     "mnist runs ONNX models that take float32 N x 1 x 28 x 28 pixels in [0, 1] and give "
     "N x 10 scores; `mnist export` writes such a file"
 )
-
-
-def _zeros(batch: int) -> np.ndarray:
-    return np.zeros((batch, *IMAGE_SHAPE), np.float32)
 
 
 class TorchBackend(Backend):
@@ -320,6 +386,7 @@ class TorchBackend(Backend):
         self.module = classifier_from_checkpoint(checkpoint).to(self.device)
         self.provider = str(self.device)
         self.labels = list(checkpoint.class_labels)
+        self._check_on_digits()
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         import torch

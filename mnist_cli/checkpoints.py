@@ -6,18 +6,19 @@ reads it; `Checkpoint` is that dict with its fields named and their types checke
 
 from __future__ import annotations
 
+import errno
 import math
 import pickle
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from mnist_cli.data import CLASS_LABELS
-from mnist_cli.errors import CheckpointError, OutputError, first_line
-from mnist_cli.files import TORCH_FILE, atomic_write, describe_bytes
+from mnist_cli.errors import CheckpointError, first_line
+from mnist_cli.files import TORCH_FILE, Writer, atomic_write, describe_bytes
 from mnist_cli.models import ModelSpecError, check_arguments, parameter_shapes
 
 FORMAT = "mnist_cli.checkpoint/1"
@@ -74,13 +75,19 @@ class Checkpoint:
 
 def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
     """Write beside `path`, then rename into place, so a crash leaves the old file."""
-    try:
-        atomic_write(path, lambda out: torch.save(_to_dict(checkpoint), out))
-    except RuntimeError as error:  # torch.save reports a full disk as a RuntimeError
-        raise OutputError(
-            f"{path}: could not be written ({first_line(error)}); the previous file is unchanged",
-            hint="free some disk space, or choose another --out-dir",
-        ) from None
+    atomic_write(path, checkpoint_writer(checkpoint))
+
+
+def checkpoint_writer(checkpoint: Checkpoint) -> Writer:
+    """What writes `checkpoint` into an open file, for `files.atomic_write_all`."""
+
+    def write(out: BinaryIO) -> None:
+        try:
+            torch.save(_to_dict(checkpoint), out)
+        except RuntimeError as error:  # torch.save reports a full disk as a RuntimeError
+            raise OSError(errno.EIO, first_line(error)) from None
+
+    return write
 
 
 def _to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -153,12 +160,27 @@ class _Fields:
             raise CheckpointError(f"field {name!r} is {type(value).__name__}, not {_name(kind)}")
         return float(value) if kind is float else value
 
-    def number(self, name: str, *, low: float, optional_default: float | None = None) -> float:
+    def number(
+        self,
+        name: str,
+        *,
+        low: float,
+        high: float = math.inf,
+        optional_default: float | None = None,
+    ) -> float:
         if optional_default is not None and name not in self.payload:
             return optional_default
         value = self.get(name, float)
-        if not math.isfinite(value) or value < low:
-            raise CheckpointError(f"field {name!r} is {value}, expected a number >= {low}")
+        if not (math.isfinite(value) and low <= value <= high):
+            expected = f"from {low:g} to {high:g}" if math.isfinite(high) else f">= {low:g}"
+            raise CheckpointError(f"field {name!r} is {value}, expected a number {expected}")
+        return value
+
+    def accuracy(self, name: str, *, default: float) -> float:
+        """A share of images in [0, 1]; `default` (-1 for "no epoch yet") when absent."""
+        value = self.number(name, low=min(default, 0.0), high=1.0, optional_default=default)
+        if -1.0 < value < 0.0:
+            raise CheckpointError(f"field {name!r} is {value}, expected an accuracy in [0, 1]")
         return value
 
     def count(self, name: str, *, default: int | None = None) -> int:
@@ -206,7 +228,7 @@ def checkpoint_from_dict(payload: Any) -> Checkpoint:
         state_dict=state_dict,
         normalization=_normalization(read.get("normalization", dict)),
         class_labels=labels,
-        val_accuracy=read.number("val_accuracy", low=0.0, optional_default=0.0),
+        val_accuracy=read.accuracy("val_accuracy", default=0.0),
         options=read.get("options", dict, optional=True) or {},
         state=_train_state(read),
         mnist_cli_version=read.get("mnist_cli_version", str, optional=True) or "",
@@ -217,14 +239,15 @@ def checkpoint_from_dict(payload: Any) -> Checkpoint:
 
 
 def _normalization(value: dict[str, Any]) -> dict[str, float]:
+    """The mean and std of pixels in [0, 1]: a mean in [0, 1], a std from 1e-3 to 1."""
     read = _Fields(value)
     try:
-        mean, std = read.number("mean", low=-1e6), read.number("std", low=0.0)
+        return {
+            "mean": read.number("mean", low=0.0, high=1.0),
+            "std": read.number("std", low=1e-3, high=1.0),
+        }
     except CheckpointError as error:
         raise CheckpointError(f"normalization: {error.message}") from None
-    if std <= 0:
-        raise CheckpointError("normalization: std is 0; it must be positive")
-    return {"mean": mean, "std": std}
 
 
 def _check_weights(
@@ -251,6 +274,8 @@ def _check_weights(
             )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"weights: {name} holds NaN or infinite values")
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise CheckpointError(f"weights: {name} holds a negative variance")
     extra = sorted(set(state_dict) - set(expected))
     if extra:
         raise CheckpointError(f"weights: unexpected tensors {', '.join(extra[:5])}")
@@ -262,7 +287,7 @@ def _train_state(read: _Fields) -> TrainState:
         rows = [_epoch_record(row) for row in history]
     except CheckpointError as error:
         raise CheckpointError(f"history: {error.message}") from None
-    best_val_accuracy = read.number("best_val_accuracy", low=-1.0, optional_default=-1.0)
+    best_val_accuracy = read.accuracy("best_val_accuracy", default=-1.0)
     return TrainState(
         epoch=read.count("epoch", default=len(rows)),
         step=read.count("step", default=0),
@@ -278,6 +303,7 @@ def _epoch_record(row: Any) -> EpochRecord:
     if not isinstance(row, dict):
         raise CheckpointError(f"a row is a {type(row).__name__}, not a dict")
     read = _Fields(row)
-    values = {f.name: read.get(f.name, float) for f in fields(EpochRecord)}
+    values = {f.name: read.number(f.name, low=-math.inf) for f in fields(EpochRecord)}
+    values["val_accuracy"] = read.accuracy("val_accuracy", default=0.0)
     values["epoch"] = read.count("epoch")
     return EpochRecord(**values)
