@@ -54,7 +54,14 @@ def _number(name: str, default: int, *, least: int = 0) -> int:
 
 def world_size() -> int:
     """How many processes the torchrun job has (1 outside torchrun)."""
-    return _number("WORLD_SIZE", 1, least=1)
+    world = _number("WORLD_SIZE", 1, least=1)
+    rank = _number("RANK", 0)
+    if rank >= world:
+        raise OptionError(
+            f"RANK={rank} with WORLD_SIZE={world}: a rank counts from 0 to WORLD_SIZE - 1",
+            hint="start it with torchrun (see `mnist train --help`), or unset WORLD_SIZE and RANK",
+        )
+    return world
 
 
 def launched_by_torchrun() -> bool:
@@ -64,7 +71,8 @@ def launched_by_torchrun() -> bool:
 
 def is_main_process() -> bool:
     """False in a torchrun process other than rank 0 (read from the environment alone)."""
-    return os.environ.get("RANK", "0") == "0"
+    world_size()  # refuses a RANK past the world size at once, before anything waits on it
+    return _number("RANK", 0) == 0
 
 
 def join(device: torch.device) -> tuple[Cluster, torch.device]:
@@ -144,5 +152,5 @@ def peer_lost(error: Exception) -> RankFailed:
     reason = next((line[:160] for line in lines if line), type(error).__name__)
     return RankFailed(
         f"another process of this torchrun job stopped answering ({reason}); this one stops too",
-        hint="look at the first error torchrun printed; continue with --resume",
+        hint="look at the first error torchrun printed",
     )

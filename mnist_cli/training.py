@@ -23,6 +23,7 @@ from mnist_cli.checkpoints import (
     Checkpoint,
     EpochRecord,
     TrainState,
+    checkpoint_writer,
     load_checkpoint,
     save_checkpoint,
 )
@@ -44,7 +45,7 @@ from mnist_cli.errors import (
     TrainingDiverged,
     TrainingInterrupted,
 )
-from mnist_cli.files import atomic_write, exclusive_folder
+from mnist_cli.files import Writer, atomic_write_all, check_writable, exclusive_folder
 from mnist_cli.models import build_model, default_arguments
 from mnist_cli.recipes import TrainConfig, check_config, default_config
 
@@ -198,7 +199,7 @@ def train(
     out_dir = Path(out_dir)
     torch_device = resolve_device(device)
     saved = _resume_point(out_dir / "last.pt") if resume else None
-    config = _saved_config(saved) if saved else (config or default_config())
+    config = _saved_config(saved, out_dir / "last.pt") if saved else (config or default_config())
     acceleration = acceleration or default_acceleration(torch_device, config.model, compile=compile)
     cluster = None
     if distributed.launched_by_torchrun():
@@ -216,19 +217,32 @@ def train(
             _StopFlag() as stop,
             _cudnn_autotune(acceleration.cudnn_autotune),
         ):
-            if not (resume or overwrite) and (cluster is None or cluster.main):
+            main = cluster is None or cluster.main
+            old_run = main and _holds_a_run(out_dir)
+            if old_run and not (resume or overwrite):
                 _refuse_existing_run(out_dir)
+            if main:
+                for name in _OUTPUTS:
+                    check_writable(out_dir / name, option="--out-dir")
             run = _start(config, acceleration, torch_device, Path(data_dir), saved, cluster)
             run.out_dir, run.callback, run.stop = out_dir, callback or TrainCallback(), stop
+            run.replacing = overwrite and old_run
             if saved:
                 _restore(run, saved)
             if cluster:
                 distributed.barrier()  # rank 0 has checked the folder before anyone trains
             return _loop(run)
-    except RuntimeError as error:
-        if cluster:  # DDP's own all-reduce found a peer gone
-            raise distributed.peer_lost(error) from None
-        raise
+    except (RuntimeError, distributed.RankFailed) as error:
+        if not cluster:
+            raise
+        lost = error if isinstance(error, distributed.RankFailed) else distributed.peer_lost(error)
+        saved_last = (out_dir / "last.pt").is_file()
+        lost.hint = f"{lost.hint}; " + (
+            "then continue with `mnist train --resume`"
+            if saved_last
+            else f"no last.pt was saved in {out_dir}: start the run again"
+        )
+        raise lost from None
     finally:
         if cluster:
             distributed.leave()
@@ -248,6 +262,13 @@ def _where(run: _Run) -> str:
 def _owned(out_dir: Path, cluster: distributed.Cluster | None):
     """The --out-dir lock, held by the one process that writes there."""
     return exclusive_folder(out_dir) if cluster is None or cluster.main else nullcontext()
+
+
+_OUTPUTS = ("last.pt", "best.pt", "history.csv", "history.png")
+
+
+def _holds_a_run(out_dir: Path) -> bool:
+    return any((out_dir / name).exists() for name in ("last.pt", "best.pt"))
 
 
 def _refuse_existing_run(out_dir: Path) -> None:
@@ -278,18 +299,40 @@ def _resume_point(last_path: Path) -> Checkpoint:
 _FRESH_START = "start a new run without --resume (or in another --out-dir)"
 
 
-def _saved_config(saved: Checkpoint) -> TrainConfig:
-    """The TrainConfig stored in a last.pt, checked as strictly as one typed by the user."""
+def _saved_config(saved: Checkpoint, path: Path) -> TrainConfig:
+    """The TrainConfig stored in a last.pt, checked as strictly as one typed by the user, and
+    the run's progress checked against it."""
+    if "model" not in saved.options:
+        raise CheckpointError(
+            f"--resume: {path} holds no training options (it was not saved by `mnist train`)",
+            hint=_FRESH_START,
+        )
     known = {f.name for f in fields(TrainConfig)}
     try:
         config = TrainConfig(**{k: v for k, v in saved.options.items() if k in known})
         check_config(config)
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"--resume: its saved options are damaged ({error})") from None
+        raise CheckpointError(
+            f"--resume: {path}: its saved options are damaged ({error})", hint=_FRESH_START
+        ) from None
     if config.model != saved.architecture:
         raise CheckpointError(
-            f"--resume: options say {config.model!r} but the weights are {saved.architecture!r}"
+            f"--resume: {path}: its options say {config.model!r} but its weights are "
+            f"{saved.architecture!r}",
+            hint=_FRESH_START,
         )
+    state = saved.state
+    damage = (
+        f"epoch {state.epoch} is past the run's {config.epochs} epochs"
+        if state.epoch > config.epochs
+        else f"epoch {state.epoch} does not match its {len(state.history)} history rows"
+        if state.epoch != len(state.history)
+        else f"its best epoch {state.best_epoch} is past epoch {state.epoch}"
+        if state.best_epoch > state.epoch
+        else None
+    )
+    if damage:
+        raise CheckpointError(f"--resume: {path} is damaged: {damage}", hint=_FRESH_START)
     return config
 
 
@@ -314,6 +357,7 @@ class _Run:
     plotted_at: float = -math.inf  # perf_counter() of the last history.png
     cluster: distributed.Cluster | None = None  # set under torchrun
     average: WeightAverage | None = None  # what is validated and saved, when the recipe has one
+    replacing: bool = False  # --overwrite on an old run whose files stay until epoch 1 ends
 
     @property
     def kept(self) -> nn.Module:
@@ -332,6 +376,14 @@ class _Run:
         return TrainingInterrupted(
             f"interrupted {where}; saved {self.out_dir / 'last.pt'}",
             hint=f"continue with `mnist train --resume --out-dir {self.out_dir}`",
+            exit_code=self.stop.exit_code,
+        )
+
+    def interrupted_before_saving(self, where: str) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            f"interrupted {where}, before the new run's first epoch ended; nothing was saved "
+            f"and the run already in {self.out_dir} is unchanged",
+            hint=f"start again with `mnist train --overwrite --out-dir {self.out_dir}`",
             exit_code=self.stop.exit_code,
         )
 
@@ -501,11 +553,13 @@ def _end_epoch(run: _Run, record: EpochRecord) -> bool:
     improved = record.val_accuracy >= state.best_val_accuracy
     if improved:
         state.best_val_accuracy, state.best_epoch = record.val_accuracy, record.epoch
-        save_checkpoint(
-            _checkpoint(run, record.val_accuracy, resumable=False), run.out_dir / "best.pt"
-        )
-    save_checkpoint(_checkpoint(run, record.val_accuracy, resumable=True), run.out_dir / "last.pt")
-    _write_history(state.history, run.out_dir)
+    files = {run.out_dir / "last.pt": checkpoint_writer(_checkpoint(run, record.val_accuracy))}
+    if improved:
+        best = _checkpoint(run, record.val_accuracy, resumable=False)
+        files[run.out_dir / "best.pt"] = checkpoint_writer(best)
+    files[run.out_dir / "history.csv"] = _history_writer(state.history)
+    atomic_write_all(files)  # all or none: best.pt never holds what last.pt does not know of
+    run.replacing = False
     last = record.epoch == run.config.epochs or run.stop.raised
     if last or time.perf_counter() - run.plotted_at >= _PLOT_EVERY_SECONDS:
         from mnist_cli.plots import save_history_plot
@@ -519,12 +573,12 @@ def _end_epoch(run: _Run, record: EpochRecord) -> bool:
 _PLOT_EVERY_SECONDS = 10.0
 
 
-def _write_history(history: list[EpochRecord], out_dir: Path) -> None:
-    """OUT/history.csv, one row per epoch, atomically."""
+def _history_writer(history: list[EpochRecord]) -> Writer:
+    """What writes OUT/history.csv, one row per epoch."""
     names = [f.name for f in fields(EpochRecord)]
     rows = [",".join(names)] + [",".join(str(getattr(r, n)) for n in names) for r in history]
     csv = "\n".join(rows) + "\n"
-    atomic_write(out_dir / "history.csv", lambda handle: handle.write(csv.encode()))
+    return lambda handle: handle.write(csv.encode())
 
 
 def _validate(run: _Run) -> tuple[float, float]:
@@ -563,16 +617,15 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
         if report:
             _report(run, epoch, (first, done), loss, started=started)
         if run.stop.raised and report:
+            where = f"in epoch {epoch + 1}, batch {done}/{steps}"
             state.step, state.partial_loss = done, loss_before + loss_total.item()
             state.partial_seconds += time.perf_counter() - started
-            if run.main:
+            if run.main and not run.replacing:  # an old run stays whole until epoch 1 ends
                 last_accuracy = state.history[-1].val_accuracy if state.history else 0.0
-                save_checkpoint(
-                    _checkpoint(run, last_accuracy, resumable=True), run.out_dir / "last.pt"
-                )
+                save_checkpoint(_checkpoint(run, last_accuracy), run.out_dir / "last.pt")
             if cluster:
                 distributed.barrier()  # nobody exits before rank 0 has saved
-            raise run.interrupted(f"in epoch {epoch + 1}, batch {done}/{steps}")
+            raise run.interrupted_before_saving(where) if run.replacing else run.interrupted(where)
     total = loss_before + loss_total.item()
     return (distributed.total(run.device, total) if cluster else total), lr
 
@@ -652,7 +705,7 @@ def batch_loss(
     return nn.functional.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
 
 
-def _checkpoint(run: _Run, val_accuracy: float, *, resumable: bool) -> Checkpoint:
+def _checkpoint(run: _Run, val_accuracy: float, *, resumable: bool = True) -> Checkpoint:
     """The run as a Checkpoint; `resumable` adds the optimiser and augmentation state."""
     weights = _finite_weights(run, run.kept)
     raw = _finite_weights(run, run.model) if resumable and run.average else None

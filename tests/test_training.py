@@ -332,10 +332,11 @@ def test_a_full_disk_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypat
         raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OutputError, match="could not be written") as caught:
+    best = (out / "best.pt").read_bytes()
+    with pytest.raises(OutputError, match="cannot be written") as caught:
         train(config, data_dir=data_dir, out_dir=out, overwrite=True)
     assert "previous file is unchanged" in caught.value.message
-    assert (out / "last.pt").read_bytes() == before
+    assert (out / "last.pt").read_bytes() == before and (out / "best.pt").read_bytes() == best
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == ["best.pt", "last.pt"]
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
 
