@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -26,18 +27,26 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
-# User text (paths, model metadata, error messages) reaches Rich only as Text, never as markup.
+# User text (paths, model metadata, error messages) reaches Rich only as Text, never as markup,
+# and only through `printable`: a file name may hold escape sequences for the terminal.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """`text` with every control character written as an escape (ESC as \\x1b, a newline as
+    \\n), so that it shows as what it is and the terminal never acts on it."""
+    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode(), str(text))
 
 
 def print_error(error: MnistError) -> None:
-    err.print(Text.assemble(("Error:", "bold red"), " ", error.message), soft_wrap=True)
+    err.print(Text.assemble(("Error:", "bold red"), " ", printable(error.message)), soft_wrap=True)
     if error.hint:
-        err.print(Text.assemble(("Hint:", "dim"), " ", error.hint), soft_wrap=True)
+        err.print(Text.assemble(("Hint:", "dim"), " ", printable(error.hint)), soft_wrap=True)
 
 
 def note(message: str) -> None:
     if not _quiet:
-        err.print(Text(message), soft_wrap=True)
+        err.print(Text(printable(message)), soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
@@ -59,8 +68,10 @@ def show_downloads(outcomes: Any) -> None:
 def show_training(result: Any) -> None:
     out.print(
         Text(
-            f"Best validation accuracy {result.best_val_accuracy:.2%} at epoch "
-            f"{result.best_epoch}: {result.best_path}"
+            printable(
+                f"Best validation accuracy {result.best_val_accuracy:.2%} at epoch "
+                f"{result.best_epoch}: {result.best_path}"
+            )
         ),
         soft_wrap=True,
     )
@@ -74,7 +85,11 @@ def show_export(result: Any) -> None:
         f"same predictions: {result.agreement:.2%}"
     )
     out.print(
-        Text(f"Wrote {result.path} ({result.size_bytes / 1024:.0f} KiB, opset {result.opset})"),
+        Text(
+            printable(
+                f"Wrote {result.path} ({result.size_bytes / 1024:.0f} KiB, opset {result.opset})"
+            )
+        ),
         soft_wrap=True,
     )
 
@@ -83,7 +98,9 @@ def show_model(backend: Any) -> None:
     what = "the bundled model" if backend.bundled else "model"
     note(f"Using {what} {backend.path} ({backend.name.value} on {backend.provider})")
     if backend.note:  # shown even with --quiet: results would come slower than asked for
-        err.print(Text.assemble(("Warning:", "bold yellow"), " ", backend.note), soft_wrap=True)
+        err.print(
+            Text.assemble(("Warning:", "bold yellow"), " ", printable(backend.note)), soft_wrap=True
+        )
 
 
 class DownloadProgress:
@@ -209,7 +226,7 @@ def show_report(report: Report, *, json_output: bool = False) -> None:
         return
     out.print(
         Text.assemble(
-            (report.model, "bold"),
+            (printable(report.model), "bold"),
             ": accuracy ",
             (f"{report.accuracy:.2%}", "bold"),
             f" ({report.images - report.errors}/{report.images}), mean loss {report.loss:.4f}",
@@ -265,7 +282,8 @@ class PredictionOutput:
 
     def add(self, result: Any) -> None:
         if result.error is not None:
-            err.print(Text.assemble((result.path, "red"), f": {result.error}"), soft_wrap=True)
+            message = Text.assemble((printable(result.path), "red"), f": {printable(result.error)}")
+            err.print(message, soft_wrap=True)
             return
         if self.show:  # beside JSON the picture goes to stderr, so stdout stays parseable
             (err if self.json_output else out).print(digit_picture(result, max(self.top_k, 3)))
@@ -274,7 +292,7 @@ class PredictionOutput:
                 {"path": result.path, "digit": result.digit, "probabilities": result.probabilities}
             )
             return
-        cells = [Text(result.path), str(result.digit), f"{result.confidence:.2%}"]
+        cells = [Text(printable(result.path)), str(result.digit), f"{result.confidence:.2%}"]
         if self.top_k > 1:
             cells.append("  ".join(f"{d}: {p:.1%}" for d, p in result.top(self.top_k)))
         self.table.add_row(*cells)
@@ -299,7 +317,7 @@ def digit_picture(result: Any, top: int) -> Table:
         cells = zip(upper, lower, strict=True)
         rows.append("".join(_HALF_BLOCKS[2 * bool(a) + bool(b)] for a, b in cells))
     lines = Text("\n".join(rows))
-    guesses = Text.assemble((result.path, "bold"), "\n")
+    guesses = Text.assemble((printable(result.path), "bold"), "\n")
     for digit, probability in result.top(top):
         bar = "█" * round(probability * 20)
         guesses.append(f"{digit}  {bar:<20} {probability:6.1%}\n")
