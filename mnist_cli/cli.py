@@ -3,6 +3,7 @@
 # No `from __future__ import annotations`: Typer would then eval every annotation at start-up.
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -56,12 +57,26 @@ def _silence_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _renamed(old: str, new: str, old_value: object, new_value: object) -> object:
-    """The value of an option that was renamed, taking the old spelling for one more release."""
+def _renamed(
+    ctx: typer.Context, old: str, new: str, old_value: object, new_value: object
+) -> object:
+    """The value of an option that was renamed, taking the old spelling for one more release.
+
+    Both spellings at once (or the old one beside the new one's environment variable) is a
+    contradiction, exit 2: neither may win silently.
+    """
     if old_value is None:
         return new_value
     from mnist_cli import console
+    from mnist_cli.errors import OptionError
 
+    parameter = next(p for p in ctx.command.params if new in p.opts)
+    source = ctx.get_parameter_source(parameter.name)
+    if source is not None and source.name != "DEFAULT":
+        given = f"{new} (from {parameter.envvar})" if source.name == "ENVIRONMENT" else new
+        raise OptionError(
+            f"{old} is the old spelling of {new}; give one, not both {old} and {given}"
+        )
     console.err.print(
         f"Deprecated: {old} is now {new}; the old spelling will be removed in the next release.",
         markup=False,
@@ -88,6 +103,10 @@ def main(
 
     Example: mnist download && mnist train && mnist test
     """
+    # Pixels and scores are checked (finite, in range) and a bad file gets its own line; what a
+    # library notes on the way ("Tag data larger than file") would print raw beside it.
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="(numpy|mnist_cli)")
 
 
 DataDir = Annotated[
@@ -164,6 +183,7 @@ def download(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     arch: Annotated[
         Architecture | None,
         typer.Option(
@@ -267,8 +287,6 @@ def train(
     from mnist_cli.distributed import is_main_process
     from mnist_cli.errors import OptionError, TrainingDiverged, TrainingInterrupted
 
-    arch = _renamed("--model", "--arch", old_model, arch)
-    out_dir = _renamed("--out", "--out-dir", old_out, out_dir)
     chosen = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -280,6 +298,8 @@ def train(
     with _user_errors(quiet=quiet):
         from mnist_cli import training
 
+        arch = _renamed(ctx, "--model", "--arch", old_model, arch)
+        out_dir = _renamed(ctx, "--out", "--out-dir", old_out, out_dir)
         given = [f"--{k.replace('_', '-')}" for k, v in chosen.items() if v is not None]
         given += ["--arch"] if arch else []
         if resume and given:
@@ -360,6 +380,7 @@ def test(
 
 @app.command()
 def export(
+    ctx: typer.Context,
     format: Annotated[
         ExportFormat, typer.Option("--format", "-f", help="Output format.")
     ] = ExportFormat.onnx,
@@ -403,9 +424,10 @@ def export(
     """
     from mnist_cli import console
 
-    model = _renamed("--checkpoint", "--model", old_checkpoint, model)
     with _user_errors(quiet=quiet):
         from mnist_cli import export as core
+
+        model = _renamed(ctx, "--checkpoint", "--model", old_checkpoint, model)
 
         if out is None:
             out = Path("exported/model-int8.onnx" if quantize else "exported/model.onnx")
@@ -491,6 +513,21 @@ def serve(
     max_images: Annotated[
         int, typer.Option(min=1, help="Most images in one multipart request.")
     ] = 64,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            min=10_000, help="Most pixels one request may decode, all its images together."
+        ),
+    ] = 4_000_000,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Another name clients may reach this server by (the Host header), "
+            "such as a proxy's; repeat for more. \\[default: localhost, 127.0.0.1 and [::1] "
+            "on a loopback --host, any name elsewhere]",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Serve a draw-a-digit page and an HTTP API for the model.
@@ -504,14 +541,19 @@ def serve(
     from mnist_cli import console
 
     with _user_errors(quiet=quiet):
+        from mnist_cli import server
         from mnist_cli.backends import open_model
-        from mnist_cli.server import Limits
-        from mnist_cli.server import serve as run_server
 
         engine = open_model(model, backend=backend, device=device)
         console.show_model(engine)
+        sock = server.listen(host, port)
         console.note(f"Serving on http://{host}:{port} (Ctrl-C to stop)")
-        limits = Limits(max_upload=max_upload, max_images=max_images)
-        run_server(
-            engine, host=host, port=port, limits=limits, log_level="warning" if quiet else "info"
+        server.serve(
+            engine,
+            sock,
+            limits=server.Limits(
+                max_upload=max_upload, max_images=max_images, max_pixels=max_pixels
+            ),
+            log_level="warning" if quiet else "info",
+            allowed_hosts=server.allowed_hosts_for(host, allowed_host or ()),
         )

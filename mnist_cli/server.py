@@ -8,24 +8,33 @@ that a client names. The onnxruntime path never imports torch.
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import os
+import socket
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mnist_cli import __version__
 from mnist_cli.backends import Backend
-from mnist_cli.preprocessing import ImageError, digit_from_bytes
+from mnist_cli.errors import MnistError, OptionError
+from mnist_cli.preprocessing import ImageError, PixelBudget, digit_from_bytes
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
@@ -36,7 +45,10 @@ class Limits:
 
     max_upload: int = 4 << 20  # bytes in one request body
     max_images: int = 64  # images in one multipart request
+    max_pixels: int = 4_000_000  # decoded in one request, all images: ~2000x2000, ~0.1 s
     read_timeout: float = 10.0  # seconds to receive the whole body (slow clients)
+    header_timeout: float = 5.0  # seconds from connecting, or the last answer, to whole headers
+    max_pending: int = 64  # /predict requests at once; more get 503 (each holds its upload)
     top_k: int = 3
     workers: int = max(1, min(4, os.cpu_count() or 1))  # requests decoded at once: bounds memory
 
@@ -81,11 +93,18 @@ class Metrics:
             }
 
 
-def create_app(backend: Backend, limits: Limits | None = None) -> Starlette:
-    """The ASGI app for one opened model."""
+def create_app(
+    backend: Backend, limits: Limits | None = None, *, allowed_hosts: Collection[str] | None = None
+) -> ASGIApp:
+    """The ASGI app for one opened model.
+
+    `allowed_hosts`: the host names a request's Host header may give (None: any); a request
+    from a page of another origin is refused whatever they are.
+    """
     limits = limits or Limits()
     metrics = Metrics()
     decoding = asyncio.Semaphore(limits.workers)  # a 50-megapixel upload decodes to ~200 MB
+    pending = 0
     page = resources.files("mnist_cli").joinpath("static/index.html").read_text("utf-8")
 
     async def index(request: Request) -> Response:
@@ -107,27 +126,99 @@ def create_app(backend: Backend, limits: Limits | None = None) -> Starlette:
         return JSONResponse(metrics.snapshot())
 
     async def predict(request: Request) -> Response:
+        nonlocal pending
         started = time.perf_counter()
         images = 0
+        pending += 1
         try:
+            if pending > limits.max_pending:
+                raise RequestError(503, f"busy: over {limits.max_pending} requests at once")
             uploads = await _uploads(request, limits)
             images = len(uploads)
             async with decoding:
-                results = await run_in_threadpool(_predict, backend, uploads, limits.top_k)
-            response: Response = JSONResponse({"results": results})
+                results = await run_in_threadpool(_predict, backend, uploads, limits)
+            response = _answer(results)
         except RequestError as error:
             response = JSONResponse({"error": error.message}, status_code=error.status)
+        except MnistError as error:  # the model failed (NaN scores, a wrong shape): not the client
+            response = JSONResponse({"error": error.message}, status_code=500)
+        finally:
+            pending -= 1
         metrics.record(response.status_code, time.perf_counter() - started, images)
         return response
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", index),
             Route("/health", health),
             Route("/metrics", show_metrics),
             Route("/predict", predict, methods=["POST"]),
-        ]
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
+    return _SameOrigin(app, allowed_hosts)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's own answers (404, 405) as JSON, like every other answer."""
+    assert isinstance(error, HTTPException)
+    return JSONResponse({"error": error.detail}, status_code=error.status_code)
+
+
+async def _internal_error(request: Request, error: Exception) -> Response:
+    """Whatever else went wrong: JSON like every other answer, no traceback for the client."""
+    return JSONResponse({"error": f"internal error ({type(error).__name__})"}, status_code=500)
+
+
+def _answer(results: list[dict]) -> Response:
+    """200 when an image could be read; 422 when none could (the results say why, per image)."""
+    if any("error" not in result for result in results):
+        return JSONResponse({"results": results})
+    if len(results) == 1:
+        return JSONResponse({"error": results[0]["error"], "results": results}, status_code=422)
+    error = f"none of the {len(results)} images could be read"
+    return JSONResponse({"error": error, "results": results}, status_code=422)
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _host_name(netloc: str) -> str:
+    """The host of a Host header or an origin's netloc, without its port, lowercased."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[: netloc.find("]") + 1]
+    return netloc.rsplit(":", 1)[0].rstrip(".")
+
+
+class _SameOrigin:
+    """Refuses a Host header that is not this server's (DNS rebinding: a page on a name the
+    attacker controls, resolved to 127.0.0.1) and any request sent from another origin's page.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Collection[str] | None) -> None:
+        self.app = app
+        self.allowed = None if allowed_hosts is None else {_host_name(h) for h in allowed_hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            host, origin = headers.get("host", ""), headers.get("origin")
+            refusal = None
+            if self.allowed is not None and _host_name(host) not in self.allowed:
+                refusal = JSONResponse(
+                    {"error": f"Host {host!r} is not a name of this server (see --allowed-host)"},
+                    status_code=421,
+                )
+            elif origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+                refusal = JSONResponse(
+                    {"error": f"requests from pages of {origin!r} are refused (same origin only)"},
+                    status_code=403,
+                )
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
@@ -180,20 +271,23 @@ async def _form_files(request: Request, limits: Limits) -> list[tuple[str, bytes
     try:
         form = await form_request.form(max_files=limits.max_images, max_fields=limits.max_images)
     except Exception as error:  # the multipart parser raises its own types
-        status = 413 if "many" in str(error).lower() else 400
-        raise RequestError(status, f"not a readable multipart form ({error})") from None
+        detail = str(getattr(error, "detail", error))
+        if "too many" in detail.lower():
+            raise RequestError(413, f"over {limits.max_images} files in one request") from None
+        raise RequestError(400, f"not a readable multipart form ({detail})") from None
     files = [value for _, value in form.multi_items() if hasattr(value, "read")]
     if not files:
         raise RequestError(400, "the form holds no file: send each image as a file field")
     return [(item.filename or f"image {i + 1}", await item.read()) for i, item in enumerate(files)]
 
 
-def _predict(backend: Backend, uploads: list[tuple[str, bytes]], top_k: int) -> list[dict]:
+def _predict(backend: Backend, uploads: list[tuple[str, bytes]], limits: Limits) -> list[dict]:
     """One result per upload, in order: the digit, probabilities, top-k and the 28x28 input."""
     digits, results = [], []
+    budget = PixelBudget(limits.max_pixels)
     for name, data in uploads:
         try:
-            digits.append(digit_from_bytes(data, name=name))
+            digits.append(digit_from_bytes(data, name=name, budget=budget))
             results.append({"name": name})
         except ImageError as error:
             results.append({"name": name, "error": error.message.removeprefix(f"{name}: ")})
@@ -202,13 +296,11 @@ def _predict(backend: Backend, uploads: list[tuple[str, bytes]], top_k: int) -> 
         digit_iter = iter(digits)
         for result in results:
             if "error" not in result:
-                result.update(_scores(next(probabilities), next(digit_iter), top_k))
+                result.update(_scores(next(probabilities), next(digit_iter), limits.top_k))
     return results
 
 
 def _scores(probabilities: np.ndarray, digit: np.ndarray, top_k: int) -> dict[str, Any]:
-    if not np.isfinite(probabilities).all():
-        return {"error": "the model gave NaN or infinite scores for this image"}
     order = np.argsort(probabilities)[::-1][:top_k]
     return {
         "digit": int(order[0]),
@@ -218,23 +310,108 @@ def _scores(probabilities: np.ndarray, digit: np.ndarray, top_k: int) -> dict[st
     }
 
 
+class ServeError(MnistError):
+    """The server cannot start: the address is in use or not this machine's."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or ServeError with one line saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise OptionError(f"--host {host}: not an address here ({error.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        busy = error.errno == errno.EADDRINUSE
+        raise ServeError(
+            f"cannot listen on {host}:{port} ({error.strerror})",
+            hint="another program serves there: choose another --port" if busy else None,
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def allowed_hosts_for(host: str, extra: Collection[str] = ()) -> list[str] | None:
+    """The Host names a server bound to `host` answers: loopback names on a loopback address
+    (and `extra`), any name elsewhere unless `extra` names some."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    if not loopback and not extra:
+        return None
+    return [*LOOPBACK_HOSTS, *extra, *([] if loopback else [host])]
+
+
 def serve(
     backend: Backend,
+    sock: socket.socket,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
     limits: Limits | None = None,
     log_level: str = "info",
+    allowed_hosts: Collection[str] | None = None,
 ) -> None:
-    """Run the app with uvicorn until Ctrl-C or SIGTERM; in-flight requests finish first."""
+    """Run the app with uvicorn on a socket from `listen` until Ctrl-C or SIGTERM; requests in
+    flight then have GRACE_SECONDS to finish.
+
+    Example: serve(open_model(), listen("127.0.0.1", 8000), allowed_hosts=LOOPBACK_HOSTS)
+    """
     import uvicorn
 
-    uvicorn.run(
-        create_app(backend, limits),
-        host=host,
-        port=port,
+    limits = limits or Limits()
+    config = uvicorn.Config(
+        create_app(backend, limits, allowed_hosts=allowed_hosts),
         log_level=log_level,
         timeout_keep_alive=5,
-        timeout_graceful_shutdown=10,
-        limit_concurrency=256,
+        timeout_graceful_shutdown=GRACE_SECONDS,
+        http=_protocol(limits.header_timeout),
+        lifespan="off",
     )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+GRACE_SECONDS = 10  # after Ctrl-C or SIGTERM, requests in flight have this long to finish
+
+
+def _protocol(header_timeout: float) -> type:
+    """uvicorn's HTTP/1.1 protocol with a deadline for a request's headers.
+
+    uvicorn times out a connection only between requests; one that sends nothing, or its
+    headers a byte at a time, would hold its place for ever. Each connection gets
+    `header_timeout` seconds, from connecting or from its last answer, to send whole headers.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(header_timeout, self._drop_if_waiting)
+
+        def _drop_if_waiting(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:  # no request under way
+                self.transport.close()
+
+    return Protocol
