@@ -363,6 +363,20 @@ def serve(
 
     Example: serve(open_model(), listen("127.0.0.1", 8000), allowed_hosts=LOOPBACK_HOSTS)
     """
+    server = uvicorn_server(
+        backend, limits=limits, log_level=log_level, allowed_hosts=allowed_hosts
+    )
+    server.run(sockets=[sock])
+
+
+def uvicorn_server(
+    backend: Backend,
+    *,
+    limits: Limits | None = None,
+    log_level: str = "info",
+    allowed_hosts: Collection[str] | None = None,
+) -> Any:
+    """The uvicorn.Server that `serve` runs: call its `run(sockets=[...])`."""
     import uvicorn
 
     limits = limits or Limits()
@@ -374,7 +388,7 @@ def serve(
         http=_protocol(limits.header_timeout),
         lifespan="off",
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    return uvicorn.Server(config)
 
 
 GRACE_SECONDS = 10  # after Ctrl-C or SIGTERM, requests in flight have this long to finish

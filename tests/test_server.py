@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from mnist_cli.backends import open_model
 from mnist_cli.data import load_split
 from mnist_cli.export import export_onnx
-from mnist_cli.server import Limits, create_app
+from mnist_cli.server import LOOPBACK_HOSTS, Limits, create_app, listen, uvicorn_server
 
 
 @pytest.fixture(scope="module")
@@ -115,20 +115,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+LIVE_LIMITS = Limits(max_upload=200_000, max_images=4, read_timeout=2, header_timeout=1)
+
+
 @pytest.fixture(scope="module")
 def live(served):
-    """The app under a real uvicorn server on 127.0.0.1, in a thread, for real sockets."""
+    """`mnist serve`'s own uvicorn server on 127.0.0.1, in a thread, for real sockets."""
     import threading
     import time
 
-    import uvicorn
-
-    client, _, _, _ = served
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning")
+    _, _, _, path = served
+    sock = listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = uvicorn_server(
+        open_model(path), limits=LIVE_LIMITS, log_level="warning", allowed_hosts=LOOPBACK_HOSTS
     )
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started and time.monotonic() < deadline:
@@ -148,7 +150,7 @@ def test_a_client_that_stops_sending_times_out(served, live):
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         head = (
-            "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
             f"Content-Length: {len(pngs[0])}\r\n\r\n"
         )
         sock.sendall(head.encode() + pngs[0][:100])  # then nothing more
@@ -291,3 +293,223 @@ def test_serve_checks_the_model_before_listening(tmp_path):
     (tmp_path / "m.onnx").write_text("not a model")
     result = CliRunner().invoke(app, ["serve", "-m", str(tmp_path / "m.onnx")])
     assert result.exit_code == 1 and "m.onnx: a text file" in result.output
+
+
+def _connect(port: int):
+    import socket
+
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def _get(port: int, path: str, headers: dict[str, str] | None = None):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", path, headers=headers or {})
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def test_idle_and_slow_header_connections_neither_stall_others_nor_stay(live):
+    import time
+
+    _, port = live
+    idle = [_connect(port) for _ in range(300)]  # more than uvicorn's old 256-place cap
+    for sock in idle[:100]:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never the blank line
+    started = time.monotonic()
+    status, health = _get(port, "/health")
+    assert status == 200 and health["status"] == "ok"
+    assert time.monotonic() - started < 2  # answered beside the flood, not after it
+    deadline = time.monotonic() + 5  # header_timeout is 1 s here
+    open_ones = list(idle)
+    while open_ones and time.monotonic() < deadline:
+        for sock in list(open_ones):
+            sock.settimeout(0.05)
+            try:
+                if sock.recv(1) == b"":
+                    open_ones.remove(sock)
+            except TimeoutError:
+                pass
+    for sock in idle:
+        sock.close()
+    assert not open_ones, f"{len(open_ones)} idle connections were still open"
+
+
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({"Host": "evil.example"}, 421),  # DNS rebinding: a name that resolves to 127.0.0.1
+        ({"Host": "localhost.evil.example"}, 421),
+        ({"Origin": "http://evil.example"}, 403),  # another site's page
+        ({"Host": "localhost:1"}, 200),
+        ({"Host": "[::1]:8000"}, 200),
+    ],
+)
+def test_only_this_servers_names_and_origin_are_answered(live, headers, status):
+    _, port = live
+    answered, body = _get(port, "/health", headers)
+    assert answered == status and ("error" in body) == (status != 200)
+
+
+def test_a_page_of_the_same_origin_may_post(live, served):
+    import http.client
+
+    _, pngs, _, _ = served
+    _, port = live
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    origin = f"http://127.0.0.1:{port}"
+    headers = {"Content-Type": "image/png", "Origin": origin}
+    connection.request("POST", "/predict", body=pngs[0], headers=headers)
+    response = connection.getresponse()
+    assert response.status == 200 and "access-control-allow-origin" not in response.headers
+
+
+def test_allowed_hosts_follow_the_address_bound():
+    from mnist_cli.server import allowed_hosts_for
+
+    assert allowed_hosts_for("127.0.0.1") == list(LOOPBACK_HOSTS)
+    assert allowed_hosts_for("::1") == list(LOOPBACK_HOSTS)
+    assert allowed_hosts_for("localhost", ["digits.lan"]) == [*LOOPBACK_HOSTS, "digits.lan"]
+    assert allowed_hosts_for("0.0.0.0") is None  # any name, unless --allowed-host names some
+    assert allowed_hosts_for("0.0.0.0", ["digits.lan"]) == [
+        *LOOPBACK_HOSTS,
+        "digits.lan",
+        "0.0.0.0",
+    ]
+
+
+def _webp(side: int) -> bytes:
+    """A lossless WebP of side x side pixels: a few KB that decode to side**2 pixels."""
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 255).save(buffer, format="WEBP", lossless=True)
+    return buffer.getvalue()
+
+
+def test_decoding_is_bounded_per_request(served):
+    import time
+
+    client, pngs, _, path = served
+    app = create_app(open_model(path), Limits(max_images=64, max_pixels=1_000_000))
+    small = TestClient(app)
+    big = _webp(3000)  # 9 MP from ~1 KB: over the 1 MP budget on its own
+    assert len(big) < 20_000
+    started = time.monotonic()
+    response = small.post("/predict", content=big, headers={"content-type": "image/webp"})
+    assert response.status_code == 422
+    assert "more than this request may decode" in response.json()["error"]
+    files = [(f"f{i}", (f"{i}.webp", _webp(800), "image/webp")) for i in range(64)]
+    files[0] = ("f0", ("0.png", pngs[0], "image/png"))
+    results = small.post("/predict", files=files).json()["results"]
+    assert "digit" in results[0] and "blank" in results[1]["error"]  # 0.64 MP decoded
+    refused = [r for r in results if "more than this request may decode" in r.get("error", "")]
+    assert len(results) == 64 and len(refused) == 62
+    assert time.monotonic() - started < 20
+
+
+def test_no_images_readable_in_a_form_is_a_422(served):
+    client, _, _, _ = served
+    files = [("a", ("a.png", b"nope", "image/png")), ("b", ("b.png", b"nor this", "image/png"))]
+    response = client.post("/predict", files=files)
+    assert response.status_code == 422
+    assert response.json()["error"] == "none of the 2 images could be read"
+
+
+def test_other_answers_are_json_too(served):
+    client, _, _, _ = served
+    assert client.get("/nowhere").status_code == 404 and client.get("/nowhere").json()["error"]
+    response = client.get("/predict")
+    assert response.status_code == 405 and response.json()["error"]
+
+
+class _Broken:
+    """A backend that goes wrong after it was opened, as a damaged model would."""
+
+    def __init__(self, backend):
+        self.inner = backend
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def probabilities(self, images):
+        from mnist_cli.backends import ModelError
+
+        raise ModelError("m.onnx: gave NaN, infinite or absurd scores; refused")
+
+
+def test_a_model_failing_in_a_request_is_a_json_500(served):
+    _, pngs, _, path = served
+    client = TestClient(create_app(_Broken(open_model(path))))
+    response = client.post("/predict", content=pngs[0], headers={"content-type": "image/png"})
+    assert response.status_code == 500 and "refused" in response.json()["error"]
+
+
+def _start_serve(path, port: int, *extra: str):
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnist_cli", "serve", "-m", str(path), "--port", str(port), *extra],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_health(port: int, process, seconds: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            _get(port, "/health")
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("the server did not answer")
+
+
+def test_a_request_in_flight_at_sigterm_is_answered(served):
+    import signal
+    import time
+
+    _, pngs, _, path = served
+    port = free_port()
+    server = _start_serve(path, port)
+    try:
+        _wait_for_health(port, server)
+        with _connect(port) as sock:
+            head = (
+                "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                f"Content-Length: {len(pngs[0])}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + pngs[0][:50])
+            time.sleep(0.5)
+            server.send_signal(signal.SIGTERM)  # with the upload half sent
+            time.sleep(0.5)
+            sock.sendall(pngs[0][50:])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        code = server.wait(timeout=30)  # it stops by itself once the answer is out
+    finally:
+        if server.poll() is None:
+            server.kill()
+    log = server.stderr.read()
+    assert answer.startswith(b"HTTP/1.1 200") and b'"digit"' in answer
+    # uvicorn finishes the request, then ends by the signal it caught: 143 in a shell
+    assert code == -signal.SIGTERM and "Traceback" not in log and "CancelledError" not in log
+
+
+def test_a_busy_port_is_one_line_and_exit_1(served):
+    _, _, _, path = served
+    sock = listen("127.0.0.1", 0)  # holds the port
+    try:
+        port = sock.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "mnist_cli", "serve", "-m", str(path), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        sock.close()
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in done.stderr
+    assert "Serving on" not in done.stderr
