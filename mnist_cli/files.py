@@ -108,7 +108,7 @@ def path_problem(path: Path | str) -> str | None:
     """Why `path` is not a regular file to read, in words (None when it is one)."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # or a file where a folder would be
         if os.path.islink(path):
             return f"a broken symbolic link (to {os.readlink(path)}, which does not exist)"
         return MISSING

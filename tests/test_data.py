@@ -99,3 +99,13 @@ def test_idx_reader_on_hostile_headers(dims, tail):
     except DataError:
         return
     assert array.shape == tuple(dims) and dims[1:] == [28, 28]
+
+
+def test_a_fifo_in_place_of_an_idx_file_is_named_as_one(tmp_path):
+    import os
+
+    folder = raw_dir(tmp_path)
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "t10k-images-idx3-ubyte")
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: a FIFO \(not a regular file\)"):
+        load_split(tmp_path, "test")

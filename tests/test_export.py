@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 import onnx
@@ -193,3 +194,58 @@ def test_an_empty_test_set_falls_back_to_random_check_images(trained, tmp_path):
     (folder / "t10k-labels-idx1-ubyte").write_bytes(bytes.fromhex("00000801") + bytes(4))
     result = export_onnx(trained["checkpoint"], tmp_path / "m.onnx", data_dir=tmp_path / "data")
     assert not result.real_images and result.same_predictions
+
+
+def test_out_through_a_folder_not_made_yet_is_resolved_before_the_checks(trained, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    checkpoint = run_dir / "best.pt"
+    checkpoint.write_bytes(trained["checkpoint"].read_bytes())
+    before = checkpoint.read_bytes()
+    result = _invoke_export("--model", checkpoint, "--out", run_dir / "sub" / ".." / "best.pt")
+    assert result.exit_code == 2 and "is the checkpoint being exported" in result.output
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    result = _invoke_export("--model", checkpoint, "--out", tmp_path / "new" / ".." / "notes.txt")
+    assert result.exit_code == 1 and "not written by `mnist export`" in result.output
+    assert checkpoint.read_bytes() == before and notes.read_text() == "mine"
+    assert not (run_dir / "sub").exists() and not (tmp_path / "new").exists()
+
+
+def test_out_is_compared_with_the_checkpoint_by_identity(trained, tmp_path):
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(trained["checkpoint"].read_bytes())
+    before = checkpoint.read_bytes()
+    os.link(checkpoint, tmp_path / "hard.onnx")
+    (tmp_path / "soft.onnx").symlink_to(checkpoint)
+    for alias in ("hard.onnx", "soft.onnx"):
+        result = _invoke_export("--model", checkpoint, "--out", tmp_path / alias)
+        assert result.exit_code == 2 and "is the checkpoint being exported" in result.output
+    assert checkpoint.read_bytes() == before
+
+
+def test_an_out_folder_that_cannot_be_written_fails_before_exporting(trained, tmp_path):
+    (tmp_path / "file").write_text("")
+    result = _invoke_export("--model", trained["checkpoint"], "--out", tmp_path / "file" / "m.onnx")
+    assert result.exit_code == 1 and "is not a folder" in result.output
+    result = _invoke_export("--model", trained["checkpoint"], "--out", "/proc/m.onnx")
+    assert result.exit_code == 1 and "cannot write in /proc" in result.output
+
+
+def test_a_checkpoint_that_fails_its_check_is_blamed_not_the_file_it_would_replace(
+    exported, tmp_path
+):
+    import dataclasses
+
+    from mnist_cli.checkpoints import save_checkpoint
+
+    result, trained = exported
+    good = tmp_path / "model.onnx"
+    good.write_bytes(result.path.read_bytes())
+    saved = load_checkpoint(trained["checkpoint"])
+    weights = {k: v.clone() for k, v in saved.state_dict.items()}
+    weights["classifier.weight"] *= 1e30  # finite, yet no score is
+    save_checkpoint(dataclasses.replace(saved, state_dict=weights), tmp_path / "huge.pt")
+    run = _invoke_export("--model", tmp_path / "huge.pt", "--out", good)
+    assert run.exit_code == 1 and "huge.pt: gave NaN, infinite or absurd scores" in run.output
+    assert "model.onnx" not in run.output and good.read_bytes() == result.path.read_bytes()

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from mnist_cli.files import atomic_write
@@ -26,3 +29,65 @@ def test_crash_while_writing_keeps_the_previous_file(tmp_path):
         atomic_write(target, crash)
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_a_set_of_files_changes_as_one(tmp_path):
+    from mnist_cli.errors import OutputError
+    from mnist_cli.files import atomic_write_all
+
+    first, second = tmp_path / "last.pt", tmp_path / "best.pt"
+    atomic_write_all(
+        {first: lambda out: out.write(b"old last"), second: lambda out: out.write(b"old best")}
+    )
+
+    def full_disk(out):
+        out.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(
+        OutputError, match=r"best.pt: cannot be written \(No space left on device\)"
+    ):
+        atomic_write_all({first: lambda out: out.write(b"new last"), second: full_disk})
+    assert first.read_bytes() == b"old last" and second.read_bytes() == b"old best"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_paths_are_named_by_what_they_are(tmp_path):
+    from mnist_cli.files import MISSING, path_problem
+
+    (tmp_path / "file").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    assert path_problem(tmp_path / "file") is None
+    assert path_problem(tmp_path / "nothing") == MISSING
+    assert path_problem(tmp_path / "file" / "below") == MISSING
+    assert path_problem(tmp_path) == "a folder"
+    assert path_problem(tmp_path / "fifo") == "a FIFO (not a regular file)"
+    assert path_problem("/dev/null") == "a device (not a regular file)"
+    assert path_problem(tmp_path / "dangling").startswith("a broken symbolic link (to ")
+
+
+def test_outputs_are_tried_before_the_work(tmp_path):
+    from mnist_cli.errors import OutputError
+    from mnist_cli.files import check_writable
+
+    check_writable(tmp_path / "new" / "deeper" / "e.png", option="--errors")  # made later
+    assert not (tmp_path / "new").exists() and not list(tmp_path.iterdir())
+    (tmp_path / "file").write_text("")
+    (tmp_path / "history.png").mkdir()
+    for path, fragment in [
+        (tmp_path / "history.png", "a folder; cannot write a file there"),
+        (tmp_path / "file" / "e.png", "is not a folder"),
+        (Path("/proc/e.png"), "cannot write in /proc"),
+    ]:
+        with pytest.raises(OutputError, match=fragment):
+            check_writable(path, option="--errors")
+
+
+def test_the_real_target_resolves_links_and_folders_not_made_yet(tmp_path):
+    from mnist_cli.files import real_target
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "run")
+    assert real_target(tmp_path / "run" / "sub" / ".." / "best.pt") == tmp_path / "run" / "best.pt"
+    assert real_target(tmp_path / "link" / "best.pt") == tmp_path / "run" / "best.pt"

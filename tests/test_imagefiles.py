@@ -56,3 +56,31 @@ def test_class_folders_take_only_the_named_labels(tmp_path):
     ]
     skipped = {os.path.basename(p): why for p, _, why in found if why is not None}
     assert skipped == {"notes": "a folder not named after a class (3 to 7); skipped"}
+
+
+def test_a_broken_link_is_named_as_one(tmp_path):
+    _png(tmp_path / "good.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    reasons = dict(expand_paths([str(tmp_path)]))
+    assert reasons[str(tmp_path / "good.png")] is None
+    assert reasons[str(tmp_path / "gone.png")].startswith("a broken symbolic link")
+    assert "FIFO" not in reasons[str(tmp_path / "gone.png")]
+
+
+def test_every_entry_of_a_class_folder_tree_is_used_or_named(tmp_path):
+    for folder in ("3", "seven", "07", "10", ".git"):
+        _png(tmp_path / folder / "a.png")
+    _png(tmp_path / "loose.png")
+    (tmp_path / "3" / "notes.txt").write_text("")
+    (tmp_path / "3" / ".DS_Store").write_text("")
+    found = {
+        os.path.relpath(p, tmp_path): why for p, _, why in class_folders(tmp_path, "0123456789")
+    }
+    assert found == {
+        "07": "a folder not named after a class (0 to 9); skipped",
+        "10": "a folder not named after a class (0 to 9); skipped",
+        "3/a.png": None,
+        "3/notes.txt": "not an image file name (.png, .jpg, ...); skipped",
+        "loose.png": "not inside a class folder; skipped",
+        "seven": "a folder not named after a class (0 to 9); skipped",
+    }
