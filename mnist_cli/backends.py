@@ -345,26 +345,39 @@ def _interruptible(session: Any, outputs: list[str], feeds: dict, seconds: float
     if seconds is None and threading.current_thread() is not threading.main_thread():
         return session.run(outputs, feeds, options)  # a server's worker: no signal comes here
     outcome: dict[str, Any] = {}
+    finished = threading.Event()  # waited on instead of join: an interrupted join breaks the
+    # thread's bookkeeping, and the process then dies at exit ("terminate called")
 
     def work() -> None:
         try:
             outcome["result"] = session.run(outputs, feeds, options)
         except Exception as error:  # handed to the caller's thread
             outcome["error"] = error
+        finally:
+            finished.set()
 
-    worker = threading.Thread(target=work, name="onnxruntime run", daemon=True)
-    worker.start()
+    threading.Thread(target=work, name="onnxruntime run", daemon=True).start()
     try:
-        worker.join(seconds)
+        done = finished.wait(seconds)
     except BaseException:  # Ctrl-C: stop the run, then let the interrupt go on
-        options.terminate = True
+        _stop(finished, options)
         raise
-    if worker.is_alive():
-        options.terminate = True
+    if not done:
+        _stop(finished, options)
         raise TimeoutError
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+def _stop(finished: threading.Event, options: Any) -> None:
+    """Ask a run to stop and wait until it has: a process must not exit with onnxruntime still
+    running in a thread."""
+    options.terminate = True
+    finished.wait(_STOP_SECONDS)
+
+
+_STOP_SECONDS = 2.0  # onnxruntime checks the flag between operators: milliseconds
 
 
 _MODEL_HINT = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import warnings
 import zipfile
 
@@ -145,7 +147,10 @@ def _raw_damaged(trained, tmp_path, name="m.pt", **changes):
     "changes, fragment",
     [
         ({"normalization": {}}, "normalization: not an mnist checkpoint (no 'mean' field)"),
-        ({"normalization": {"mean": 0.1, "std": 0}}, "'std' is 0.0, expected a number from 0.001 to 1"),
+        (
+            {"normalization": {"mean": 0.1, "std": 0}},
+            "'std' is 0.0, expected a number from 0.001 to 1",
+        ),
         ({"normalization": {"mean": 0.1, "std": 1e-45}}, "'std' is 1e-45"),
         ({"normalization": {"mean": 1e6, "std": 0.3}}, "'mean' is 1000000.0"),
         ({"class_labels": [str(k) for k in range(20)]}, "mnist works with the digits 0-9"),
@@ -342,6 +347,8 @@ def test_a_checkpoint_of_an_older_cnn_layout_opens_and_runs(trained, tmp_path, l
 
 _CUDA_PROVIDER_PROBE = """
 import json
+import subprocess
+import sys
 import sys
 import onnxruntime
 from mnist_cli import backends
@@ -386,3 +393,122 @@ def test_the_cuda_provider_gets_the_named_gpu_and_torch_loaded_first(device, ind
     assert seen["before"] is False  # nothing else had loaded torch: the backend did
     assert seen["asked"] == [[cuda, "CPUExecutionProvider"], True]
     assert seen["provider"] == "CPUExecutionProvider"  # what ran is reported, not what was asked
+
+
+def _loop_file(path):
+    """A 'digit model' whose Loop has no trip count and a condition that stays true."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["keep_in"], ["keep_out"]),
+            helper.make_node("Identity", ["x_in"], ["x_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("keep_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("keep_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_out", TensorProto.FLOAT, None),
+        ],
+    )
+    true = helper.make_tensor("t", TensorProto.BOOL, [], [True])
+    weight = numpy_helper.from_array(np.full((784, 10), 0.01, np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["keep"], value=true),
+            helper.make_node("Loop", ["", "keep", "image"], ["looped"], body=body),
+            helper.make_node("Flatten", ["looped"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.save(model, path)
+    return path
+
+
+def test_a_graph_that_can_loop_for_ever_is_refused_before_it_runs(tmp_path):
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(ModelError, match="control-flow operator Loop"):
+        open_model(_loop_file(tmp_path / "loop.onnx"))
+    assert time.monotonic() - started < 5
+
+
+def test_a_run_that_does_not_end_is_stopped_by_its_time_limit(tmp_path):
+    import time
+
+    import onnxruntime
+
+    from mnist_cli.backends import _interruptible
+
+    session = onnxruntime.InferenceSession(str(_loop_file(tmp_path / "loop.onnx")))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        _interruptible(session, ["logits"], {"image": np.zeros((1, 1, 28, 28), np.float32)}, 0.5)
+    assert time.monotonic() - started < 3
+
+
+def test_ctrl_c_stops_a_run_within_a_second(tmp_path):
+    """The main thread waits on the run, not inside it: SIGINT lands at once."""
+    import signal
+    import time
+
+    code = (
+        "import sys, numpy as np, onnxruntime\n"
+        "from mnist_cli.backends import _interruptible\n"
+        "session = onnxruntime.InferenceSession(sys.argv[1])\n"
+        "print('running', flush=True)\n"
+        "try:\n"
+        "    _interruptible(session, ['logits'], {'image': np.zeros((1, 1, 28, 28), np.float32)},"
+        " None)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(_loop_file(tmp_path / "loop.onnx"))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline() == "running\n"
+    time.sleep(0.5)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 0 and process.stdout.read() == "interrupted\n"
+    assert time.monotonic() - sent < 1.5
+
+
+def _scaled_file(path, scale: float):
+    """A linear ONNX model whose scores are `scale` times the ink: 0 on a blank image."""
+    weight = numpy_helper.from_array(np.full((784, 10), scale, np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["image"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("scale", [3e38, 1e36, float("inf"), float("nan")])
+def test_scores_that_go_wrong_only_on_ink_are_refused_when_opened(tmp_path, scale):
+    with pytest.raises(ModelError, match="NaN, infinite or absurd scores"):
+        open_model(_scaled_file(tmp_path / "wild.onnx", scale))
+
+
+def test_scores_that_go_wrong_later_refuse_the_model_not_the_image(tmp_path):
+    backend = open_model(_scaled_file(tmp_path / "ok.onnx", 0.01))
+    with pytest.raises(ModelError, match="ok.onnx: gave NaN, infinite or absurd scores"):
+        backend.logits(np.full((3, 1, 28, 28), np.float32(1e38), np.float32))

@@ -333,3 +333,83 @@ def test_train_help_states_each_recipes_batch_and_peak_lr():
         assert f"{recipe.batch_size}{kind}" in help_text, (model, device)
         lr = f"{recipe.lr:.1e}".replace(".0e", "e").replace("e-0", "e-")  # 8e-3, 1.2e-2
         assert lr + kind in help_text, (model, device)
+
+
+@pytest.mark.parametrize(
+    "args, env, fragment",
+    [
+        (["train", "--model", "fc", "--arch", "cnn"], {}, "give one, not both --model and --arch"),
+        (["train", "--out", "a", "--out-dir", "b"], {}, "not both --out and --out-dir"),
+        (["train", "--out", "a"], {"MNIST_OUT_DIR": "b"}, "--out-dir (from MNIST_OUT_DIR)"),
+        (["export", "--checkpoint", "a.pt", "--model", "b.pt"], {}, "--checkpoint and --model"),
+    ],
+)
+def test_old_and_new_spellings_together_are_a_contradiction(tmp_path, args, env, fragment):
+    result = runner.invoke(app, args, env=env)
+    assert_clean_failure(result, 2, fragment)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_old_spelling_alone_still_works_with_a_note(trained, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = run("export", "--checkpoint", trained["checkpoint"], "--out", out,
+                 "--data-dir", trained["data_dir"])  # fmt: skip
+    assert result.exit_code == 0 and "Deprecated: --checkpoint is now --model" in result.output
+    assert out.is_file()
+
+
+def test_control_characters_in_file_names_never_reach_the_terminal(
+    trained, tmp_path, monkeypatch
+):
+    from pathlib import Path
+
+    from PIL import Image
+
+    from mnist_cli.data import load_split
+
+    monkeypatch.chdir(tmp_path)  # short names: the table shows them whole
+    digit = 255 - load_split(trained["data_dir"], "test").images[0]
+    red = Path("\x1b[31mred\x1b]0;pwned\x07.png")
+    Image.fromarray(digit).save(red)
+    broken = Path("\x1b[2Jbroken.png")
+    broken.write_bytes(b"not an image")
+    result = run("predict", red, broken, "-m", trained["checkpoint"], "--show", "--top-k", "2")
+    assert result.exit_code == 1
+    assert "\x1b" not in result.stdout and "\x1b" not in result.stderr
+    assert "\\x1b[31mred\\x1b]0;pwned\\x07.png" in result.stdout
+    assert "\\x1b[2Jbroken.png" in result.stderr
+    as_json = run("predict", red, "-m", trained["checkpoint"], "--json")
+    assert json.loads(as_json.stdout)["path"] == str(red)  # JSON keeps the name exact
+
+
+def test_library_warnings_do_not_print_raw(trained, tmp_path):
+    import struct
+
+    import numpy as np
+    from PIL import Image
+
+    # An EXIF block whose tag points past its end: Pillow warns "Tag data larger than file".
+    ifd = struct.pack("<H", 1) + struct.pack("<HHII", 0x010F, 2, 400, 500) + bytes(4)
+    exif = b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd
+    digit = np.zeros((40, 40), np.uint8)
+    digit[8:32, 17:23] = 255
+    Image.fromarray(digit).save(tmp_path / "odd-exif.png", exif=exif)
+    done = subprocess.run(
+        [sys.executable, "-m", "mnist_cli", "predict", str(tmp_path / "odd-exif.png"),
+         "-m", str(trained["checkpoint"]), "--json"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "default"},
+    )  # fmt: skip
+    assert done.returncode == 0 and json.loads(done.stdout)["digit"] in range(10)
+    assert "Warning" not in done.stderr and "warnings.warn" not in done.stderr
+
+
+def test_a_model_that_gives_nan_on_ink_is_refused_in_one_line(trained, tmp_path):
+    """Finite weights, positive std, but a BatchNorm variance below zero: NaN on every digit."""
+    payload = torch.load(trained["checkpoint"], weights_only=True)
+    name = next(k for k in payload["state_dict"] if k.endswith("running_var"))
+    payload["state_dict"][name][0] = -1.0
+    torch.save(payload, tmp_path / "negative.pt")
+    for command in (["test", "--data-dir", trained["data_dir"], "--json"], ["predict", tmp_path]):
+        result = run(*command, "-m", tmp_path / "negative.pt")
+        assert_clean_failure(result, 1, f"{name} holds a negative variance")
+        assert "nan" not in result.stdout.lower()

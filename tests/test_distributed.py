@@ -147,6 +147,8 @@ def test_distributed_variables_without_torchrun_are_a_clear_error(data_dir, tmp_
         ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
         ({"WORLD_SIZE": "2", "RANK": "0", "MNIST_DIST_TIMEOUT": "soon"}, "MNIST_DIST_TIMEOUT"),
         ({"WORLD_SIZE": "3", "RANK": "0"}, "must split evenly over the 3 processes"),
+        ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5 with WORLD_SIZE=2"),  # it waited for ever
+        ({"WORLD_SIZE": "1", "RANK": "1"}, "RANK=1 with WORLD_SIZE=1"),  # it trained silently
     ],
 )
 def test_bad_distributed_settings_are_usage_errors(

@@ -443,3 +443,95 @@ def test_graph_warmup_leaves_weights_and_optimiser_state_as_they_were():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     for state in optimizer.state.values():
         assert all(not v.any() for v in state.values() if isinstance(v, torch.Tensor))
+
+
+def _old_run(trained, folder):
+    """A copy of a finished run, and the bytes of each of its files."""
+    import shutil
+
+    shutil.copytree(trained["out_dir"], folder)
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_overwrite_stopped_in_its_first_epoch_leaves_the_old_run_whole(
+    trained, tmp_path, sig, code
+):
+    out = tmp_path / "run"
+    before = _old_run(trained, out)
+
+    class StopAt(TrainCallback):
+        def on_batch(self, *, epoch, step, steps, loss, rate):
+            if step == 10:
+                os.kill(os.getpid(), sig)
+
+    config = default_config("cnn", **TINY)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(config, data_dir=trained["data_dir"], out_dir=out, overwrite=True, callback=StopAt())
+    assert caught.value.exit_code == code
+    assert "nothing was saved" in caught.value.message and "unchanged" in caught.value.message
+    after = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    assert after == before
+
+
+def test_a_write_failing_mid_set_leaves_every_file_as_it_was(trained, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    before = _old_run(trained, out)
+    real_save, calls = torch.save, []
+
+    def second_fails(obj, handle, *args, **kwargs):  # last.pt is written, then best.pt fails
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", second_fails)
+    config = default_config("cnn", **{**TINY, "epochs": 1})
+    with pytest.raises(OutputError, match="best.pt: cannot be written"):
+        train(config, data_dir=trained["data_dir"], out_dir=out, overwrite=True)
+    after = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    assert after == before
+    assert (
+        load_checkpoint(out / "best.pt").val_accuracy
+        == load_checkpoint(out / "last.pt").state.best_val_accuracy
+    )
+
+
+def _damaged_last(trained, folder, change):
+    """The trained run's last.pt with `change(payload)` applied, in `folder`."""
+    import shutil
+
+    shutil.copytree(trained["out_dir"], folder)
+    payload = torch.load(folder / "last.pt", weights_only=True)
+    change(payload)
+    torch.save(payload, folder / "last.pt")
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda p: p.update(best_val_accuracy=2.0), "'best_val_accuracy' is 2.0"),
+        (lambda p: p.update(val_accuracy=-0.5), "'val_accuracy' is -0.5"),
+        (lambda p: p.update(epoch=10**9), "epoch 1000000000 is past the run's 3 epochs"),
+        (lambda p: p.update(best_epoch=7), "best epoch 7 is past epoch 3"),
+        (lambda p: p["history"][0].update(val_loss=float("nan")), "'val_loss' is nan"),
+        (lambda p: p["history"].pop(), "epoch 3 does not match its 2 history rows"),
+        (lambda p: p.update(options={}), "holds no training options"),
+    ],
+)
+def test_resume_refuses_damaged_progress(trained, tmp_path, change, fragment):
+    from mnist_cli.errors import CheckpointError
+
+    out = tmp_path / "run"
+    _damaged_last(trained, out, change)
+    with pytest.raises(CheckpointError, match="--resume") as caught:
+        train(None, data_dir=trained["data_dir"], out_dir=out, resume=True)
+    assert fragment in caught.value.message and "last.pt" in caught.value.message
+
+
+def test_an_output_that_cannot_be_written_stops_train_before_the_first_epoch(data_dir, tmp_path):
+    out = tmp_path / "run"
+    (out / "history.png").mkdir(parents=True)
+    with pytest.raises(OutputError, match="history.png: a folder; cannot write a file there"):
+        train(default_config("cnn", **TINY), data_dir=data_dir, out_dir=out)
+    assert [p.name for p in out.iterdir()] == ["history.png"]
