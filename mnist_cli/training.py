@@ -235,17 +235,21 @@ def train(
     except (RuntimeError, distributed.RankFailed) as error:
         if not cluster:
             raise
-        lost = error if isinstance(error, distributed.RankFailed) else distributed.peer_lost(error)
-        saved_last = (out_dir / "last.pt").is_file()
-        lost.hint = f"{lost.hint}; " + (
-            "then continue with `mnist train --resume`"
-            if saved_last
-            else f"no last.pt was saved in {out_dir}: start the run again"
-        )
-        raise lost from None
+        raise peer_lost(error, out_dir) from None
     finally:
         if cluster:
             distributed.leave()
+
+
+def peer_lost(error: Exception, out_dir: Path) -> distributed.RankFailed:
+    """What to say when another torchrun process died: --resume only if a last.pt exists."""
+    lost = error if isinstance(error, distributed.RankFailed) else distributed.peer_lost(error)
+    lost.hint = f"{lost.hint}; " + (
+        f"then continue with `mnist train --resume --out-dir {out_dir}`"
+        if (out_dir / "last.pt").is_file()
+        else f"no last.pt was saved in {out_dir}: start the run again"
+    )
+    return lost
 
 
 def _where(run: _Run) -> str:

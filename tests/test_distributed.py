@@ -165,3 +165,14 @@ def test_bad_distributed_settings_are_usage_errors(
     assert result.exit_code == 2, result.output
     assert fragment in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_lost_peer_suggests_resume_only_when_there_is_a_last_pt(tmp_path):
+    from mnist_cli.training import peer_lost
+
+    gone = RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+    fresh = peer_lost(gone, tmp_path)
+    assert "Connection closed by peer" in fresh.message and "--resume" not in fresh.hint
+    assert "no last.pt was saved" in fresh.hint
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert "continue with `mnist train --resume" in peer_lost(gone, tmp_path).hint
