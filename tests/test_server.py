@@ -513,3 +513,51 @@ def test_a_busy_port_is_one_line_and_exit_1(served):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in done.stderr
     assert "Serving on" not in done.stderr
+
+
+def test_past_max_pending_requests_the_answer_is_503(served):
+    import threading
+    import time
+
+    _, pngs, _, path = served
+    sock = listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    limits = Limits(max_pending=1, read_timeout=5)
+    server = uvicorn_server(open_model(path), limits=limits, log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with _connect(port) as slow:  # one upload in flight, its body half sent
+            slow.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                + f"Content-Length: {len(pngs[0])}\r\n\r\n".encode()
+                + pngs[0][:50]
+            )
+            time.sleep(0.3)
+            import http.client
+
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request(
+                "POST", "/predict", body=pngs[0], headers={"Content-Type": "image/png"}
+            )
+            response = connection.getresponse()
+            assert response.status == 503 and "busy" in json.loads(response.read())["error"]
+            assert _get(port, "/health")[0] == 200  # the rest of the server still answers
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def test_a_host_that_is_no_address_is_a_usage_error(served):
+    _, _, _, path = served
+    done = subprocess.run(
+        [sys.executable, "-m", "mnist_cli", "serve", "-m", str(path), "--host", "999.1.1.1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--host 999.1.1.1: not an address here" in done.stderr
+    assert "Traceback" not in done.stderr
