@@ -23,6 +23,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+# What `pip install "mnist-cli[train]"` adds: training, export, .pt models, the run's pictures.
+TRAIN_EXTRA = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib"}
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
 
@@ -42,6 +44,18 @@ def _user_errors(*, quiet: bool = False) -> Iterator[None]:
     except KeyboardInterrupt:
         console.err.print("Interrupted.")
         raise typer.Exit(code=EXIT_INTERRUPTED) from None
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").partition(".")[0]
+        if missing not in TRAIN_EXTRA:
+            raise
+        console.print_error(
+            MnistError(
+                f"{missing} is not installed: training, export, .pt models and pictures "
+                "(--plot) need the train extra",
+                hint='pip install "mnist-cli[train]" (from a clone: pip install -e ".[train]")',
+            )
+        )
+        raise typer.Exit(code=1) from None
     except BrokenPipeError:  # the reader went away (`| head -1`): stop quietly
         _silence_stdout()
         raise typer.Exit(code=EXIT_BROKEN_PIPE) from None
@@ -284,7 +298,6 @@ def train(
     Example: mnist train --device cuda --epochs 30
     """
     from mnist_cli import console
-    from mnist_cli.distributed import is_main_process
     from mnist_cli.errors import OptionError, TrainingDiverged, TrainingInterrupted
 
     chosen = {
@@ -297,6 +310,7 @@ def train(
     }
     with _user_errors(quiet=quiet):
         from mnist_cli import training
+        from mnist_cli.distributed import is_main_process
 
         arch = _renamed(ctx, "--model", "--arch", old_model, arch)
         out_dir = _renamed(ctx, "--out", "--out-dir", old_out, out_dir)
@@ -362,6 +376,8 @@ def test(
         for option, path in (("--errors", errors), ("--plot", plot)):
             if path is not None:
                 evaluation.check_image_path(path, option=option)
+        if plot is not None:  # the train extra's: refused before the evaluation, not after
+            import matplotlib  # noqa: F401
         report, wrong = evaluation.evaluate_model(
             model, data_dir=data_dir, device=device, images_dir=images
         )
@@ -440,8 +456,13 @@ def export(
 @app.command()
 def predict(
     paths: Annotated[
-        list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)
-    ],
+        list[str] | None,
+        typer.Argument(
+            help="Image files, folders or glob patterns. [default: the sample images shipped "
+            "in the package]",
+            show_default=False,
+        ),
+    ] = None,
     model: ModelFile = None,
     backend: Annotated[
         BackendName | None,
@@ -484,6 +505,9 @@ def predict(
 
         engine = open_model(model, backend=backend, device=device)
         console.show_model(engine)
+        if not paths:
+            paths = [str(prediction.SAMPLES)]
+            console.note(f"No images given: reading the samples shipped in {prediction.SAMPLES}")
         failures = 0
         with console.PredictionOutput(json_output=json_output, top_k=top_k, show=show) as output:
             for result in prediction.predict_paths(

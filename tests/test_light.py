@@ -1,0 +1,104 @@
+"""The base install, without the train extra: reading digits needs no torch.
+
+CI runs this file in a venv that holds `pip install -e .` alone (no torch, onnx or
+matplotlib), then again in the full one. The train extra's absence is also simulated here, so
+that its message is checked in both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_cli.prediction import SAMPLES
+
+SAMPLE_DIGITS = {"drawn-7.png": 7, "handwritten-2.png": 2, "photo-4.jpg": 4}
+
+
+def mnist(*args: object, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`mnist ARGS` in a fresh process; `block` makes those modules fail to import there."""
+    code = (
+        "import sys\n"
+        + "".join(f"sys.modules[{name!r}] = None\n" for name in block)
+        + "from mnist_cli.cli import app\n"
+        + "app(args=sys.argv[1:], prog_name='mnist')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_predict_with_no_paths_reads_the_shipped_samples():
+    done = mnist("predict", "--json")
+    assert done.returncode == 0, done.stderr
+    read = {
+        Path(line["path"]).name: line["digit"] for line in map(json.loads, done.stdout.splitlines())
+    }
+    assert read == SAMPLE_DIGITS
+    assert "reading the samples shipped in" in done.stderr and "bundled model" in done.stderr
+
+
+def test_test_on_your_own_folder_with_the_bundled_model(tmp_path):
+    for name, digit in SAMPLE_DIGITS.items():
+        (tmp_path / str(digit)).mkdir()
+        shutil.copy(SAMPLES / name, tmp_path / str(digit) / name)
+    done = mnist("test", "--images", tmp_path, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["images"] == 3 and report["accuracy"] == 1.0
+    assert report["backend"] == "onnxruntime"
+
+
+def test_serve_reads_a_sample_with_the_bundled_model():
+    pytest.importorskip("httpx")  # starlette's test client
+    from starlette.testclient import TestClient
+
+    from mnist_cli.backends import open_model
+    from mnist_cli.server import create_app
+
+    client = TestClient(create_app(open_model()))
+    body = (SAMPLES / "drawn-7.png").read_bytes()
+    response = client.post("/predict", content=body, headers={"content-type": "image/png"})
+    assert response.status_code == 200 and response.json()["results"][0]["digit"] == 7
+    assert client.get("/health").json()["bundled"] is True
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("train", "--epochs", "1"),
+        ("export",),
+        ("predict", SAMPLES / "drawn-7.png", "--backend", "torch"),
+        ("test", "--images", SAMPLES, "--plot", "confusion.png"),
+    ],
+)
+def test_without_the_train_extra_one_line_says_how_to_get_it(args):
+    done = mnist(*args, block=("torch", "onnx", "matplotlib"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert 'pip install "mnist-cli[train]"' in done.stderr
+    assert "is not installed: training, export, .pt models and pictures" in done.stderr
+
+
+def test_reading_digits_never_imports_the_train_extra():
+    code = (
+        "import sys\n"
+        "from mnist_cli.backends import open_model\n"
+        "from mnist_cli.prediction import SAMPLES, predict_paths\n"
+        "from mnist_cli.server import create_app\n"
+        "create_app(open_model())\n"
+        "list(predict_paths(open_model(), [str(SAMPLES)]))\n"
+        "heavy = [m for m in ('torch', 'onnx', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
