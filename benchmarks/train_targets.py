@@ -5,7 +5,7 @@ and after every epoch scores `last.pt` on the 10,000 test images. That scoring i
 timed part: "seconds" is training plus validation time only. The test set picks nothing here.
 
     python benchmarks/train_targets.py --data-dir datafiles         # data already downloaded
-    python benchmarks/train_targets.py --from ../shared/mnist       # import it first
+    python benchmarks/train_targets.py --from ~/Downloads/mnist      # import it first
 """
 
 from __future__ import annotations

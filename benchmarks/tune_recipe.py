@@ -4,7 +4,7 @@ Each candidate is the CPU recipe with a few values changed, trained through the 
 in its own process (several at once on a GPU, whose small steps leave it mostly idle). The
 table shows validation accuracy only: the test set picks nothing, hyperparameters included.
 
-    python benchmarks/tune_recipe.py --device cuda --jobs 12 --from ../shared/mnist
+    python benchmarks/tune_recipe.py --device cuda --jobs 12 --from ~/Downloads/mnist
     python benchmarks/tune_recipe.py --device cpu --jobs 1 --only one-epoch
 """
 

@@ -1,6 +1,6 @@
 """Cut the small real MNIST subset the tests ship with (tests/data/mnist-subset/).
 
-Usage: python scripts/cut_test_subset.py ../shared/mnist
+Usage: python scripts/cut_test_subset.py FOLDER_WITH_THE_FOUR_MNIST_GZ_FILES
 """
 
 from __future__ import annotations

@@ -36,8 +36,9 @@ def test_every_command_help_shows_an_example(command):
     assert "Example: mnist " + command in result.output
 
 
-def test_version():
-    result = run("--version")
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version(flag):
+    result = run(flag)
     assert result.exit_code == 0 and result.output.startswith("mnist ")
 
 
