@@ -16,7 +16,7 @@ from mnist_cli.data import CLASS_LABELS
 from mnist_cli.devices import check_device_name
 from mnist_cli.errors import MnistError, first_line
 from mnist_cli.files import MISSING, ONNX_FILE, TORCH_FILE, describe_bytes, path_problem
-from mnist_cli.onnxgraph import GraphReadError, control_flow
+from mnist_cli.onnxgraph import GraphReadError, control_flow, metadata
 from mnist_cli.options import BackendName
 
 if TYPE_CHECKING:
@@ -132,13 +132,45 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def default_model_path(backend: BackendName | None) -> Path:
-    """The file a command uses without --model: the user's own model if there is one
-    (params/best.pt, then exported/model.onnx), else the bundled one."""
+    """The file a command uses without --model (see `default_model`)."""
+    return default_model(backend)[0]
+
+
+def default_model(backend: BackendName | None) -> tuple[Path, str | None]:
+    """The file a command uses without --model, and a note when the choice needs one.
+
+    The user's own model comes first, the bundled one last. Of params/best.pt and
+    exported/model.onnx, the ONNX file wins when it is the export of that very best.pt (its
+    metadata holds the checkpoint's SHA-256): the same model without loading torch. A stale
+    export loses to the checkpoint, with a note.
+    """
+    best, exported = DEFAULT_MODELS[BackendName.torch], DEFAULT_MODELS[BackendName.onnxruntime]
     if backend is not None:
         candidates = [DEFAULT_MODELS[backend], BUNDLED_MODELS[backend]]
-    else:  # the bundled ONNX file needs no torch: the quickest start
-        candidates = [*DEFAULT_MODELS.values(), BUNDLED_MODELS[BackendName.onnxruntime]]
-    return next((path for path in candidates if path.is_file()), candidates[0])
+        return next((path for path in candidates if path.is_file()), candidates[0]), None
+    if best.is_file() and exported.is_file():
+        if _exported_from(exported, best):
+            return exported, None
+        return best, (
+            f"{exported} is not the export of {best} (stale): using {best}; "
+            "`mnist export` makes them one again"
+        )
+    # The bundled ONNX file last: it needs no torch.
+    candidates = [best, exported, BUNDLED_MODELS[BackendName.onnxruntime]]
+    return next((path for path in candidates if path.is_file()), candidates[0]), None
+
+
+def _exported_from(onnx_file: Path, checkpoint: Path) -> bool:
+    """Whether `onnx_file`'s metadata names `checkpoint`'s current bytes as its source."""
+    import hashlib
+
+    try:
+        if onnx_file.stat().st_size > MAX_MODEL_BYTES:
+            return False
+        source = metadata(onnx_file.read_bytes()).get("source_checkpoint_sha256")
+        return source == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    except (OSError, GraphReadError):
+        return False
 
 
 def open_model(
@@ -150,7 +182,10 @@ def open_model(
     """Open and check a model file; its bytes pick the backend unless `backend` forces one."""
     backend = BackendName(backend) if backend is not None else None
     device = check_device_name(device)
-    path = Path(path) if path is not None else default_model_path(backend)
+    note = None
+    if path is None:
+        path, note = default_model(backend)
+    path = Path(path)
     kind = detect_backend(path)
     if backend is not None and backend != kind:
         raise BackendMismatch(
@@ -158,15 +193,18 @@ def open_model(
             hint=f"drop --backend, or use --backend {kind.value}",
         )
     if kind is BackendName.onnxruntime:
-        return OnnxBackend(str(path), str(path), device)
-    from mnist_cli.checkpoints import load_checkpoint
-    from mnist_cli.errors import CheckpointError
+        opened: Backend = OnnxBackend(str(path), str(path), device)
+    else:
+        from mnist_cli.checkpoints import load_checkpoint
+        from mnist_cli.errors import CheckpointError
 
-    try:
-        checkpoint = load_checkpoint(path)
-    except CheckpointError as error:
-        raise ModelError(error.message, hint=error.hint) from None
-    return TorchBackend(checkpoint, str(path), device)
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as error:
+            raise ModelError(error.message, hint=error.hint) from None
+        opened = TorchBackend(checkpoint, str(path), device)
+    opened.note = opened.note or note
+    return opened
 
 
 def detect_backend(path: Path) -> BackendName:

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 CONTROL_FLOW = frozenset({"Loop", "If", "Scan"})
 
 # Field numbers from onnx.proto.
-_MODEL_GRAPH, _MODEL_FUNCTIONS = 7, 25
+_MODEL_GRAPH, _MODEL_METADATA, _MODEL_FUNCTIONS = 7, 14, 25
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
 _GRAPH_NODES = 1
 _NODE_OP_TYPE, _NODE_ATTRIBUTES, _NODE_DOMAIN = 4, 5, 7
 _ATTRIBUTE_GRAPH, _ATTRIBUTE_GRAPHS = 6, 11
@@ -96,3 +97,18 @@ def control_flow(model: bytes) -> str | None:
         if op_type in CONTROL_FLOW or nested:
             return f"{domain}.{op_type}" if domain else op_type
     return None
+
+
+def metadata(model: bytes) -> dict[str, str]:
+    """The model's metadata_props (what `mnist export` stamps: source checkpoint, labels...)."""
+    found = {}
+    for number, entry in _fields(memoryview(model)):
+        if number != _MODEL_METADATA or isinstance(entry, int):
+            continue
+        parts = {
+            k: bytes(v).decode(errors="replace")
+            for k, v in _fields(entry)
+            if not isinstance(v, int)
+        }
+        found[parts.get(_ENTRY_KEY, "")] = parts.get(_ENTRY_VALUE, "")
+    return found

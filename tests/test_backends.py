@@ -512,3 +512,26 @@ def test_scores_that_go_wrong_later_refuse_the_model_not_the_image(tmp_path):
     backend = open_model(_scaled_file(tmp_path / "ok.onnx", 0.01))
     with pytest.raises(ModelError, match="ok.onnx: gave NaN, infinite or absurd scores"):
         backend.logits(np.full((3, 1, 28, 28), np.float32(1e38), np.float32))
+
+
+def test_a_current_export_is_the_default_and_a_stale_one_is_named(trained, tmp_path, monkeypatch):
+    from mnist_cli.export import export_onnx
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params").mkdir()
+    best = tmp_path / "params" / "best.pt"
+    best.write_bytes(trained["checkpoint"].read_bytes())
+    export_onnx(best, tmp_path / "exported" / "model.onnx", data_dir=trained["data_dir"])
+    current = open_model()
+    assert current.name == "onnxruntime" and current.path == "exported/model.onnx"
+    assert current.note is None
+    code = (
+        "import sys; from mnist_cli.backends import open_model; open_model()\n"
+        "assert 'torch' not in sys.modules, 'the current export should need no torch'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    best.write_bytes((trained["out_dir"] / "last.pt").read_bytes())  # trained on, not exported
+    stale = open_model()
+    assert stale.name == "torch" and stale.path == "params/best.pt"
+    assert "exported/model.onnx is not the export of params/best.pt (stale)" in stale.note
