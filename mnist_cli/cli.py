@@ -279,6 +279,21 @@ def train(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also print every value of the recipe.")
     ] = False,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Read the recipe from this TOML file (as --print-config writes it, and as each "
+            "run keeps in OUT_DIR/config.toml); options given here win over it.",
+        ),
+    ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config", help="Print the resolved recipe as a --config file, and stop."
+        ),
+    ] = False,
     old_model: Annotated[Architecture | None, typer.Option("--model", hidden=True)] = None,
     old_out: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
 ) -> None:
@@ -316,16 +331,34 @@ def train(
         out_dir = _renamed(ctx, "--out", "--out-dir", old_out, out_dir)
         given = [f"--{k.replace('_', '-')}" for k, v in chosen.items() if v is not None]
         given += ["--arch"] if arch else []
+        given += ["--config"] if config_file else []
+        given += ["--print-config"] if print_config else []
         if resume and given:
             raise OptionError(f"--resume continues with the saved options; drop {', '.join(given)}")
+        from mnist_cli.recipes import config_toml, read_config_file
+
+        from_file = read_config_file(config_file) if config_file else {}
+        name = arch.value if arch else from_file.pop("arch", "cnn")
+        if ctx.get_parameter_source("device").name == "DEFAULT":
+            device = from_file.pop("device", device)
+        from_file.pop("device", None)
         try:
             config = (
                 None
                 if resume
-                else training.default_config(arch.value if arch else "cnn", device, **chosen)
+                else training.default_config(
+                    name,
+                    device,
+                    **{**from_file, **{k: v for k, v in chosen.items() if v is not None}},
+                )
             )
         except (ValueError, TypeError) as error:
             raise OptionError(str(error)) from None
+        if print_config:
+            from mnist_cli.devices import resolve_device
+
+            console.print_text(config_toml(config, str(resolve_device(device))))
+            return
         where = {"data_dir": data_dir, "out_dir": out_dir, "device": device}
         how = {"resume": resume, "compile": compile, "overwrite": overwrite}
         if not is_main_process():  # under torchrun only rank 0 speaks, but for its own failures

@@ -56,6 +56,12 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def print_text(text: str) -> None:
+    """Plain text for scripts and files on stdout, as it is: no wrapping, no markup."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 def show_downloads(outcomes: Any) -> None:
     states = {
         "present": "already present and valid",

@@ -131,3 +131,69 @@ def check_config(config: TrainConfig) -> None:
 
 def _option(name: str) -> str:
     return name.replace("_", "-")
+
+
+# A run's config file: TOML, which Python reads with no new dependency from 3.11 on (tomllib)
+# and which needs no quoting rules beyond JSON's for these flat values. Keys are TrainConfig's
+# fields, `arch` for the network (as the option is named), and the device.
+CONFIG_FILE = "config.toml"
+_ARCH_KEY = "arch"
+
+
+def _key(name: str) -> str:
+    return _ARCH_KEY if name == "model" else name
+
+
+CONFIG_KEYS = [_key(item.name) for item in fields(TrainConfig)] + ["device"]
+
+
+def config_toml(config: TrainConfig, device: str) -> str:
+    """The resolved recipe in the format `mnist train --config` reads."""
+    import json
+
+    lines = ["# mnist train --config FILE reads this; options given on the command line win."]
+    values = {_key(item.name): getattr(config, item.name) for item in fields(TrainConfig)}
+    for key, value in {**values, "device": device}.items():
+        text = str(value).lower() if isinstance(value, bool) else json.dumps(value)
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def read_config_file(path: Any) -> dict[str, Any]:
+    """The keys of a config file, each checked alone; OptionError (exit 2) naming the file and
+    the key for an unknown key, a wrong type or a value out of range."""
+    from pathlib import Path
+
+    from mnist_cli.devices import check_device_name
+    from mnist_cli.errors import OptionError
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    where = f"--config {path}"
+    try:
+        values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise OptionError(f"{where}: cannot be read ({error.strerror or error})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise OptionError(f"{where}: not a TOML file ({error})") from None
+    for key, value in values.items():
+        if key not in CONFIG_KEYS:
+            raise OptionError(
+                f"{where}: unknown key {key!r}; the keys are {', '.join(CONFIG_KEYS)}"
+            )
+        try:
+            if key == "device":
+                check_device_name(value if isinstance(value, str) else repr(value))
+            elif key == _ARCH_KEY:
+                if not isinstance(value, str) or (value, "cpu") not in RECIPES:
+                    names = sorted({name for name, _ in RECIPES})
+                    raise ValueError(f"choose from {', '.join(names)}, not {value!r}")
+            else:
+                check_config(replace(TrainConfig(), **{key: value}))
+        except (ValueError, OptionError) as error:  # OptionError: the device's check
+            message = getattr(error, "message", None) or str(error)
+            raise OptionError(f"{where}: key {key!r}: {message}") from None
+    return values

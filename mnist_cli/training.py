@@ -47,7 +47,7 @@ from mnist_cli.errors import (
 )
 from mnist_cli.files import Writer, atomic_write_all, check_writable, exclusive_folder
 from mnist_cli.models import build_model, default_arguments
-from mnist_cli.recipes import TrainConfig, check_config, default_config
+from mnist_cli.recipes import CONFIG_FILE, TrainConfig, check_config, config_toml, default_config
 
 
 @dataclass
@@ -268,7 +268,7 @@ def _owned(out_dir: Path, cluster: distributed.Cluster | None):
     return exclusive_folder(out_dir) if cluster is None or cluster.main else nullcontext()
 
 
-_OUTPUTS = ("last.pt", "best.pt", "history.csv", "history.png")
+_OUTPUTS = ("last.pt", "best.pt", "history.csv", "history.png", CONFIG_FILE)
 
 
 def _holds_a_run(out_dir: Path) -> bool:
@@ -562,6 +562,8 @@ def _end_epoch(run: _Run, record: EpochRecord) -> bool:
         best = _checkpoint(run, record.val_accuracy, resumable=False)
         files[run.out_dir / "best.pt"] = checkpoint_writer(best)
     files[run.out_dir / "history.csv"] = _history_writer(state.history)
+    settings = config_toml(run.config, str(run.device)).encode()
+    files[run.out_dir / CONFIG_FILE] = lambda handle: handle.write(settings)
     atomic_write_all(files)  # all or none: best.pt never holds what last.pt does not know of
     run.replacing = False
     last = record.epoch == run.config.epochs or run.stop.raised

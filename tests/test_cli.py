@@ -359,9 +359,7 @@ def test_the_old_spelling_alone_still_works_with_a_note(trained, tmp_path):
     assert out.is_file()
 
 
-def test_control_characters_in_file_names_never_reach_the_terminal(
-    trained, tmp_path, monkeypatch
-):
+def test_control_characters_in_file_names_never_reach_the_terminal(trained, tmp_path, monkeypatch):
     from pathlib import Path
 
     from PIL import Image
@@ -414,3 +412,42 @@ def test_a_model_that_gives_nan_on_ink_is_refused_in_one_line(trained, tmp_path)
         result = run(*command, "-m", tmp_path / "negative.pt")
         assert_clean_failure(result, 1, f"{name} holds a negative variance")
         assert "nan" not in result.stdout.lower()
+
+
+def test_print_config_is_a_config_file_and_options_win_over_it(tmp_path):
+    printed = run("train", "--print-config", "--arch", "fc", "--epochs", "3", "--device", "cpu")
+    assert printed.exit_code == 0 and 'arch = "fc"' in printed.stdout
+    (tmp_path / "fc.toml").write_text(printed.stdout)
+    again = run("train", "--config", tmp_path / "fc.toml", "--print-config")
+    assert again.stdout == printed.stdout  # the file reads back as the same recipe
+    changed = run("train", "-c", tmp_path / "fc.toml", "--lr", "0.5", "--print-config")
+    assert "lr = 0.5" in changed.stdout and "epochs = 3" in changed.stdout
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('epochs = "ten"', "key 'epochs': epochs must be a int, not 'ten'"),
+        ("epoch = 3", "unknown key 'epoch'"),
+        ("weight_average = 2", "key 'weight_average': weight-average must be between"),
+        ('device = "tpu"', "key 'device': --device 'tpu' is not one of"),
+        ('arch = "rnn"', "key 'arch': choose from cnn, fc, not 'rnn'"),
+        ("epochs = ", "not a TOML file"),
+    ],
+)
+def test_a_bad_config_file_names_the_file_and_the_key(tmp_path, text, fragment):
+    (tmp_path / "bad.toml").write_text(text + "\n")
+    result = run("train", "--config", tmp_path / "bad.toml", "--out-dir", tmp_path / "run")
+    assert_clean_failure(result, 2, f"--config {tmp_path / 'bad.toml'}: ", fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_each_run_keeps_its_config_and_it_repeats_the_run(data_dir, tmp_path):
+    out = tmp_path / "run"
+    first = run("train", "--data-dir", data_dir, "--out-dir", out, "--epochs", "1",
+                "--validation-size", "500", "--seed", "3", "-q")  # fmt: skip
+    assert first.exit_code == 0, first.output
+    kept = (out / "config.toml").read_text()
+    assert "seed = 3" in kept and "validation_size = 500" in kept and "epochs = 1" in kept
+    repeat = run("train", "--config", out / "config.toml", "--print-config")
+    assert repeat.stdout == kept
