@@ -146,7 +146,8 @@ ModelFile = Annotated[
         "--model",
         "-m",
         help="Model file: a .pt checkpoint (runs in torch) or .onnx (runs in onnxruntime). "
-        "\\[default: params/best.pt, else exported/model.onnx, else the bundled model]",
+        "\\[default: exported/model.onnx if it is the export of params/best.pt, else "
+        "params/best.pt, else exported/model.onnx, else the bundled model]",
     ),
 ]
 Quiet = Annotated[
@@ -155,8 +156,8 @@ Quiet = Annotated[
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print results as JSON for scripts.")]
 
 
-def _picture(option: str) -> object:
-    return typer.Option(option, help=f"Save it as a PNG picture at this path ({option}).")
+def _picture(option: str, what: str) -> object:
+    return typer.Option(option, help=f"Save {what} as a PNG picture at this path.")
 
 
 @app.command()
@@ -299,16 +300,11 @@ def train(
 ) -> None:
     """Train a model: OUT_DIR/last.pt every epoch, best.pt at the best validation score.
 
-    The history goes to OUT_DIR/history.csv and OUT_DIR/history.png after each epoch.
+    Each epoch also writes OUT_DIR/history.csv, history.png and config.toml (the recipe).
 
     Ctrl-C or SIGTERM saves OUT_DIR/last.pt; --resume continues from there.
 
-    Several processes (DistributedDataParallel; gloo on CPU, NCCL on CUDA), one machine:
-    torchrun --nproc-per-node 2 -m mnist_cli train --out-dir params
-
-    Several machines: run on each, with its own --node-rank:
-    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d
-    --rdzv-endpoint HOST:29500 -m mnist_cli train
+    Several processes (DistributedDataParallel): torchrun --nproc-per-node 2 -m mnist_cli train
 
     Example: mnist train --device cuda --epochs 30
     """
@@ -390,8 +386,8 @@ def test(
     ] = None,
     device: Device = "auto",
     json_output: JsonOutput = False,
-    errors: Annotated[Path | None, _picture("--errors")] = None,
-    plot: Annotated[Path | None, _picture("--plot")] = None,
+    errors: Annotated[Path | None, _picture("--errors", "a grid of the misread digits")] = None,
+    plot: Annotated[Path | None, _picture("--plot", "the confusion matrix")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a model on the 10,000 MNIST test images, or on your own digits (--images).
@@ -442,7 +438,8 @@ def export(
         typer.Option(
             "--out",
             "-o",
-            help="File to write. \\[default: exported/model.onnx, exported/model-int8.onnx]",
+            help="File to write. \\[default: exported/model.onnx; with --quantize int8, "
+            "exported/model-int8.onnx]",
         ),
     ] = None,
     opset: Annotated[
@@ -464,10 +461,9 @@ def export(
 ) -> None:
     """Export a checkpoint to one self-contained ONNX file, checked against torch first.
 
-    The graph takes float32 N x 1 x 28 x 28 pixels in [0, 1] (input `image`) and returns
-    `logits` and `probabilities`; normalisation is inside. Verified with onnx.checker and
-    onnxruntime on 1,000 test images (random ones without data); on failure nothing is written.
-    With --quantize int8 the int8 graph is compared with the float one.
+    Input `image`: float32 N x 1 x 28 x 28 pixels in [0, 1]; outputs `logits`, `probabilities`.
+
+    Checked with onnx.checker and onnxruntime on 1,000 test images; on failure nothing is written.
 
     Example: mnist export --format onnx --out exported/model.onnx
     """
@@ -489,10 +485,10 @@ def export(
 @app.command()
 def predict(
     paths: Annotated[
-        list[str] | None,
+        list[Path] | None,
         typer.Argument(
-            help="Image files, folders or glob patterns. [default: the sample images shipped "
-            "in the package]",
+            help="Image files, folders or glob patterns. \\[default: the sample images "
+            "shipped in the package]",
             show_default=False,
         ),
     ] = None,
@@ -513,7 +509,8 @@ def predict(
         bool, typer.Option("--json", help="One JSON object per image per line.")
     ] = False,
     raw: Annotated[
-        bool, typer.Option(help="Images are MNIST-style 28x28 already: skip preprocessing.")
+        bool,
+        typer.Option("--raw", help="Images are MNIST-style 28x28 already: skip preprocessing."),
     ] = False,
     show: Annotated[
         bool,
@@ -521,13 +518,14 @@ def predict(
             "--show", "-s", help="Draw the 28x28 digit the model saw beside its top guesses."
         ),
     ] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 256,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")
+    ] = 256,
     quiet: Quiet = False,
 ) -> None:
     """Read the digit in each image: photos, scans or drawings, any size and position.
 
-    Unreadable, missing or blank images are reported on stderr; the others are still
-    predicted, and the exit code is then 1.
+    A bad image costs one line on stderr; the others are still read, and the exit code is 1.
 
     Example: mnist predict digits/ img.png --top-k 3 --show
     """
@@ -539,12 +537,12 @@ def predict(
         engine = open_model(model, backend=backend, device=device)
         console.show_model(engine)
         if not paths:
-            paths = [str(prediction.SAMPLES)]
+            paths = [prediction.SAMPLES]
             console.note(f"No images given: reading the samples shipped in {prediction.SAMPLES}")
         failures = 0
         with console.PredictionOutput(json_output=json_output, top_k=top_k, show=show) as output:
             for result in prediction.predict_paths(
-                engine, paths, raw=raw, batch_size=batch_size, keep_digits=show
+                engine, [str(p) for p in paths], raw=raw, batch_size=batch_size, keep_digits=show
             ):
                 failures += result.error is not None
                 output.add(result)
@@ -589,9 +587,9 @@ def serve(
 ) -> None:
     """Serve a draw-a-digit page and an HTTP API for the model.
 
-    GET / is the page; POST /predict takes an image body (or multipart files) and answers
-    JSON like `mnist predict --json`; GET /health and GET /metrics are for whoever runs it.
-    Ctrl-C or SIGTERM stops it after the requests in flight.
+    GET / is the page; POST /predict takes an image (or multipart files) and answers JSON.
+
+    GET /health and GET /metrics are for whoever runs it; Ctrl-C or SIGTERM stops it.
 
     Example: mnist serve --port 8000   (then open http://127.0.0.1:8000)
     """

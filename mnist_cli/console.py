@@ -39,7 +39,11 @@ def printable(text: object) -> str:
 
 
 def print_error(error: MnistError) -> None:
-    err.print(Text.assemble(("Error:", "bold red"), " ", printable(error.message)), soft_wrap=True)
+    from mnist_cli.errors import TrainingInterrupted
+
+    label = ("Stopped:", "bold yellow") if isinstance(error, TrainingInterrupted) else None
+    label = label or ("Error:", "bold red")
+    err.print(Text.assemble(label, " ", printable(error.message)), soft_wrap=True)
     if error.hint:
         err.print(Text.assemble(("Hint:", "dim"), " ", printable(error.hint)), soft_wrap=True)
 
@@ -81,6 +85,9 @@ def show_training(result: Any) -> None:
         ),
         soft_wrap=True,
     )
+    folder, best = result.best_path.parent, result.best_path
+    note(f"In {folder}: best.pt, last.pt, history.csv, history.png (curves), config.toml (recipe)")
+    note(f"Next: mnist test -m {best}   then   mnist export -m {best}")
 
 
 def show_export(result: Any) -> None:
@@ -169,6 +176,7 @@ class TrainProgress:
             TimeRemainingColumn(),
             console=err,
             disable=not self.live,
+            transient=True,  # the epoch lines stay; the bars go when training ends or stops
         )
         self._epochs: Any = None
         self._batches: Any = None
@@ -180,19 +188,25 @@ class TrainProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def on_start(self, *, config: TrainConfig, device: str, start_epoch: int, steps: int) -> None:
+    def on_start(
+        self, *, config: TrainConfig, device: str, start_epoch: int, start_step: int, steps: int
+    ) -> None:
         from mnist_cli.recipes import describe_recipe
 
-        note(
-            f"Training on {device}, {describe_recipe(config, device)}"
-            + (f" (resuming at epoch {start_epoch + 1})" if start_epoch else "")
-        )
+        note(f"Training on {device}")
+        for line in describe_recipe(config, device).splitlines():
+            note(line)
+        if start_epoch or start_step:
+            note(f"Resuming at epoch {start_epoch + 1}, step {start_step} of {steps}")
         if self.verbose:
             note("Recipe: " + ", ".join(f"{k}={v}" for k, v in asdict(config).items()))
+        note("(train loss: the epoch's mean, smoothed and augmented; the bar: the last batch)")
         self._epochs = self._progress.add_task(
             "epochs", total=config.epochs, completed=start_epoch, status=""
         )
-        self._batches = self._progress.add_task("batches", total=steps, status="")
+        self._batches = self._progress.add_task(
+            "batches", total=steps, completed=start_step, status=""
+        )
 
     def on_batch(self, *, epoch: int, step: int, steps: int, loss: float, rate: float) -> None:
         if self.live:
@@ -200,16 +214,15 @@ class TrainProgress:
                 self._batches,
                 completed=step,
                 description=f"epoch {epoch + 1}",
-                status=f"loss {loss:.4f}  {rate:,.0f} img/s",
+                status=f"batch loss {loss:.4f}  {rate:,.0f} img/s",
             )
 
     def on_epoch(self, record: EpochRecord, *, best: bool) -> None:
         self._progress.update(self._epochs, completed=record.epoch)
         line = (
             f"epoch {record.epoch:>3}  train loss {record.train_loss:.4f}  "
-            f"val acc {record.val_accuracy:.2%}  lr {record.lr:.2e}  "
-            f"{record.seconds:.1f}s  {record.images_per_second:,.0f} img/s"
-            + ("  best" if best else "")
+            f"val acc {record.val_accuracy:.2%}  {record.seconds:.1f}s  "
+            f"{record.images_per_second:,.0f} img/s" + ("  best" if best else "")
         )
         if self.live:
             self._progress.console.print(Text(line))
@@ -270,6 +283,9 @@ def show_report(report: Report, *, json_output: bool = False) -> None:
     out.print(confusion)
 
 
+UNSURE = 0.5  # a top score below this is counted as a guess in predict's summary
+
+
 class PredictionOutput:
     """Predictions as a table on stdout (or JSON lines); per-file errors on stderr."""
 
@@ -282,11 +298,15 @@ class PredictionOutput:
         if top_k > 1:
             self.table.add_column(f"top {top_k}")
         self.rows = 0
+        self.read = self.unsure = self.failed = 0
 
     def __enter__(self) -> PredictionOutput:
         return self
 
     def add(self, result: Any) -> None:
+        self.failed += result.error is not None
+        self.read += result.error is None
+        self.unsure += result.error is None and result.confidence < UNSURE
         if result.error is not None:
             message = Text.assemble((printable(result.path), "red"), f": {printable(result.error)}")
             err.print(message, soft_wrap=True)
@@ -307,6 +327,11 @@ class PredictionOutput:
     def __exit__(self, *exc: object) -> None:
         if not self.json_output and self.rows:
             out.print(self.table)
+        if self.read + self.failed > 1:
+            note(
+                f"{self.read + self.failed} images: {self.read} read ({self.unsure} below "
+                f"{UNSURE:.0%} confidence), {self.failed} could not be read"
+            )
 
 
 _HALF_BLOCKS = " ▄▀█"  # (top pixel, bottom pixel): neither, bottom, top, both

@@ -79,7 +79,7 @@ def default_config(model: str = "cnn", device: str = "cpu", **overrides: Any) ->
 
 
 def describe_recipe(config: TrainConfig, device: str) -> str:
-    """One line for the start of a run: whose recipe it is and which values options changed."""
+    """Short lines for the start of a run: whose recipe it is and which values options changed."""
     kind = recipe_kind(device)
     base = RECIPES.get((config.model, kind))
     changed = [
@@ -93,11 +93,15 @@ def describe_recipe(config: TrainConfig, device: str) -> str:
         else "no augmentation"
     )
     average = f", weight average {config.weight_average:g}" if config.weight_average else ""
-    line = (
-        f"{config.model} recipe for {kind}: {config.epochs} epochs, batch {config.batch_size}, "
-        f"peak lr {config.lr:g}, {augmentation}{average}, seed {config.seed}"
-    )
-    return line + (f"; changed by options: {', '.join(map(_option, changed))}" if changed else "")
+    epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+    lines = [
+        f"{config.model} recipe for {kind}: {epochs}, batch {config.batch_size}, "
+        f"peak lr {config.lr:g}, seed {config.seed}",
+        f"  {augmentation}{average}",
+    ]
+    if changed:
+        lines.append(f"  changed by options: {', '.join(map(_option, changed))}")
+    return "\n".join(lines)
 
 
 def check_config(config: TrainConfig) -> None:

@@ -65,7 +65,9 @@ class TrainResult:
 class TrainCallback:
     """Hooks the loop calls so that it never prints; override the ones you need."""
 
-    def on_start(self, *, config: TrainConfig, device: str, start_epoch: int, steps: int) -> None:
+    def on_start(
+        self, *, config: TrainConfig, device: str, start_epoch: int, start_step: int, steps: int
+    ) -> None:
         pass
 
     def on_batch(self, *, epoch: int, step: int, steps: int, loss: float, rate: float) -> None:
@@ -488,7 +490,11 @@ def _loop(run: _Run) -> TrainResult:
     """Train the remaining epochs, validating and saving after each."""
     config, state = run.config, run.state
     run.callback.on_start(
-        config=config, device=_where(run), start_epoch=state.epoch, steps=run.steps
+        config=config,
+        device=_where(run),
+        start_epoch=state.epoch,
+        start_step=state.step,
+        steps=run.steps,
     )
     for epoch in range(state.epoch, config.epochs):
         started, first, seconds_before = time.perf_counter(), state.step, state.partial_seconds

@@ -451,3 +451,38 @@ def test_each_run_keeps_its_config_and_it_repeats_the_run(data_dir, tmp_path):
     assert "seed = 3" in kept and "validation_size = 500" in kept and "epochs = 1" in kept
     repeat = run("train", "--config", out / "config.toml", "--print-config")
     assert repeat.stdout == kept
+
+
+def test_training_says_what_it_does_in_short_lines_and_what_to_run_next(data_dir, tmp_path):
+    result = run("train", "--data-dir", data_dir, "--out-dir", tmp_path / "run", "--epochs", "1",
+                 "--validation-size", "500")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if str(tmp_path) not in line]
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    assert any(line.startswith("cnn recipe for cpu: 1 epoch,") for line in lines)
+    assert "train loss: the epoch's mean" in result.stderr
+    assert f"Next: mnist test -m {tmp_path / 'run' / 'best.pt'}" in result.stderr
+
+
+def test_a_resumed_run_says_where_it_resumes(capsys):
+    from mnist_cli.console import TrainProgress
+    from mnist_cli.recipes import default_config
+
+    with TrainProgress() as progress:
+        progress.on_start(config=default_config("cnn"), device="cpu", start_epoch=2,
+                          start_step=17, steps=40)  # fmt: skip
+    assert "Resuming at epoch 3, step 17 of 40" in capsys.readouterr().err
+
+
+def test_predict_on_several_images_ends_with_a_summary(trained, tmp_path):
+    from PIL import Image
+
+    from mnist_cli.data import load_split
+
+    test = load_split(trained["data_dir"], "test")
+    for i in range(3):
+        Image.fromarray(255 - test.images[i]).save(tmp_path / f"{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"no image")
+    result = run("predict", tmp_path, "-m", trained["checkpoint"], "--json")
+    assert result.exit_code == 1
+    assert "4 images: 3 read (" in result.stderr and "1 could not be read" in result.stderr
