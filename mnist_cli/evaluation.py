@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_cli.backends import Backend, BackendName, log_softmax, open_model
+from mnist_cli.backends import Backend, BackendName, log_softmax, open_model, softmax
 from mnist_cli.data import CLASS_LABELS, Split, load_split
 from mnist_cli.errors import DataError
 from mnist_cli.files import atomic_write, check_writable
@@ -88,6 +88,7 @@ class Misclassified:
     images: np.ndarray
     labels: np.ndarray
     predicted: np.ndarray
+    confidence: np.ndarray  # the model's probability for its wrong answer
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def evaluate(backend: Backend, data: LabelledImages) -> tuple[Report, Misclassif
     )
     wrong = logits.argmax(1) != data.labels
     shown = (data.pixels[wrong] * 255).round().astype(np.uint8)
-    return report, Misclassified(shown, data.labels[wrong], logits.argmax(1)[wrong])
+    confidence = softmax(logits[wrong]).max(1) if wrong.any() else np.zeros(0, np.float32)
+    return report, Misclassified(shown, data.labels[wrong], logits.argmax(1)[wrong], confidence)
 
 
 def evaluate_model(
@@ -186,20 +188,24 @@ def check_image_path(path: Path, *, option: str) -> None:
     check_writable(path, option=option)
 
 
-def save_error_grid(errors: Misclassified, path: Path | str, *, columns: int = 16) -> Path:
-    """Save the misclassified digits as one PNG grid, each captioned "true>predicted"."""
-    from PIL import Image, ImageDraw
+def save_error_grid(errors: Misclassified, path: Path | str, *, columns: int = 12) -> Path:
+    """Save the misclassified digits as one PNG grid, each captioned "true > predicted" and
+    the model's confidence in its wrong answer, in a font large enough to read."""
+    from PIL import Image, ImageDraw, ImageFont
 
     path = Path(path)
-    cell, caption = 28 * 2, 12
+    cell, caption = 28 * 3, 34
     count = len(errors.labels)
     rows = max(1, -(-count // columns))
-    grid = Image.new("L", (columns * cell, rows * (cell + caption)), color=0)
+    grid = Image.new("RGB", (columns * cell, rows * (cell + caption)), color="white")
     draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=14)
     for i in range(count):
         x, y = (i % columns) * cell, (i // columns) * (cell + caption)
-        digit = Image.fromarray(errors.images[i]).resize((cell, cell), Image.NEAREST)
-        grid.paste(digit, (x, y))
-        draw.text((x + 2, y + cell), f"{errors.labels[i]}>{errors.predicted[i]}", fill=255)
+        digit = Image.fromarray(255 - errors.images[i]).resize((cell, cell), Image.NEAREST)
+        grid.paste(digit.convert("RGB"), (x, y))
+        label = f"{errors.labels[i]} > {errors.predicted[i]}"
+        draw.text((x + 4, y + cell + 1), label, fill=(180, 0, 0), font=font)
+        draw.text((x + 4, y + cell + 17), f"{errors.confidence[i]:.0%}", fill="black", font=font)
     atomic_write(path, lambda handle: grid.save(handle, format="PNG"))
     return path

@@ -576,7 +576,11 @@ def _end_epoch(run: _Run, record: EpochRecord) -> bool:
     if last or time.perf_counter() - run.plotted_at >= _PLOT_EVERY_SECONDS:
         from mnist_cli.plots import save_history_plot
 
-        save_history_plot(state.history, run.out_dir / "history.png")
+        config = run.config
+        shown = [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []
+        shown += ["augmented"] if config.augment else []
+        label = f"train ({', '.join(shown)})" if shown else "train"
+        save_history_plot(state.history, run.out_dir / "history.png", train_loss=label)
         run.plotted_at = time.perf_counter()
     return improved
 

@@ -27,6 +27,22 @@ def test_evaluate_and_save_the_errors(trained, tmp_path):
     assert sum(map(sum, report.confusion)) == 1000
     assert len(wrong.labels) == report.errors
     assert (wrong.labels != wrong.predicted).all()
+    assert len(wrong.confidence) == report.errors and (wrong.confidence > 0.1).all()
+    assert (wrong.confidence <= 1).all()  # the probability of each wrong answer
     grid = save_error_grid(wrong, tmp_path / "errors.png")
     width, height = Image.open(grid).size
-    assert width == 16 * 56 and height >= 68
+    assert width == 12 * 84 and height == -(-report.errors // 12) * (84 + 34)
+
+
+def test_history_has_whole_epochs_and_accuracy_stops_at_100(trained):
+    from mnist_cli.checkpoints import load_checkpoint
+    from mnist_cli.plots import history_figure
+
+    history = load_checkpoint(trained["out_dir"] / "last.pt").state.history
+    for rows in (history[:1], history):
+        losses, accuracy = history_figure(rows, train_loss="train (smoothed)").axes
+        for axes in (losses, accuracy):
+            ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert accuracy.get_ylim()[1] == 100.0
+        assert [t.get_text() for t in losses.get_legend().get_texts()][0] == "train (smoothed)"
