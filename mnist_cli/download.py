@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import json
 import urllib.request
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,11 +35,16 @@ class FileOutcome:
     source: str
 
 
-def torchvision_resources() -> tuple[list[str], list[tuple[str, str]]]:
-    """torchvision's MNIST mirror list and its (gzip name, gzip MD5) pairs."""
-    from torchvision.datasets import MNIST
-
-    return list(MNIST.mirrors), list(MNIST.resources)
+# torchvision's MNIST mirrors and (gzip name, gzip MD5) pairs (torchvision.datasets.MNIST),
+# written out so that the base install, which has no torchvision, downloads the same files.
+MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"]
+RESOURCES = [
+    ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+    ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+    ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+]
+_VERIFIED = ".verified.json"  # size and mtime of files whose MD5 was checked: no second hashing
 
 
 def _write(data: bytes, out: BinaryIO) -> None:
@@ -45,9 +52,25 @@ def _write(data: bytes, out: BinaryIO) -> None:
 
 
 def _is_official(path: Path, name: str) -> bool:
-    return (
-        _same_size(path, OFFICIAL_SIZES[name]) and md5_of(path.read_bytes()) == OFFICIAL_MD5[name]
-    )
+    """Whether `path` holds the official file: its size, then its MD5 unless a check of these
+    very bytes (same size and modification time) is on record beside it."""
+    if not _same_size(path, OFFICIAL_SIZES[name]):
+        return False
+    stamp = [path.stat().st_size, path.stat().st_mtime_ns]
+    record = path.parent / _VERIFIED
+    try:
+        verified = json.loads(record.read_text())
+    except (OSError, ValueError):
+        verified = {}
+    if isinstance(verified, dict) and verified.get(name) == stamp:
+        return True
+    if md5_of(path.read_bytes()) != OFFICIAL_MD5[name]:
+        return False
+    verified = verified if isinstance(verified, dict) else {}
+    with suppress(OSError):  # a cache: a read-only folder only costs the hashing next time
+        text = json.dumps({**verified, name: stamp}).encode()
+        atomic_write(record, lambda handle: handle.write(text))
+    return True
 
 
 def _same_size(path: Path, size: int) -> bool:
@@ -79,9 +102,8 @@ def download_mnist(
     on_progress: ProgressCallback | None = None,
 ) -> list[FileOutcome]:
     """Download, check and unpack the four files into `raw_dir(data_dir)`; skip valid ones."""
-    default_mirrors, default_resources = torchvision_resources()
-    mirrors = list(mirrors if mirrors is not None else default_mirrors)
-    resources = list(resources if resources is not None else default_resources)
+    mirrors = list(mirrors if mirrors is not None else MIRRORS)
+    resources = list(resources if resources is not None else RESOURCES)
     folder = raw_dir(data_dir)
     outcomes = []
     for gz_name, gz_md5 in resources:

@@ -173,3 +173,39 @@ def test_a_subset_never_replaces_the_official_files(tmp_path, subset_dir, monkey
     outcomes = import_mnist(tmp_path / "data", smaller, verify_md5=False)
     assert {o.status for o in outcomes} == {"kept"}
     assert {name: (folder / name).read_bytes() for name in OFFICIAL_MD5} == official
+
+
+def test_the_mirrors_are_torchvisions_without_importing_it():
+    torchvision = pytest.importorskip("torchvision")  # the base install has none: the list
+    from mnist_cli.download import MIRRORS, RESOURCES  # is written out for it
+
+    assert list(torchvision.datasets.MNIST.mirrors) == MIRRORS
+    assert list(torchvision.datasets.MNIST.resources) == RESOURCES
+
+
+def test_present_files_are_hashed_once_then_known_by_size_and_time(
+    tmp_path, subset_dir, monkeypatch
+):
+    import os
+
+    import mnist_cli.download as download
+
+    import_mnist(tmp_path / "data", subset_dir, verify_md5=False)
+    folder = raw_dir(tmp_path / "data")
+    official = {name: (folder / name).read_bytes() for name in OFFICIAL_MD5}
+    for module in (data, download):  # stand-ins: the subset's bytes are "official"
+        monkeypatch.setattr(module, "OFFICIAL_MD5", {n: md5_of(b) for n, b in official.items()})
+        monkeypatch.setattr(module, "OFFICIAL_SIZES", {n: len(b) for n, b in official.items()})
+    hashed = []
+    monkeypatch.setattr(download, "md5_of", lambda b: hashed.append(1) or md5_of(b))
+    first = download_mnist(tmp_path / "data", mirrors=[])
+    assert {o.status for o in first} == {"present"} and len(hashed) == 4
+    again = download_mnist(tmp_path / "data", mirrors=[])
+    assert {o.status for o in again} == {"present"} and len(hashed) == 4  # no second hashing
+    name = "t10k-labels-idx1-ubyte"
+    damaged = bytearray(official[name])
+    damaged[-1] ^= 1  # same size, new bytes, a new modification time
+    (folder / name).write_bytes(bytes(damaged))
+    os.utime(folder / name, ns=(1, 1))
+    with pytest.raises(DownloadError, match="could not download t10k-labels"):
+        download_mnist(tmp_path / "data", mirrors=[])
