@@ -583,6 +583,9 @@ def serve(
             "on a loopback --host, any name elsewhere]",
         ),
     ] = None,
+    access_log: Annotated[
+        bool, typer.Option("--access-log", help="Log one line per request (uvicorn's access log).")
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Serve a draw-a-digit page and an HTTP API for the model.
@@ -611,4 +614,5 @@ def serve(
             ),
             log_level="warning" if quiet else "info",
             allowed_hosts=server.allowed_hosts_for(host, allowed_host or ()),
+            access_log=access_log,
         )

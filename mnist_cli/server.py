@@ -150,6 +150,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/", index),
+            Route("/favicon.ico", lambda request: Response(status_code=204)),  # no icon, no 404
             Route("/health", health),
             Route("/metrics", show_metrics),
             Route("/predict", predict, methods=["POST"]),
@@ -357,6 +358,7 @@ def serve(
     limits: Limits | None = None,
     log_level: str = "info",
     allowed_hosts: Collection[str] | None = None,
+    access_log: bool = False,
 ) -> None:
     """Run the app with uvicorn on a socket from `listen` until Ctrl-C or SIGTERM; requests in
     flight then have GRACE_SECONDS to finish.
@@ -364,7 +366,11 @@ def serve(
     Example: serve(open_model(), listen("127.0.0.1", 8000), allowed_hosts=LOOPBACK_HOSTS)
     """
     server = uvicorn_server(
-        backend, limits=limits, log_level=log_level, allowed_hosts=allowed_hosts
+        backend,
+        limits=limits,
+        log_level=log_level,
+        allowed_hosts=allowed_hosts,
+        access_log=access_log,
     )
     server.run(sockets=[sock])
 
@@ -375,14 +381,17 @@ def uvicorn_server(
     limits: Limits | None = None,
     log_level: str = "info",
     allowed_hosts: Collection[str] | None = None,
+    access_log: bool = False,
 ) -> Any:
-    """The uvicorn.Server that `serve` runs: call its `run(sockets=[...])`."""
+    """The uvicorn.Server that `serve` runs: call its `run(sockets=[...])`; no line per request
+    unless `access_log`."""
     import uvicorn
 
     limits = limits or Limits()
     config = uvicorn.Config(
         create_app(backend, limits, allowed_hosts=allowed_hosts),
         log_level=log_level,
+        access_log=access_log,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=GRACE_SECONDS,
         http=_protocol(limits.header_timeout),

@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from mnist_cli.backends import open_model
 from mnist_cli.data import load_split
 from mnist_cli.export import export_onnx
+from mnist_cli.prediction import SAMPLES
 from mnist_cli.server import LOOPBACK_HOSTS, Limits, create_app, listen, uvicorn_server
 
 
@@ -237,10 +238,13 @@ def test_a_digit_drawn_in_a_real_browser_is_read(live, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 900, "height": 700})
             page.goto(url)
+            assert "Draw a digit on the black pad" in page.locator("#bars").inner_text()
+            card = page.locator(".panel").nth(1).bounding_box()
             draw(page, [(0.5, 0.15), (0.5, 0.5), (0.5, 0.85)])  # a "1"
             guess = page.locator("#guess")
             sync_api.expect(guess).to_have_text("1", timeout=15_000)
             assert page.locator("#bars .bar").count() == 3
+            assert page.locator(".panel").nth(1).bounding_box() == card  # nothing jumped
             page.click("#clear")
             sync_api.expect(guess).to_have_text("", timeout=5_000)
             page.wait_for_timeout(1_000)  # an answer still in flight must not repaint it
@@ -248,6 +252,23 @@ def test_a_digit_drawn_in_a_real_browser_is_read(live, tmp_path):
             draw(page, [(0.25, 0.2), (0.75, 0.2), (0.4, 0.85)])  # a "7"
             sync_api.expect(guess).not_to_have_text("", timeout=15_000)
             page.screenshot(path=str(tmp_path / "page.png"))
+            page.set_input_files("#file", str(SAMPLES / "drawn-7.png"))  # an upload
+            sync_api.expect(guess).to_have_text("7", timeout=15_000)
+            ink = page.evaluate(
+                "() => { const c = document.getElementById('pad').getContext('2d');"
+                " return c.getImageData(0, 0, 280, 280).data"
+                ".filter((v, i) => i % 4 == 0 && v > 128).length; }"
+            )
+            assert ink > 500  # the uploaded image is shown on the pad
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True)
+            phone.goto(url)
+            assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways
+            draw(phone, [(0.5, 0.15), (0.5, 0.5), (0.5, 0.85)])
+            sync_api.expect(phone.locator("#guess")).to_have_text("1", timeout=15_000)
+            pad, card = phone.locator("#pad").bounding_box(), phone.locator(".panel").nth(1)
+            assert pad["x"] >= 0 and pad["x"] + pad["width"] <= 390
+            assert card.bounding_box()["width"] <= 390
+            phone.screenshot(path=str(tmp_path / "phone.png"))
         finally:
             browser.close()
     assert (tmp_path / "page.png").stat().st_size > 1000
@@ -283,6 +304,7 @@ def test_mnist_serve_answers_then_stops_on_sigterm(served):
     log = server.stderr.read()
     assert code in (0, -signal.SIGTERM, 128 + signal.SIGTERM) and "Traceback" not in log
     assert "Serving on http://127.0.0.1" in log and "Shutting down" in log
+    assert "POST /predict" not in log and "Uvicorn running on" not in log  # no access log
 
 
 def test_serve_checks_the_model_before_listening(tmp_path):
@@ -413,6 +435,12 @@ def test_no_images_readable_in_a_form_is_a_422(served):
     response = client.post("/predict", files=files)
     assert response.status_code == 422
     assert response.json()["error"] == "none of the 2 images could be read"
+
+
+def test_the_page_asks_for_no_icon_and_gets_no_404(served):
+    client, _, _, _ = served
+    assert 'rel="icon" href="data:,"' in client.get("/").text
+    assert client.get("/favicon.ico").status_code == 204
 
 
 def test_other_answers_are_json_too(served):
