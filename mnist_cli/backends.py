@@ -289,7 +289,7 @@ class OnnxBackend(Backend):
             raise ModelError(f"{path}: not a usable ONNX model (damaged: {error})") from None
         if loop is not None:
             raise self._fail(
-                f"its graph holds the control-flow operator {loop}, which can run for ever; "
+                f"its graph holds {loop}, which can run for ever; "
                 "a digit classifier is a straight pipeline of layers"
             )
         options = onnxruntime.SessionOptions()
@@ -475,6 +475,15 @@ def restore_optimizer(optimizer: Any, checkpoint: Checkpoint) -> None:
             for key in ("exp_avg", "exp_avg_sq"):
                 if state[key].shape != parameters[index].shape:
                     raise ValueError(f"{key} of parameter {index} has the wrong shape")
+                if not bool(state[key].isfinite().all()):
+                    raise ValueError(f"{key} of parameter {index} holds NaN or infinite values")
+            if bool((state["exp_avg_sq"] < 0).any()):
+                raise ValueError(f"exp_avg_sq of parameter {index} holds a negative value")
+        for group in saved["param_groups"]:
+            beta1, beta2 = (float(b) for b in group["betas"])
+            eps, decay = float(group["eps"]), float(group["weight_decay"])
+            if not (0 <= beta1 < 1 and 0 <= beta2 < 1 and 0 < eps < 1 and 0 <= decay < 1):
+                raise ValueError(f"betas {group['betas']}, eps {eps} or weight decay {decay}")
         running = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(saved)
         _keep_how_to_compute(optimizer, running)

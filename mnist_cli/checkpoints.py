@@ -303,7 +303,7 @@ def _epoch_record(row: Any) -> EpochRecord:
     if not isinstance(row, dict):
         raise CheckpointError(f"a row is a {type(row).__name__}, not a dict")
     read = _Fields(row)
-    values = {f.name: read.number(f.name, low=-math.inf) for f in fields(EpochRecord)}
+    values = {f.name: read.number(f.name, low=0.0) for f in fields(EpochRecord)}  # all >= 0
     values["val_accuracy"] = read.accuracy("val_accuracy", default=0.0)
     values["epoch"] = read.count("epoch")
     return EpochRecord(**values)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import sys
+import unicodedata
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -29,13 +29,21 @@ def set_quiet(quiet: bool) -> None:
 
 # User text (paths, model metadata, error messages) reaches Rich only as Text, never as markup,
 # and only through `printable`: a file name may hold escape sequences for the terminal.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Control and format characters (C0, C1, bidi marks and overrides, zero widths), lone
+# surrogates (a file name's undecodable bytes) and line or paragraph separators.
+_HIDDEN = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
 def printable(text: object) -> str:
-    """`text` with every control character written as an escape (ESC as \\x1b, a newline as
-    \\n), so that it shows as what it is and the terminal never acts on it."""
-    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode(), str(text))
+    """`text` with every control, format or undecodable character written as an escape (ESC
+    as \\x1b, a newline as \\n, a stray byte as \\udc9b), so that it shows as what it is and
+    the terminal never acts on it."""
+    return "".join(
+        char.encode("unicode_escape", "backslashreplace").decode()
+        if unicodedata.category(char) in _HIDDEN
+        else char
+        for char in str(text)
+    )
 
 
 def print_error(error: MnistError) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cli.errors import DataError, OptionError
+from mnist_cli.errors import DataError, DataMissing, OptionError
 from mnist_cli.files import MISSING, path_problem
 
 DEFAULT_DATA_DIR = Path("datafiles")  # as in the tutorial
@@ -137,7 +137,7 @@ def load_split(data_dir: Path | str, split: str) -> Split:
         path = folder / name
         problem = path_problem(path)
         if problem == MISSING:
-            raise DataError(
+            raise DataMissing(
                 f"MNIST {split} data not found: {path} is missing",
                 hint="run `mnist download` (or `mnist download --from FOLDER` offline)",
             )

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from mnist_cli.data import OFFICIAL_MD5, OFFICIAL_SIZES, md5_of, parse_idx, raw_dir, read_idx_bytes
 from mnist_cli.errors import DownloadError
-from mnist_cli.files import atomic_write
+from mnist_cli.files import MISSING, atomic_write, path_problem
 
 # (file name, bytes done, bytes in total or None when the server does not say)
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -141,8 +141,11 @@ def _find_source(folder: Path, name: str) -> Path:
     stem, kind = name.rsplit("-", 1)  # "train-images", "idx3-ubyte"
     candidates = [f"{name}", f"{name}.gz", f"{stem}.{kind}", f"{stem}.{kind}.gz"]
     for candidate in candidates:
-        if (folder / candidate).is_file():
+        problem = path_problem(folder / candidate)
+        if problem is None:
             return folder / candidate
+        if problem != MISSING:
+            raise DownloadError(f"{folder / candidate}: {problem}")
     raise DownloadError(
         f"{folder}: no {name} file (looked for {', '.join(candidates)})",
         hint="point --from at the folder that holds the four MNIST files",

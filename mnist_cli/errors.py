@@ -24,6 +24,10 @@ class DataError(MnistError):
     """A dataset file is missing, corrupt or not MNIST."""
 
 
+class DataMissing(DataError):
+    """The dataset files are not there at all (not there and damaged: that is DataError)."""
+
+
 class DownloadError(MnistError):
     """Every mirror failed, or an imported file is not the official one."""
 

@@ -15,6 +15,7 @@ import numpy as np
 from mnist_cli import __version__
 from mnist_cli.backends import (
     MAX_MODEL_BYTES,
+    PRETRAINED_DIR,
     BackendMismatch,
     BackendName,
     OnnxBackend,
@@ -71,12 +72,12 @@ def sha256_of(path: Path) -> str:
 
 def _check_images(data_dir: Path | str | None, count: int) -> tuple[np.ndarray, bool]:
     from mnist_cli.data import load_split
-    from mnist_cli.errors import DataError
+    from mnist_cli.errors import DataMissing
 
     if data_dir is not None:
         try:
             test = load_split(data_dir, "test")
-        except DataError:
+        except DataMissing:  # damaged or odd files are named, not checked around in silence
             test = None
         if test is not None and len(test):  # an empty test set checks nothing: use random images
             return (test.images[:count, None].astype(np.float32) / 255), True
@@ -162,6 +163,11 @@ def _check_target(out: Path, checkpoint: Path, *, overwrite: bool) -> Path:
         raise OptionError(f"--out {out} is the checkpoint being exported; choose another file")
     if not target.is_file():
         raise OptionError(f"--out {out}: not a regular file")
+    if target.parent == PRETRAINED_DIR:
+        raise OptionError(
+            f"--out {out} is a model shipped in the package; choose another file",
+            hint="scripts/make_pretrained.py rebuilds the bundled models",
+        )
     if not overwrite and not _written_by_us(target):
         raise ExportError(
             f"{out} exists and was not written by `mnist export`; nothing was changed",
@@ -171,17 +177,19 @@ def _check_target(out: Path, checkpoint: Path, *, overwrite: bool) -> Path:
 
 
 def _written_by_us(path: Path) -> bool:
-    import onnx
+    """An ONNX file that `mnist export` stamped: the source checkpoint's hash and our version."""
+    from mnist_cli.onnxgraph import GraphReadError, metadata
 
     if path.stat().st_size > MAX_MODEL_BYTES:
         return False
-    with open(path, "rb") as handle:
-        if describe_bytes(handle.read(64)) != ONNX_FILE:
-            return False
-    try:
-        return onnx.load(str(path), load_external_data=False).producer_name == "mnist_cli"
-    except Exception:  # any file onnx cannot parse is not one of ours
+    data = path.read_bytes()
+    if describe_bytes(data[:64]) != ONNX_FILE:
         return False
+    try:
+        stamped = metadata(data)
+    except GraphReadError:
+        return False
+    return {"source_checkpoint_sha256", "mnist_cli_version"} <= stamped.keys()
 
 
 def _to_onnx(reference: Any, opset: int) -> Any:

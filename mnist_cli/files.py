@@ -52,7 +52,9 @@ def _write_beside(path: Path, write: Writer) -> str:
     """A complete, synced temporary copy of `path`'s new content in its folder; its name."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        # A short name: the longest name the folder takes must still have room for the suffix.
+        prefix = f".{path.name[:40]}."
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".partial")
     except OSError as error:
         raise _cannot_write(path, error) from None
     try:
@@ -81,6 +83,9 @@ def check_writable(path: Path, *, option: str) -> None:
     The file may not be a folder or a special file, and its folder (or the nearest one that
     exists, where it would be created) must take a new file: tried, not guessed from modes.
     """
+    longest = os.pathconf(path.parent, "PC_NAME_MAX") if path.parent.is_dir() else 255
+    if len(os.fsencode(path.name)) > longest:
+        raise OutputError(f"{option} {path}: the file name is longer than {longest} bytes")
     problem = path_problem(path)
     if problem not in (None, MISSING):
         raise OutputError(f"{option} {path}: {problem}; cannot write a file there")

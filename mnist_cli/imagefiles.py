@@ -62,6 +62,10 @@ def _walk(folder: Path, *, all_files: bool = False) -> Iterator[tuple[str, str |
     `all_files` every other file too (hidden ones aside)."""
     for directory, folders, files in os.walk(folder, followlinks=False):
         folders.sort()
+        if all_files:  # os.walk lists a link to a folder among the folders and never enters it
+            for name in folders:
+                if os.path.islink(os.path.join(directory, name)):
+                    yield os.path.join(directory, name), _LINKED_FOLDER
         for name in sorted(files):
             path = os.path.join(directory, name)
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
@@ -72,6 +76,7 @@ def _walk(folder: Path, *, all_files: bool = False) -> Iterator[tuple[str, str |
 
 
 _NOT_AN_IMAGE = "not an image file name (.png, .jpg, ...); skipped"
+_LINKED_FOLDER = "a symbolic link to a folder, not followed (a loop would never end); skipped"
 
 
 def _glob(pattern: str) -> Iterator[str]:

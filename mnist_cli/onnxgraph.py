@@ -58,7 +58,8 @@ def _fields(data: memoryview) -> Iterator[tuple[int, memoryview | int]]:
 
 
 def _nodes(graph: memoryview, field: int = _GRAPH_NODES) -> Iterator[tuple[str, str, bool]]:
-    """(domain, op_type, holds a subgraph) of each node, subgraphs' nodes included."""
+    """(domain, op_type, holds a subgraph) of each node; a subgraph is not read further (it
+    is refused whatever it holds, so a file nested a thousand deep costs no recursion)."""
     for number, node in _fields(graph):
         if number != field or isinstance(node, int):
             continue
@@ -71,10 +72,9 @@ def _nodes(graph: memoryview, field: int = _GRAPH_NODES) -> Iterator[tuple[str, 
             elif part == _NODE_DOMAIN:
                 domain = bytes(value).decode(errors="replace")
             elif part == _NODE_ATTRIBUTES:
-                for kind, inner in _fields(value):
-                    if kind in (_ATTRIBUTE_GRAPH, _ATTRIBUTE_GRAPHS) and not isinstance(inner, int):
-                        nested = True
-                        yield from _nodes(inner)
+                nested = nested or any(
+                    kind in (_ATTRIBUTE_GRAPH, _ATTRIBUTE_GRAPHS) for kind, _ in _fields(value)
+                )
         yield domain, op_type, nested
 
 
@@ -92,10 +92,13 @@ def operators(model: bytes) -> list[tuple[str, str, bool]]:
 
 
 def control_flow(model: bytes) -> str | None:
-    """The first operator that loops, branches or nests a graph, or None for a pipeline."""
+    """What in the graph can loop, branch or nest a graph, in words; None for a pipeline."""
     for domain, op_type, nested in operators(model):
-        if op_type in CONTROL_FLOW or nested:
-            return f"{domain}.{op_type}" if domain else op_type
+        name = f"{domain}.{op_type}" if domain else op_type
+        if op_type in CONTROL_FLOW:
+            return f"the control-flow operator {name}"
+        if nested:
+            return f"a {name} node that holds a subgraph"
     return None
 
 

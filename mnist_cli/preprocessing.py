@@ -17,6 +17,9 @@ from PIL import Image, UnidentifiedImageError
 from mnist_cli.errors import MnistError
 from mnist_cli.files import path_problem
 
+# The formats Pillow may decode: raster images only. EPS, PDF and the like are refused, so no
+# upload ever reaches Ghostscript or another outside program.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 MAX_PIXELS = 50_000_000  # larger canvases are refused before decoding (decompression bombs)
 MAX_SIDE = 1024  # larger images are reduced first: the digit ends up 20 px tall anyway
 _BOX = 20  # MNIST scaled each digit to fit a 20x20 box...
@@ -63,7 +66,7 @@ def _decode(source: Path | BinaryIO, name: str, budget: PixelBudget | None = Non
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
+            image = Image.open(source, formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"{name}: too large to decode safely ({_reason(error)})") from error
     except PermissionError as error:
@@ -109,7 +112,9 @@ _REDUCIBLE = {"L", "LA", "RGB", "RGBA", "I", "F"}
 def _reason(error: BaseException) -> str:
     """A library's message in a few words, without the object reprs Pillow puts in them."""
     if isinstance(error, UnidentifiedImageError):
-        return "not a format Pillow can read"
+        return f"not one of the formats read here ({', '.join(FORMATS)})"
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return str(error).split(",")[0]  # "Image size (N pixels) exceeds limit of M pixels"
     text = _OBJECT_REPR.sub("", str(error).split(" (")[0]).strip(" :")
     return text or type(error).__name__
 

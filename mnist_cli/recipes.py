@@ -56,6 +56,8 @@ RECIPES["fc", "cuda"] = RECIPES["fc", "cpu"]
 
 
 _COUNTS = ("epochs", "batch_size", "validation_size")
+# Beyond any real run, and within what torch's generators and the batch order's arithmetic take.
+_MOST = {"epochs": 100_000, "batch_size": 1 << 20, "validation_size": 1 << 20, "seed": 2**32 - 1}
 
 
 def recipe_kind(device: str | torch.device) -> str:
@@ -127,6 +129,9 @@ def check_config(config: TrainConfig) -> None:
     for name, (low, high) in limits.items():
         if not low <= getattr(config, name) <= high:
             raise ValueError(f"{_option(name)} must be between {low} and {high}")
+    for name, most in _MOST.items():
+        if getattr(config, name) > most:
+            raise ValueError(f"{_option(name)} must be at most {most:,}")
     if config.plain_epochs < 0:
         raise ValueError("plain-epochs must be 0 or more")
     if config.seed < 0 or (config.model, "cpu") not in RECIPES:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import json
 import os
+import re
 import socket
 import threading
 import time
@@ -19,7 +21,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from starlette.applications import Starlette
@@ -48,7 +49,9 @@ class Limits:
     max_pixels: int = 4_000_000  # decoded in one request, all images: ~2000x2000, ~0.1 s
     read_timeout: float = 10.0  # seconds to receive the whole body (slow clients)
     header_timeout: float = 5.0  # seconds from connecting, or the last answer, to whole headers
-    max_pending: int = 64  # /predict requests at once; more get 503 (each holds its upload)
+    max_pending: int = 64  # uploads received and waiting to be read; more get 503
+    max_uploads: int = 256  # uploads being received at once; more get 503
+    min_rate: int = 4096  # bytes a second an upload must keep up after its first second
     top_k: int = 3
     workers: int = max(1, min(4, os.cpu_count() or 1))  # requests decoded at once: bounds memory
 
@@ -104,7 +107,7 @@ def create_app(
     limits = limits or Limits()
     metrics = Metrics()
     decoding = asyncio.Semaphore(limits.workers)  # a 50-megapixel upload decodes to ~200 MB
-    pending = 0
+    pending = uploading = 0
     page = resources.files("mnist_cli").joinpath("static/index.html").read_text("utf-8")
 
     async def index(request: Request) -> Response:
@@ -126,24 +129,31 @@ def create_app(
         return JSONResponse(metrics.snapshot())
 
     async def predict(request: Request) -> Response:
-        nonlocal pending
+        nonlocal pending, uploading
         started = time.perf_counter()
         images = 0
-        pending += 1
         try:
-            if pending > limits.max_pending:
-                raise RequestError(503, f"busy: over {limits.max_pending} requests at once")
-            uploads = await _uploads(request, limits)
+            uploading += 1
+            try:
+                if uploading > limits.max_uploads:
+                    raise RequestError(503, f"busy: over {limits.max_uploads} uploads at once")
+                uploads = await _uploads(request, limits)
+            finally:
+                uploading -= 1
             images = len(uploads)
-            async with decoding:
-                results = await run_in_threadpool(_predict, backend, uploads, limits)
+            pending += 1
+            try:
+                if pending > limits.max_pending:
+                    raise RequestError(503, f"busy: over {limits.max_pending} requests at once")
+                async with decoding:
+                    results = await run_in_threadpool(_predict, backend, uploads, limits)
+            finally:
+                pending -= 1
             response = _answer(results)
         except RequestError as error:
             response = JSONResponse({"error": error.message}, status_code=error.status)
         except MnistError as error:  # the model failed (NaN scores, a wrong shape): not the client
             response = JSONResponse({"error": error.message}, status_code=500)
-        finally:
-            pending -= 1
         metrics.record(response.status_code, time.perf_counter() - started, images)
         return response
 
@@ -184,12 +194,14 @@ def _answer(results: list[dict]) -> Response:
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
+_NETLOC = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]{1,5})?")
+
+
 def _host_name(netloc: str) -> str:
-    """The host of a Host header or an origin's netloc, without its port, lowercased."""
-    netloc = netloc.strip().lower()
-    if netloc.startswith("["):
-        return netloc[: netloc.find("]") + 1]
-    return netloc.rsplit(":", 1)[0].rstrip(".")
+    """The host of a Host header, without its port, lowercased; "" when it is not a plain
+    host[:port] (userinfo, brackets around a name, trailing text are not)."""
+    found = _NETLOC.fullmatch(netloc.strip().lower())
+    return found.group(1).rstrip(".") if found else ""
 
 
 class _SameOrigin:
@@ -206,14 +218,15 @@ class _SameOrigin:
             headers = Headers(scope=scope)
             host, origin = headers.get("host", ""), headers.get("origin")
             refusal = None
-            if self.allowed is not None and _host_name(host) not in self.allowed:
+            name = _host_name(host)
+            if not name or (self.allowed is not None and name not in self.allowed):
                 refusal = JSONResponse(
-                    {"error": f"Host {host!r} is not a name of this server (see --allowed-host)"},
+                    {"error": f"Host {host} is not a name of this server (see --allowed-host)"},
                     status_code=421,
                 )
-            elif origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+            elif origin is not None and origin.lower() != f"http://{host.strip().lower()}":
                 refusal = JSONResponse(
-                    {"error": f"requests from pages of {origin!r} are refused (same origin only)"},
+                    {"error": f"requests from pages of {origin} are refused (same origin only)"},
                     status_code=403,
                 )
             if refusal is not None:
@@ -232,7 +245,7 @@ async def _uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
         return await _form_files(request, limits)
     if not kind.startswith(IMAGE_TYPES):
         raise RequestError(
-            415, f"send an image (image/png, image/jpeg, ...) or multipart/form-data, not {kind!r}"
+            415, f"send an image (image/png, image/jpeg, ...) or multipart/form-data, not {kind}"
         )
     body = await _read_body(request, limits)
     if not body:
@@ -241,17 +254,40 @@ async def _uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
 
 
 async def _read_body(request: Request, limits: Limits) -> bytes:
-    """The body, refused past the size limit or when it trickles in slower than the timeout."""
+    """The body, refused past the size limit, when it takes longer than `read_timeout`, or
+    when it trickles: after the first second it must come at `min_rate` bytes a second, so a
+    client sending a byte at a time frees its place within a few seconds."""
     chunks: list[bytes] = []
     size = 0
+    started = time.monotonic()
 
     async def receive() -> None:
         nonlocal size
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limits.max_upload:
-                raise RequestError(413, f"the upload is over {limits.max_upload:,} bytes")
-            chunks.append(chunk)
+        stream = request.stream().__aiter__()
+        waiting: asyncio.Future | None = None  # the next chunk, awaited across ticks
+        try:
+            while True:
+                waiting = waiting or asyncio.ensure_future(stream.__anext__())
+                done, _ = await asyncio.wait({waiting}, timeout=_TICK_SECONDS)
+                chunk = b""
+                if done:
+                    try:
+                        chunk = waiting.result()
+                    except StopAsyncIteration:
+                        return
+                    waiting = None
+                size += len(chunk)
+                if size > limits.max_upload:
+                    raise RequestError(413, f"the upload is over {limits.max_upload:,} bytes")
+                chunks.append(chunk)
+                late = time.monotonic() - started - _GRACE_SECONDS
+                if late > 0 and size < limits.min_rate * late:
+                    raise RequestError(
+                        408, f"the upload comes slower than {limits.min_rate:,} bytes a second"
+                    )
+        finally:
+            if waiting is not None:
+                waiting.cancel()
 
     try:
         await asyncio.wait_for(receive(), timeout=limits.read_timeout)
@@ -260,6 +296,10 @@ async def _read_body(request: Request, limits: Limits) -> bytes:
     except ClientDisconnect:
         raise RequestError(400, "the client went away during the upload") from None
     return b"".join(chunks)
+
+
+_GRACE_SECONDS = 1.0  # an upload's first second is not judged by its rate
+_TICK_SECONDS = 0.25  # how often a stalled upload's rate is judged
 
 
 async def _form_files(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
@@ -436,5 +476,18 @@ def _protocol(header_timeout: float) -> type:
         def _drop_if_waiting(self) -> None:
             if self.cycle is None or self.cycle.response_complete:  # no request under way
                 self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:  # JSON, like every other answer
+            import h11
+
+            body = json.dumps({"error": f"not a readable HTTP request ({msg.rstrip('.')})"})
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            for event in (
+                h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                h11.Data(data=body.encode()),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
 
     return Protocol

@@ -327,19 +327,31 @@ def _saved_config(saved: Checkpoint, path: Path) -> TrainConfig:
             f"{saved.architecture!r}",
             hint=_FRESH_START,
         )
-    state = saved.state
-    damage = (
-        f"epoch {state.epoch} is past the run's {config.epochs} epochs"
-        if state.epoch > config.epochs
-        else f"epoch {state.epoch} does not match its {len(state.history)} history rows"
-        if state.epoch != len(state.history)
-        else f"its best epoch {state.best_epoch} is past epoch {state.epoch}"
-        if state.best_epoch > state.epoch
-        else None
-    )
+    damage = _damaged_progress(saved.state, config)
     if damage:
         raise CheckpointError(f"--resume: {path} is damaged: {damage}", hint=_FRESH_START)
     return config
+
+
+def _damaged_progress(state: TrainState, config: TrainConfig) -> str | None:
+    """What in a last.pt's progress contradicts itself or its run, or None."""
+    history = state.history
+    accuracies = [row.val_accuracy for row in history]
+    if state.epoch > config.epochs:
+        return f"epoch {state.epoch} is past the run's {config.epochs} epochs"
+    if state.epoch != len(history):
+        return f"epoch {state.epoch} does not match its {len(history)} history rows"
+    if [row.epoch for row in history] != list(range(1, len(history) + 1)):
+        return "its history rows are not epochs 1, 2, ... in order"
+    if state.best_epoch > state.epoch:
+        return f"its best epoch {state.best_epoch} is past epoch {state.epoch}"
+    best = accuracies[state.best_epoch - 1] if state.best_epoch else -1.0
+    if state.best_val_accuracy != best or (history and best != max(accuracies)):
+        return (
+            f"its best accuracy {state.best_val_accuracy} is not what its history says "
+            f"(epoch {state.best_epoch}: {best})"
+        )
+    return None
 
 
 @dataclass
@@ -532,8 +544,9 @@ def _loop(run: _Run) -> TrainResult:
     if run.cluster:
         distributed.barrier()  # everyone has finished before rank 0 writes the last file
     best_path = run.out_dir / "best.pt"
-    if run.main and not best_path.is_file():
-        save_checkpoint(_checkpoint(run, state.best_val_accuracy, resumable=False), best_path)
+    if run.main and not best_path.is_file():  # removed meanwhile: the last weights, their score
+        last_accuracy = state.history[-1].val_accuracy if state.history else 0.0
+        save_checkpoint(_checkpoint(run, last_accuracy, resumable=False), best_path)
     return TrainResult(
         best_path,
         run.out_dir / "last.pt",

@@ -535,3 +535,27 @@ def test_a_current_export_is_the_default_and_a_stale_one_is_named(trained, tmp_p
     stale = open_model()
     assert stale.name == "torch" and stale.path == "params/best.pt"
     assert "exported/model.onnx is not the export of params/best.pt (stale)" in stale.note
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field."""
+
+    def varint(value: int) -> bytes:
+        out = b""
+        while True:
+            out += bytes([(value & 0x7F) | (0x80 if value > 0x7F else 0)])
+            value >>= 7
+            if not value:
+                return out
+
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def test_a_graph_nested_a_thousand_deep_is_refused_not_a_traceback(tmp_path):
+    node = _field(4, b"Relu")
+    for _ in range(1000):  # each Relu holds a graph (attribute 6) whose node is the last one
+        node = _field(4, b"Relu") + _field(5, _field(1, b"body") + _field(6, _field(1, node)))
+    model = b"\x08\x09" + _field(7, _field(1, node))  # ir_version 9, then the graph
+    (tmp_path / "deep.onnx").write_bytes(model)
+    with pytest.raises(ModelError, match="a Relu node that holds a subgraph"):
+        open_model(tmp_path / "deep.onnx")

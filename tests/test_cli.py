@@ -104,9 +104,9 @@ def test_test_without_checkpoint(tmp_path):
 
 
 def test_download_offline_suggests_from(tmp_path, monkeypatch):
-    from torchvision.datasets import MNIST
+    import mnist_cli.download
 
-    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr(mnist_cli.download, "MIRRORS", ["http://127.0.0.1:9/"])
     result = run("download", "--data-dir", tmp_path)
     assert_clean_failure(result, 1, "127.0.0.1:9", "--from")
 
@@ -486,3 +486,31 @@ def test_predict_on_several_images_ends_with_a_summary(trained, tmp_path):
     result = run("predict", tmp_path, "-m", trained["checkpoint"], "--json")
     assert result.exit_code == 1
     assert "4 images: 3 read (" in result.stderr and "1 could not be read" in result.stderr
+
+
+def test_names_with_stray_bytes_and_invisible_marks_are_escaped(trained, tmp_path, monkeypatch):
+    import os
+
+    from PIL import Image
+
+    from mnist_cli.data import load_split
+
+    monkeypatch.chdir(tmp_path)
+    digit = 255 - load_split(trained["data_dir"], "test").images[0]
+    raw = os.fsencode("raw") + b"\x9b31m" + os.fsencode("C1.png")  # an 8-bit CSI, not UTF-8
+    Image.fromarray(digit).save(raw.decode(errors="surrogateescape"))
+    Image.fromarray(digit).save("mark\u061c\u2028\u200b.png")
+    done = subprocess.run(
+        [sys.executable, "-m", "mnist_cli", "predict", ".", "-m", str(trained["checkpoint"]),
+         "--show"],
+        capture_output=True, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.returncode == 0
+    for stream in (done.stdout, done.stderr):
+        assert b"\x9b" not in stream and "\u061c\u2028\u200b".encode() not in stream
+    assert b"raw\\udc9b31mC1.png" in done.stdout and b"mark\\u061c\\u2028\\u200b.png" in done.stdout
+
+
+def test_a_seed_past_2_to_the_32_is_a_usage_error(tmp_path):
+    result = run("train", "--seed", str(2**63), "--out-dir", tmp_path / "run")
+    assert_clean_failure(result, 2, "seed must be at most 4,294,967,295")

@@ -47,7 +47,7 @@ def test_two_processes_train_one_model_like_one_process(data_dir, tmp_path):
     output, _ = done.communicate(timeout=300)
     assert done.returncode == 0, output
     files = sorted(p.name for p in (tmp_path / "ddp").iterdir())
-    assert files == ["best.pt", "history.csv", "history.png", "last.pt"]  # one set, from rank 0
+    assert files == ["best.pt", "config.toml", "history.csv", "history.png", "last.pt"]  # rank 0
     assert output.count("Saved") <= 1 and "Traceback" not in output
     saved = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert [row.epoch for row in saved.state.history] == [1, 2]

@@ -209,3 +209,19 @@ def test_present_files_are_hashed_once_then_known_by_size_and_time(
     os.utime(folder / name, ns=(1, 1))
     with pytest.raises(DownloadError, match="could not download t10k-labels"):
         download_mnist(tmp_path / "data", mirrors=[])
+
+
+def test_import_names_a_fifo_or_a_broken_link_in_place_of_a_file(tmp_path, subset_dir):
+    import os
+
+    for kind in ("fifo", "link"):
+        source = tmp_path / kind
+        shutil.copytree(subset_dir, source)
+        (source / "train-labels-idx1-ubyte.gz").unlink()
+        if kind == "fifo":
+            os.mkfifo(source / "train-labels-idx1-ubyte")
+        else:
+            (source / "train-labels-idx1-ubyte").symlink_to(tmp_path / "gone")
+        what = "a FIFO" if kind == "fifo" else "a broken symbolic link"
+        with pytest.raises(DownloadError, match=f"train-labels-idx1-ubyte: {what}"):
+            import_mnist(tmp_path / "data", source, verify_md5=False)

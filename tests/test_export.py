@@ -249,3 +249,29 @@ def test_a_checkpoint_that_fails_its_check_is_blamed_not_the_file_it_would_repla
     run = _invoke_export("--model", tmp_path / "huge.pt", "--out", good)
     assert run.exit_code == 1 and "huge.pt: gave NaN, infinite or absurd scores" in run.output
     assert "model.onnx" not in run.output and good.read_bytes() == result.path.read_bytes()
+
+
+def test_damaged_check_data_is_named_not_replaced_by_random_images(trained, tmp_path):
+    import shutil
+
+    from mnist_cli.data import raw_dir
+    from mnist_cli.errors import DataError
+
+    shutil.copytree(trained["data_dir"], tmp_path / "data")
+    labels = raw_dir(tmp_path / "data") / "t10k-labels-idx1-ubyte"
+    labels.unlink()
+    os.mkfifo(labels)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: a FIFO"):
+        export_onnx(trained["checkpoint"], tmp_path / "m.onnx", data_dir=tmp_path / "data")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_never_replaces_a_model_shipped_in_the_package(trained):
+    from mnist_cli.backends import BUNDLED_MODELS
+
+    bundled = BUNDLED_MODELS["onnxruntime"]
+    before = bundled.read_bytes()
+    for extra in ((), ("--overwrite",)):
+        result = _invoke_export("--model", trained["checkpoint"], "--out", bundled, *extra)
+        assert result.exit_code == 2 and "a model shipped in the package" in result.output
+    assert bundled.read_bytes() == before

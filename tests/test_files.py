@@ -91,3 +91,15 @@ def test_the_real_target_resolves_links_and_folders_not_made_yet(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "run")
     assert real_target(tmp_path / "run" / "sub" / ".." / "best.pt") == tmp_path / "run" / "best.pt"
     assert real_target(tmp_path / "link" / "best.pt") == tmp_path / "run" / "best.pt"
+
+
+def test_the_longest_name_a_folder_takes_is_written_and_a_longer_one_refused_early(tmp_path):
+    from mnist_cli.errors import OutputError
+    from mnist_cli.files import atomic_write, check_writable
+
+    longest = tmp_path / ("b" * 250 + ".onnx")  # 255 bytes: the temporary name must fit too
+    check_writable(longest, option="--out")
+    atomic_write(longest, lambda out: out.write(b"ok"))
+    assert longest.read_bytes() == b"ok"
+    with pytest.raises(OutputError, match="the file name is longer than 255 bytes"):
+        check_writable(tmp_path / ("b" * 256), option="--out")

@@ -84,3 +84,12 @@ def test_every_entry_of_a_class_folder_tree_is_used_or_named(tmp_path):
         "loose.png": "not inside a class folder; skipped",
         "seven": "a folder not named after a class (0 to 9); skipped",
     }
+
+
+def test_a_linked_folder_inside_a_class_folder_is_named_not_dropped(tmp_path):
+    _png(tmp_path / "elsewhere" / "x.png")
+    _png(tmp_path / "digits" / "3" / "a.png")
+    (tmp_path / "digits" / "3" / "more").symlink_to(tmp_path / "elsewhere")
+    found = {os.path.basename(p): why for p, _, why in class_folders(tmp_path / "digits", "3")}
+    assert found["a.png"] is None
+    assert found["more"].startswith("a symbolic link to a folder, not followed")

@@ -517,6 +517,19 @@ def _damaged_last(trained, folder, change):
         (lambda p: p["history"][0].update(val_loss=float("nan")), "'val_loss' is nan"),
         (lambda p: p["history"].pop(), "epoch 3 does not match its 2 history rows"),
         (lambda p: p.update(options={}), "holds no training options"),
+        (lambda p: p.update(best_val_accuracy=0.999), "is not what its history says"),
+        (lambda p: p["history"][0].update(epoch=99), "not epochs 1, 2, ... in order"),
+        (lambda p: p["history"][0].update(lr=-5.0), "'lr' is -5.0"),
+        (lambda p: p["options"].update(epochs=10**15), "epochs must be at most 100,000"),
+        (lambda p: p["options"].update(seed=2**70), "seed must be at most"),
+        (
+            lambda p: next(iter(p["optimizer"]["state"].values()))["exp_avg"].fill_(float("nan")),
+            "exp_avg of parameter 0 holds NaN",
+        ),
+        (
+            lambda p: p["optimizer"]["param_groups"][0].update(betas=(5.0, -3.0)),
+            "optimiser state is damaged (betas (5.0, -3.0)",
+        ),
     ],
 )
 def test_resume_refuses_damaged_progress(trained, tmp_path, change, fragment):
