@@ -29,9 +29,12 @@ from mnist_cli.training import train
 runner = CliRunner()
 
 
-def _onnx_file(path, *, classes=10, dtype=TensorProto.FLOAT, labels=None, output="matrix"):
-    """A tiny linear ONNX model; `output` bends its output the way real files go wrong."""
-    weight = numpy_helper.from_array(np.full((784, classes), 0.01, np.float32), "w")
+def _onnx_file(
+    path, *, classes=10, dtype=TensorProto.FLOAT, labels=None, output="matrix", scale=0.01
+):
+    """A tiny linear ONNX model, scores `scale` times the ink (0 on a blank image); `output`
+    bends its output the way real files go wrong."""
+    weight = numpy_helper.from_array(np.full((784, classes), scale, np.float32), "w")
     nodes = [
         helper.make_node("Flatten", ["image"], ["flat"]),
         helper.make_node("MatMul", ["flat", "w"], ["scores"]),
@@ -484,32 +487,14 @@ def test_ctrl_c_stops_a_run_within_a_second(tmp_path):
     assert time.monotonic() - sent < 1.5
 
 
-def _scaled_file(path, scale: float):
-    """A linear ONNX model whose scores are `scale` times the ink: 0 on a blank image."""
-    weight = numpy_helper.from_array(np.full((784, 10), scale, np.float32), "w")
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["image"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    onnx.save(model, path)
-    return path
-
-
 @pytest.mark.parametrize("scale", [3e38, 1e36, float("inf"), float("nan")])
 def test_scores_that_go_wrong_only_on_ink_are_refused_when_opened(tmp_path, scale):
     with pytest.raises(ModelError, match="NaN, infinite or absurd scores"):
-        open_model(_scaled_file(tmp_path / "wild.onnx", scale))
+        open_model(_onnx_file(tmp_path / "wild.onnx", scale=scale))
 
 
 def test_scores_that_go_wrong_later_refuse_the_model_not_the_image(tmp_path):
-    backend = open_model(_scaled_file(tmp_path / "ok.onnx", 0.01))
+    backend = open_model(_onnx_file(tmp_path / "ok.onnx"))
     with pytest.raises(ModelError, match="ok.onnx: gave NaN, infinite or absurd scores"):
         backend.logits(np.full((3, 1, 28, 28), np.float32(1e38), np.float32))
 
