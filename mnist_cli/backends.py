@@ -20,10 +20,7 @@ from mnist_cli.onnxgraph import GraphReadError, control_flow, metadata
 from mnist_cli.options import BackendName
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from mnist_cli.checkpoints import Checkpoint
-    from mnist_cli.models import Classifier
 
 IMAGE_SHAPE = (1, 28, 28)
 MAX_MODEL_BYTES = 256 << 20  # a digit model is ~100 KB; anything this large is not one
@@ -434,6 +431,8 @@ class TorchBackend(Backend):
 
         self.path, self.checkpoint = path, checkpoint
         self.device = resolve_device(device)
+        from mnist_cli.checkpoints import classifier_from_checkpoint
+
         self.module = classifier_from_checkpoint(checkpoint).to(self.device)
         self.provider = str(self.device)
         self.labels = list(checkpoint.class_labels)
@@ -445,71 +444,3 @@ class TorchBackend(Backend):
         with torch.no_grad():
             batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
             return self.module(batch)[0].float().cpu().numpy()
-
-
-def network_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
-    """The network a validated checkpoint describes, with its weights, in eval mode."""
-    from mnist_cli.models import build_model
-
-    network = build_model(checkpoint.architecture, checkpoint.arguments)
-    network.load_state_dict(checkpoint.state_dict)  # shapes were checked when it was loaded
-    return network.eval()
-
-
-def classifier_from_checkpoint(checkpoint: Checkpoint) -> Classifier:
-    """The checkpoint's network behind its own normalisation: takes pixels in [0, 1]."""
-    from mnist_cli.models import Classifier
-
-    norm = checkpoint.normalization
-    return Classifier(network_from_checkpoint(checkpoint), norm["mean"], norm["std"]).eval()
-
-
-def restore_optimizer(optimizer: Any, checkpoint: Checkpoint) -> None:
-    """Load a last.pt's optimiser state after checking it fits the parameters it will drive."""
-    from mnist_cli.errors import CheckpointError
-
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    try:
-        saved = checkpoint.optimizer or {}
-        for index, state in saved["state"].items():
-            for key in ("exp_avg", "exp_avg_sq"):
-                if state[key].shape != parameters[index].shape:
-                    raise ValueError(f"{key} of parameter {index} has the wrong shape")
-                if not bool(state[key].isfinite().all()):
-                    raise ValueError(f"{key} of parameter {index} holds NaN or infinite values")
-            if bool((state["exp_avg_sq"] < 0).any()):
-                raise ValueError(f"exp_avg_sq of parameter {index} holds a negative value")
-        for group in saved["param_groups"]:
-            beta1, beta2 = (float(b) for b in group["betas"])
-            eps, decay = float(group["eps"]), float(group["weight_decay"])
-            if not (0 <= beta1 < 1 and 0 <= beta2 < 1 and 0 < eps < 1 and 0 <= decay < 1):
-                raise ValueError(f"betas {group['betas']}, eps {eps} or weight decay {decay}")
-        running = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        optimizer.load_state_dict(saved)
-        _keep_how_to_compute(optimizer, running)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as error:
-        raise CheckpointError(f"its optimiser state is damaged ({first_line(error)})") from None
-
-
-_HOW_TO_COMPUTE = ("capturable", "fused", "foreach", "differentiable")
-
-
-def _keep_how_to_compute(optimizer: Any, running: list[dict[str, Any]]) -> None:
-    """Keep the running optimiser's device settings over the saved ones (CUDA graph or not)."""
-    import torch
-
-    for group, before in zip(optimizer.param_groups, running, strict=True):
-        for key in _HOW_TO_COMPUTE:
-            if key in before:
-                group[key] = before[key]
-        lr = float(group["lr"])
-        if isinstance(before["lr"], torch.Tensor):  # a CUDA graph reads it from this tensor
-            group["lr"] = before["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
-        for parameter in group["params"]:
-            state = optimizer.state.get(parameter, {})
-            if "step" in state:
-                on_device = group.get("capturable") or group.get("fused")
-                device = parameter.device if on_device else "cpu"
-                state["step"] = state["step"].to(device=device, dtype=torch.float32)

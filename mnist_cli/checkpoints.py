@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from torch import nn
 
 from mnist_cli.data import CLASS_LABELS
 from mnist_cli.errors import CheckpointError, first_line
 from mnist_cli.files import TORCH_FILE, Writer, atomic_write, describe_bytes
-from mnist_cli.models import ModelSpecError, check_arguments, parameter_shapes
+from mnist_cli.models import (
+    Classifier,
+    ModelSpecError,
+    build_model,
+    check_arguments,
+    parameter_shapes,
+)
 
 FORMAT = "mnist_cli.checkpoint/1"
 
@@ -307,3 +314,16 @@ def _epoch_record(row: Any) -> EpochRecord:
     values["val_accuracy"] = read.accuracy("val_accuracy", default=0.0)
     values["epoch"] = read.count("epoch")
     return EpochRecord(**values)
+
+
+def network_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
+    """The network a validated checkpoint describes, with its weights, in eval mode."""
+    network = build_model(checkpoint.architecture, checkpoint.arguments)
+    network.load_state_dict(checkpoint.state_dict)  # shapes were checked when it was loaded
+    return network.eval()
+
+
+def classifier_from_checkpoint(checkpoint: Checkpoint) -> Classifier:
+    """The checkpoint's network behind its own normalisation: takes pixels in [0, 1]."""
+    norm = checkpoint.normalization
+    return Classifier(network_from_checkpoint(checkpoint), norm["mean"], norm["std"]).eval()

@@ -16,11 +16,12 @@ from mnist_cli import __version__
 from mnist_cli.backends import (
     MAX_MODEL_BYTES,
     PRETRAINED_DIR,
-    BackendMismatch,
     BackendName,
     OnnxBackend,
-    open_model,
+    TorchBackend,
+    detect_backend,
 )
+from mnist_cli.checkpoints import load_checkpoint
 from mnist_cli.errors import MnistError, OptionError
 from mnist_cli.files import (
     ONNX_FILE,
@@ -105,14 +106,14 @@ def export_onnx(
     _check_opset(opset)
     target = _check_target(out, checkpoint, overwrite=overwrite)
     check_writable(target, option="--out")
-    try:
-        reference = open_model(checkpoint, backend=BackendName.torch, device="cpu")
-    except BackendMismatch:
+    if detect_backend(checkpoint) is BackendName.onnxruntime:
         raise ExportError(
             f"{checkpoint}: an ONNX model already; export takes a .pt checkpoint",
-            hint="pass the checkpoint it came from, e.g. --checkpoint params/best.pt",
-        ) from None
-    metadata = _metadata(reference.checkpoint, checkpoint)
+            hint="pass the checkpoint it came from, e.g. --model params/best.pt",
+        )
+    saved = load_checkpoint(checkpoint)
+    reference = TorchBackend(saved, str(checkpoint), "cpu")  # checked on the sample digits
+    metadata = _metadata(saved, checkpoint)
     data = _checked_bytes(_to_onnx(reference, opset), metadata, "exported graph")
     images, real = _check_images(data_dir, check_images)
     expected = reference.probabilities(images)
@@ -192,7 +193,7 @@ def _written_by_us(path: Path) -> bool:
     return {"source_checkpoint_sha256", "mnist_cli_version"} <= stamped.keys()
 
 
-def _to_onnx(reference: Any, opset: int) -> Any:
+def _to_onnx(reference: TorchBackend, opset: int) -> Any:
     """The checkpoint's classifier as an ONNX ModelProto with a dynamic batch."""
     import torch
 

@@ -18,13 +18,13 @@ from torch import nn
 from mnist_cli import __version__, distributed
 from mnist_cli.augmentation import NOISE_COLUMNS, augment
 from mnist_cli.averaging import WeightAverage
-from mnist_cli.backends import network_from_checkpoint, restore_optimizer
 from mnist_cli.checkpoints import (
     Checkpoint,
     EpochRecord,
     TrainState,
     checkpoint_writer,
     load_checkpoint,
+    network_from_checkpoint,
     save_checkpoint,
 )
 from mnist_cli.cudagraph import GraphedStep
@@ -44,6 +44,7 @@ from mnist_cli.errors import (
     OutputError,
     TrainingDiverged,
     TrainingInterrupted,
+    first_line,
 )
 from mnist_cli.files import Writer, atomic_write_all, check_writable, exclusive_folder
 from mnist_cli.models import build_model, default_arguments
@@ -496,6 +497,53 @@ def _restore(run: _Run, saved: Checkpoint) -> None:
     except (RuntimeError, TypeError):  # saved on another kind of device: reseed
         rank = run.cluster.rank if run.cluster else 0
         run.augment_rng.manual_seed(run.config.seed + saved.state.epoch + 1_000_003 * rank)
+
+
+def restore_optimizer(optimizer: Any, checkpoint: Checkpoint) -> None:
+    """Load a last.pt's optimiser state after checking it fits the parameters it will drive."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    try:
+        saved = checkpoint.optimizer or {}
+        for index, state in saved["state"].items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if state[key].shape != parameters[index].shape:
+                    raise ValueError(f"{key} of parameter {index} has the wrong shape")
+                if not bool(state[key].isfinite().all()):
+                    raise ValueError(f"{key} of parameter {index} holds NaN or infinite values")
+            if bool((state["exp_avg_sq"] < 0).any()):
+                raise ValueError(f"exp_avg_sq of parameter {index} holds a negative value")
+        for group in saved["param_groups"]:
+            beta1, beta2 = (float(b) for b in group["betas"])
+            eps, decay = float(group["eps"]), float(group["weight_decay"])
+            if not (0 <= beta1 < 1 and 0 <= beta2 < 1 and 0 < eps < 1 and 0 <= decay < 1):
+                raise ValueError(f"betas {group['betas']}, eps {eps} or weight decay {decay}")
+        running = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        optimizer.load_state_dict(saved)
+        _keep_how_to_compute(optimizer, running)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(f"its optimiser state is damaged ({first_line(error)})") from None
+
+
+_HOW_TO_COMPUTE = ("capturable", "fused", "foreach", "differentiable")
+
+
+def _keep_how_to_compute(optimizer: Any, running: list[dict[str, Any]]) -> None:
+    """Keep the running optimiser's device settings over the saved ones (CUDA graph or not)."""
+    for group, before in zip(optimizer.param_groups, running, strict=True):
+        for key in _HOW_TO_COMPUTE:
+            if key in before:
+                group[key] = before[key]
+        lr = float(group["lr"])
+        if isinstance(before["lr"], torch.Tensor):  # a CUDA graph reads it from this tensor
+            group["lr"] = before["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if "step" in state:
+                on_device = group.get("capturable") or group.get("fused")
+                device = parameter.device if on_device else "cpu"
+                state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
 
 def _loop(run: _Run) -> TrainResult:

@@ -103,7 +103,7 @@ def test_a_plain_linear_onnx_file_is_accepted(tmp_path):
 @pytest.fixture(scope="module")
 def static_batch(trained, tmp_path_factory):
     """The trained model exported as a beginner would: torch.onnx.export with a batch of one."""
-    from mnist_cli.backends import classifier_from_checkpoint
+    from mnist_cli.checkpoints import classifier_from_checkpoint
 
     path = tmp_path_factory.mktemp("static") / "static.onnx"
     classifier = classifier_from_checkpoint(load_checkpoint(trained["checkpoint"]))

@@ -5,8 +5,13 @@ import pickle
 import pytest
 import torch
 
-from mnist_cli.backends import network_from_checkpoint
-from mnist_cli.checkpoints import Checkpoint, TrainState, load_checkpoint, save_checkpoint
+from mnist_cli.checkpoints import (
+    Checkpoint,
+    TrainState,
+    load_checkpoint,
+    network_from_checkpoint,
+    save_checkpoint,
+)
 from mnist_cli.errors import CheckpointError, OutputError
 from mnist_cli.models import build_model, default_arguments
 

@@ -10,8 +10,7 @@ import onnxruntime
 import pytest
 import torch
 
-from mnist_cli.backends import classifier_from_checkpoint
-from mnist_cli.checkpoints import load_checkpoint
+from mnist_cli.checkpoints import classifier_from_checkpoint, load_checkpoint
 from mnist_cli.errors import MnistError
 from mnist_cli.export import ExportError, export_onnx, sha256_of
 

@@ -112,7 +112,7 @@ def test_best_pt_holds_the_average_and_last_pt_also_the_raw_weights(trained):
     # The saved validation scores are the average's: score it again from the file. (The loss
     # tells the two apart; accuracy on 500 images often does not. One image of margin for
     # rounding, which differs between CPUs.)
-    from mnist_cli.backends import network_from_checkpoint
+    from mnist_cli.checkpoints import network_from_checkpoint
     from mnist_cli.data import load_split, split_train_validation
     from mnist_cli.training import normalize
 
@@ -377,8 +377,8 @@ def test_the_first_epoch_is_plain_and_augmentation_starts_after_it(data_dir, tmp
 
 def _resumed_into(optimizer: torch.optim.Optimizer, saved: dict) -> torch.optim.Optimizer:
     """`optimizer` after --resume restored the optimiser state `saved` into it."""
-    from mnist_cli.backends import restore_optimizer
     from mnist_cli.checkpoints import Checkpoint, TrainState
+    from mnist_cli.training import restore_optimizer
 
     checkpoint = Checkpoint(
         architecture="fc",
