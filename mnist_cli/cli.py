@@ -71,33 +71,6 @@ def _silence_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _renamed(
-    ctx: typer.Context, old: str, new: str, old_value: object, new_value: object
-) -> object:
-    """The value of an option that was renamed, taking the old spelling for one more release.
-
-    Both spellings at once (or the old one beside the new one's environment variable) is a
-    contradiction, exit 2: neither may win silently.
-    """
-    if old_value is None:
-        return new_value
-    from mnist_cli import console
-    from mnist_cli.errors import OptionError
-
-    parameter = next(p for p in ctx.command.params if new in p.opts)
-    source = ctx.get_parameter_source(parameter.name)
-    if source is not None and source.name != "DEFAULT":
-        given = f"{new} (from {parameter.envvar})" if source.name == "ENVIRONMENT" else new
-        raise OptionError(
-            f"{old} is the old spelling of {new}; give one, not both {old} and {given}"
-        )
-    console.err.print(
-        f"Deprecated: {old} is now {new}; the old spelling will be removed in the next release.",
-        markup=False,
-    )
-    return old_value
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"mnist {__version__}")
@@ -295,8 +268,6 @@ def train(
             "--print-config", help="Print the resolved recipe as a --config file, and stop."
         ),
     ] = False,
-    old_model: Annotated[Architecture | None, typer.Option("--model", hidden=True)] = None,
-    old_out: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
 ) -> None:
     """Train a model: OUT_DIR/last.pt every epoch, best.pt at the best validation score.
 
@@ -323,8 +294,6 @@ def train(
         from mnist_cli import training
         from mnist_cli.distributed import is_main_process
 
-        arch = _renamed(ctx, "--model", "--arch", old_model, arch)
-        out_dir = _renamed(ctx, "--out", "--out-dir", old_out, out_dir)
         given = [f"--{k.replace('_', '-')}" for k, v in chosen.items() if v is not None]
         given += ["--arch"] if arch else []
         given += ["--config"] if config_file else []
@@ -425,7 +394,6 @@ def test(
 
 @app.command()
 def export(
-    ctx: typer.Context,
     format: Annotated[
         ExportFormat, typer.Option("--format", "-f", help="Output format.")
     ] = ExportFormat.onnx,
@@ -457,7 +425,6 @@ def export(
         ),
     ] = False,
     quiet: Quiet = False,
-    old_checkpoint: Annotated[Path | None, typer.Option("--checkpoint", hidden=True)] = None,
 ) -> None:
     """Export a checkpoint to one self-contained ONNX file, checked against torch first.
 
@@ -471,8 +438,6 @@ def export(
 
     with _user_errors(quiet=quiet):
         from mnist_cli import export as core
-
-        model = _renamed(ctx, "--checkpoint", "--model", old_checkpoint, model)
 
         if out is None:
             out = Path("exported/model-int8.onnx" if quantize else "exported/model.onnx")

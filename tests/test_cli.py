@@ -337,26 +337,12 @@ def test_train_help_states_each_recipes_batch_and_peak_lr():
 
 
 @pytest.mark.parametrize(
-    "args, env, fragment",
-    [
-        (["train", "--model", "fc", "--arch", "cnn"], {}, "give one, not both --model and --arch"),
-        (["train", "--out", "a", "--out-dir", "b"], {}, "not both --out and --out-dir"),
-        (["train", "--out", "a"], {"MNIST_OUT_DIR": "b"}, "--out-dir (from MNIST_OUT_DIR)"),
-        (["export", "--checkpoint", "a.pt", "--model", "b.pt"], {}, "--checkpoint and --model"),
-    ],
+    "args",
+    [["train", "--model", "fc"], ["train", "--out", "a"], ["export", "--checkpoint", "a.pt"]],
 )
-def test_old_and_new_spellings_together_are_a_contradiction(tmp_path, args, env, fragment):
-    result = runner.invoke(app, args, env=env)
-    assert_clean_failure(result, 2, fragment)
-    assert not list(tmp_path.iterdir())
-
-
-def test_the_old_spelling_alone_still_works_with_a_note(trained, tmp_path):
-    out = tmp_path / "m.onnx"
-    result = run("export", "--checkpoint", trained["checkpoint"], "--out", out,
-                 "--data-dir", trained["data_dir"])  # fmt: skip
-    assert result.exit_code == 0 and "Deprecated: --checkpoint is now --model" in result.output
-    assert out.is_file()
+def test_the_spellings_before_0_1_0_are_gone(tmp_path, args):
+    result = runner.invoke(app, args)
+    assert_clean_failure(result, 2, "No such option")
 
 
 def test_control_characters_in_file_names_never_reach_the_terminal(trained, tmp_path, monkeypatch):

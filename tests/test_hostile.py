@@ -306,7 +306,7 @@ def _cases(work: Path) -> dict[str, Case]:
             1,
             check=said("'best_val_accuracy' is 2.0"),
         ),
-        "train --model fc --arch cnn": Case(
+        "train --model fc (a spelling that is gone)": Case(
             ["train", "--model", "fc", "--arch", "cnn", "--out-dir", str(work / "c"), *small],
             2,
             check=no_folder(work / "c"),
@@ -339,7 +339,7 @@ def _cases(work: Path) -> dict[str, Case]:
             protect,
             no_folder(good / "sub"),
         ),
-        "export --checkpoint A --model B": Case(
+        "export --checkpoint (a spelling that is gone)": Case(
             ["export", "--checkpoint", str(good / "best.pt"), "--model", str(work / "nan.pt")],
             2,
             protect,

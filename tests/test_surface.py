@@ -88,37 +88,6 @@ def test_every_command_has_quiet_and_folder_options_read_the_environment():
                 assert param.envvar, f"{name} {param.opts[0]}"
 
 
-def test_old_spellings_work_with_a_deprecation_line(trained, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "export",
-            "--checkpoint",
-            str(trained["checkpoint"]),
-            "--out",
-            str(tmp_path / "m.onnx"),
-            "--data-dir",
-            str(trained["data_dir"]),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "Deprecated: --checkpoint is now --model" in result.output
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--model",
-            "fc",
-            "--out",
-            str(tmp_path / "p"),
-            "--data-dir",
-            str(tmp_path / "none"),
-        ],
-    )
-    assert "--model is now --arch" in result.output and "--out is now --out-dir" in result.output
-    assert result.exit_code == 1 and "MNIST train data not found" in result.output
-
-
 def _digit_pngs(folder: Path, data_dir: Path, count: int) -> list[int]:
     test = load_split(data_dir, "test")
     for i in range(count):

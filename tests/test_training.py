@@ -299,7 +299,7 @@ def test_sigterm_saves_last_pt_and_exits_143(data_dir, tmp_path):
             "train",
             "--data-dir",
             str(data_dir),
-            "--out",
+            "--out-dir",
             str(out),
             "--device",
             "cpu",
