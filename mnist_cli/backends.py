@@ -17,7 +17,7 @@ from mnist_cli.devices import check_device_name
 from mnist_cli.errors import MnistError, first_line
 from mnist_cli.files import MISSING, ONNX_FILE, TORCH_FILE, describe_bytes, path_problem
 from mnist_cli.onnxgraph import GraphReadError, control_flow, metadata
-from mnist_cli.options import BackendName
+from mnist_cli.options import EXPORT_FILE, RUN_DIR, BackendName
 
 if TYPE_CHECKING:
     from mnist_cli.checkpoints import Checkpoint
@@ -31,8 +31,8 @@ DRY_RUN_SECONDS = 10.0  # a digit model answers 11 images in milliseconds
 
 
 DEFAULT_MODELS = {
-    BackendName.torch: Path("params/best.pt"),
-    BackendName.onnxruntime: Path("exported/model.onnx"),
+    BackendName.torch: RUN_DIR / "best.pt",
+    BackendName.onnxruntime: EXPORT_FILE,
 }
 # The default cnn, trained and exported by scripts/make_pretrained.py, shipped in the package.
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"

@@ -12,7 +12,17 @@ from typing import Annotated
 import typer
 
 from mnist_cli import __version__
-from mnist_cli.options import Architecture, BackendName, ExportFormat, Quantization
+from mnist_cli.options import (
+    DATA_DIR,
+    EXPORT_FILE,
+    EXPORT_INT8_FILE,
+    RUN_DIR,
+    Architecture,
+    BackendName,
+    ExportFormat,
+    Quantization,
+)
+from mnist_cli.recipes import recipe_default
 
 app = typer.Typer(
     name="mnist",
@@ -135,7 +145,7 @@ def _picture(option: str, what: str) -> object:
 
 @app.command()
 def download(
-    data_dir: DataDir = Path("datafiles"),
+    data_dir: DataDir = DATA_DIR,
     source: Annotated[
         Path | None,
         typer.Option(
@@ -183,7 +193,9 @@ def train(
     epochs: Annotated[
         int | None,
         typer.Option(
-            "--epochs", "-n", help="Passes over the training images. \\[default: cnn 15, fc 20]"
+            "--epochs",
+            "-n",
+            help=f"Passes over the training images. \\[default: {recipe_default('epochs')}]",
         ),
     ] = None,
     batch_size: Annotated[
@@ -192,19 +204,22 @@ def train(
             "--batch-size",
             "-b",
             help="Images per step, across all processes under torchrun. "
-            "\\[default: cnn 128 on CPU, 2048 on CUDA; fc 256]",
+            f"\\[default: {recipe_default('batch_size')}]",
         ),
     ] = None,
     lr: Annotated[
         float | None,
         typer.Option(
             help="Peak learning rate of the one-cycle schedule. "
-            "\\[default: cnn 8e-3 on CPU, 1.2e-2 on CUDA; fc 1e-3]"
+            f"\\[default: {recipe_default('lr')}]"
         ),
     ] = None,
     seed: Annotated[
         int | None,
-        typer.Option(help="Seed for weights, validation split and batch order. \\[default: 0]"),
+        typer.Option(
+            help="Seed for weights, validation split and batch order. "
+            f"\\[default: {recipe_default('seed')}]"
+        ),
     ] = None,
     augment: Annotated[
         bool | None,
@@ -212,15 +227,18 @@ def train(
             "--augment/--no-augment",
             help="After the first epoch: style strokes (flagged 1s, crossed 7s, slashed 0s), "
             "thicker and thinner strokes, rotations, scalings and shifts. "
-            "\\[default: on for cnn, off for fc]",
+            f"\\[default: {recipe_default('augment')}]",
         ),
     ] = None,
     validation_size: Annotated[
         int | None,
-        typer.Option(help="Training images held out to pick best.pt. \\[default: 5000]"),
+        typer.Option(
+            help=f"Training images held out to pick best.pt. \\[default: "
+            f"{recipe_default('validation_size')}]"
+        ),
     ] = None,
     device: Device = "auto",
-    data_dir: DataDir = Path("datafiles"),
+    data_dir: DataDir = DATA_DIR,
     out_dir: Annotated[
         Path,
         typer.Option(
@@ -230,7 +248,7 @@ def train(
             show_envvar=True,
             help="Folder for last.pt, best.pt, history.csv and history.png.",
         ),
-    ] = Path("params"),
+    ] = RUN_DIR,
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Continue from OUT_DIR/last.pt with its saved options."),
@@ -341,7 +359,7 @@ def train(
 @app.command()
 def test(
     model: ModelFile = None,
-    data_dir: DataDir = Path("datafiles"),
+    data_dir: DataDir = DATA_DIR,
     images: Annotated[
         Path | None,
         typer.Option(
@@ -417,7 +435,7 @@ def export(
         Quantization | None,
         typer.Option(help="int8: static quantisation calibrated on 1,000 training images."),
     ] = None,
-    data_dir: DataDir = Path("datafiles"),
+    data_dir: DataDir = DATA_DIR,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -440,7 +458,7 @@ def export(
         from mnist_cli import export as core
 
         if out is None:
-            out = Path("exported/model-int8.onnx" if quantize else "exported/model.onnx")
+            out = EXPORT_INT8_FILE if quantize else EXPORT_FILE
         result = core.export_onnx(
             model, out, opset=opset, data_dir=data_dir, quantize=quantize, overwrite=overwrite
         )

@@ -14,7 +14,6 @@ import numpy as np
 from mnist_cli.errors import DataError, DataMissing, OptionError
 from mnist_cli.files import MISSING, path_problem
 
-DEFAULT_DATA_DIR = Path("datafiles")  # as in the tutorial
 CLASS_LABELS = [str(digit) for digit in range(10)]
 IMAGE_SIZE = 28
 NORMALIZATION = {"mean": 0.1307, "std": 0.3081}  # pixel mean and std of the training images

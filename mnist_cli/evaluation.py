@@ -15,6 +15,7 @@ from mnist_cli.backends import Backend, BackendName, log_softmax, open_model, so
 from mnist_cli.data import CLASS_LABELS, Split, load_split
 from mnist_cli.errors import DataError
 from mnist_cli.files import atomic_write, check_writable
+from mnist_cli.options import DATA_DIR
 
 
 @dataclass
@@ -156,7 +157,7 @@ def evaluate(backend: Backend, data: LabelledImages) -> tuple[Report, Misclassif
 def evaluate_model(
     model_path: Path | str | None = None,
     *,
-    data_dir: Path | str = "datafiles",
+    data_dir: Path | str = DATA_DIR,
     device: str = "auto",
     backend: BackendName | str | None = None,
     images_dir: Path | str | None = None,

@@ -30,7 +30,7 @@ from mnist_cli.files import (
     describe_bytes,
     real_target,
 )
-from mnist_cli.options import Quantization
+from mnist_cli.options import DATA_DIR, Quantization
 
 if TYPE_CHECKING:
     from mnist_cli.checkpoints import Checkpoint
@@ -90,7 +90,7 @@ def export_onnx(
     out: Path | str,
     *,
     opset: int = DEFAULT_OPSET,
-    data_dir: Path | str | None = "datafiles",
+    data_dir: Path | str | None = DATA_DIR,
     check_images: int = 1000,
     quantize: Quantization | str | None = None,
     overwrite: bool = False,

@@ -6,6 +6,13 @@ Imports nothing heavy, so that the CLI can declare its options without loading n
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
+
+# Where things go when no option says otherwise, relative to the working folder.
+DATA_DIR = Path("datafiles")  # (folder) MNIST, laid out as torchvision.datasets.MNIST reads it
+RUN_DIR = Path("params")  # (folder) train's last.pt, best.pt, history and config
+EXPORT_FILE = Path("exported/model.onnx")  # (file) what export writes
+EXPORT_INT8_FILE = Path("exported/model-int8.onnx")  # (file) what export --quantize int8 writes
 
 
 class BackendName(str, Enum):

@@ -206,3 +206,29 @@ def read_config_file(path: Any) -> dict[str, Any]:
             message = getattr(error, "message", None) or str(error)
             raise OptionError(f"{where}: key {key!r}: {message}") from None
     return values
+
+
+def recipe_default(field: str) -> str:
+    """A field's default across the recipes, for the help: "cnn 128 on CPU, 2048 on CUDA; fc
+    256", or the one value when every recipe agrees."""
+    shown: dict[str, dict[str, Any]] = {}
+    for (architecture, kind), recipe in RECIPES.items():
+        shown.setdefault(architecture, {})[kind] = getattr(recipe, field)
+    values = {repr(v) for kinds in shown.values() for v in kinds.values()}
+    if len(values) == 1:
+        return _shown(next(iter(shown.values()))["cpu"])
+    parts = []
+    for architecture, kinds in shown.items():
+        if kinds["cpu"] == kinds["cuda"]:
+            parts.append(f"{architecture} {_shown(kinds['cpu'])}")
+        else:
+            parts.append(
+                f"{architecture} {_shown(kinds['cpu'])} on CPU, {_shown(kinds['cuda'])} on CUDA"
+            )
+    return "; ".join(parts)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -48,6 +48,7 @@ from mnist_cli.errors import (
 )
 from mnist_cli.files import Writer, atomic_write_all, check_writable, exclusive_folder
 from mnist_cli.models import build_model, default_arguments
+from mnist_cli.options import DATA_DIR, RUN_DIR
 from mnist_cli.recipes import CONFIG_FILE, TrainConfig, check_config, config_toml, default_config
 
 
@@ -182,8 +183,8 @@ _REPORT_EVERY = {"cpu": 10, "cuda": 50}
 def train(
     config: TrainConfig | None = None,
     *,
-    data_dir: Path | str = "datafiles",
-    out_dir: Path | str = "params",
+    data_dir: Path | str = DATA_DIR,
+    out_dir: Path | str = RUN_DIR,
     device: str = "auto",
     resume: bool = False,
     callback: TrainCallback | None = None,
@@ -369,7 +370,7 @@ class _Run:
     augment_rng: torch.Generator
     data: tuple[torch.Tensor, ...]  # train images, train labels, validation images and labels
     state: TrainState
-    out_dir: Path = Path("params")
+    out_dir: Path = RUN_DIR
     callback: TrainCallback = field(default_factory=TrainCallback)
     stop: _StopFlag = field(default_factory=_StopFlag)
     graph: GraphedStep | None = None  # captured at the first full batch, when enabled
