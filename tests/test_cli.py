@@ -326,7 +326,8 @@ def test_an_empty_test_set_is_a_clear_error(trained, tmp_path):
 
 
 def test_train_help_states_each_recipes_values():
-    help_text = " ".join(runner.invoke(app, ["train", "--help"], terminal_width=200).output.split())
+    wide = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).output
+    help_text = " ".join(wide.split())
     for shown in (
         "cnn 15; fc 20",  # epochs
         "cnn 128 on CPU, 2048 on CUDA; fc 256",  # batch size
