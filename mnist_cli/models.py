@@ -58,7 +58,7 @@ class ConvNet(nn.Module):
         super().__init__()
         inputs = (1, *channels[:-1])
         stages = zip(inputs, channels, convs, pool_first, strict=True)
-        # 3x3 everywhere: a 5x5 first layer cost 2x the time on CPU
+        # 3x3 everywhere: a larger first kernel costs more time than it gains
         self.features = nn.Sequential(*(_conv_block(i, o, 3, n, p) for i, o, n, p in stages))
         self.classifier = nn.Linear(channels[-1] * 3 * 3, classes)
 
@@ -72,7 +72,7 @@ class ModelSpecError(ValueError):
 
 _MAX_WIDTH = 1 << 16  # no layer of a digit classifier needs more units or channels
 _MAX_LAYERS = 32
-_MAX_CONVS = 8  # per stage: each adds a full-size convolution, and 2 already give 99.69%
+_MAX_CONVS = 8  # per stage: each adds a full-size convolution; 2 is the recipe's
 # cnn files written before these layout keys existed: one conv per stage, pooled last
 _LEGACY_LAYOUT = {"convs": [1, 1, 1], "pool_first": [False, False, False]}
 
@@ -82,9 +82,8 @@ def default_arguments(architecture: str) -> dict[str, Any]:
     if architecture == "fc":
         return {"hidden": [512, 256, 256, 128, 64], "classes": 10}
     if architecture == "cnn":
-        # Two convolutions in the 14x14 and 7x7 stages: 99.69% after 30 epochs against 99.60%
-        # with one each; a second at 28x28 gained nothing. Pooling before BN and ReLU leaves them
-        # a quarter of the pixels and lost no validation accuracy (benchmarks/tune_recipe.py).
+        # Two convolutions in the 14x14 and 7x7 stages, one at 28x28, each stage pooling before
+        # its batch norm and ReLU (a quarter of the pixels): benchmarks/RESULTS.md has why.
         return {
             "channels": [16, 32, 64],
             "convs": [1, 2, 2],

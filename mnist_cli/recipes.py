@@ -14,33 +14,33 @@ if TYPE_CHECKING:
 class TrainConfig:
     """Everything that decides the trained weights (with the data and the device).
 
-    The defaults are the cnn's CPU recipe, tuned on the validation split only.
+    The defaults are the cnn's CPU recipe, tuned on the validation split only; the figures
+    behind each value are in benchmarks/RESULTS.md.
     """
 
-    model: str = "cnn"
-    epochs: int = 15  # passes 99.5% test; --epochs 1 already reaches 99%
-    batch_size: int = 128  # ties 64 on validation at 1 and 30 epochs in fewer, cheaper steps
-    lr: float = 8e-3  # peak of the one-cycle schedule, raised with the batch from 64's 6e-3
-    weight_decay: float = 5e-4  # AdamW's decoupled decay, a mild regulariser
-    augment: bool = True  # style strokes, stroke thickness, rotation, scale and shift
-    plain_epochs: int = 1  # unaugmented first: variety only slows a net that saw nothing yet
-    thickness: float = 0.15  # share drawn thicker or thinner (felt pens, fine pens)
-    styles: float = 0.15  # share of 0s, 1s and 7s given a slash or dot, a flag and foot, a bar;
-    # 0.15 for both led 0.3 on validation after 30 epochs (99.65% against 99.59%, 4 seeds)
-    label_smoothing: float = 0.1  # keeps logits calibrated; a small gain with augmentation
-    warmup: float = 0.25  # share of all steps spent rising to the peak learning rate
-    weight_average: float = 0.999  # validate and save the weights' moving average: steadier
-    validation_size: int = 5_000  # held out of the 60,000 training images to pick best.pt
-    seed: int = 0  # fixes initial weights, the validation split and the batch order
+    model: str = "cnn"  # (str) the network: cnn or fc
+    epochs: int = 15  # (int) passes over the training images
+    batch_size: int = 128  # (int) images per optimiser step, across all processes
+    lr: float = 8e-3  # (float) peak of the one-cycle learning rate
+    weight_decay: float = 5e-4  # (float) AdamW's decoupled weight decay, a mild regulariser
+    augment: bool = True  # (bool) style strokes, stroke thickness, rotation, scale and shift
+    plain_epochs: int = 1  # (int) first epochs without augmentation: a raw net learns faster
+    thickness: float = 0.15  # (float) share of a batch drawn thicker or thinner (pens)
+    styles: float = 0.15  # (float) share of 0s, 1s and 7s given a slash, dot, flag, foot or bar
+    label_smoothing: float = 0.1  # (float) share of each target spread over the other digits
+    warmup: float = 0.25  # (float) share of all steps spent rising to the peak learning rate
+    weight_average: float = 0.999  # (float) decay of the weights' moving average; 0: none
+    validation_size: int = 5_000  # (int) training images held out to pick best.pt
+    seed: int = 0  # (int) fixes initial weights, the validation split and the batch order
 
 
 # Recipes per (architecture, device kind); `default_config` picks one for the device in use.
 RECIPES = {
     ("cnn", "cpu"): TrainConfig(),
     ("cnn", "cuda"): TrainConfig(
-        batch_size=2048,  # one CUDA graph per step: 35% less time than 1024, same validation
-        lr=1.2e-2,  # batch 16x the CPU's; with 2048, 1.2e-2 tied 1024's 8e-3 on validation
-        thickness=0.3,  # the shares it was measured with; 0.15 was tried on the CPU recipe only
+        batch_size=2048,  # a GPU step costs about the same at any small batch: fewer steps
+        lr=1.2e-2,  # a larger batch takes a higher peak
+        thickness=0.3,  # the shares this recipe was tuned with
         styles=0.3,
     ),
     ("fc", "cpu"): TrainConfig(
@@ -49,7 +49,7 @@ RECIPES = {
         batch_size=256,  # the dense net gains nothing from smaller batches
         lr=1e-3,  # no batch norm: a gentler peak
         augment=False,  # warps hurt a net that sees pixels, not shapes
-        label_smoothing=0.0,  # no gain measured without augmentation
+        label_smoothing=0.0,  # no gain without augmentation
     ),
 }
 RECIPES["fc", "cuda"] = RECIPES["fc", "cpu"]

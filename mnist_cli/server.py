@@ -46,7 +46,7 @@ class Limits:
 
     max_upload: int = 4 << 20  # bytes in one request body
     max_images: int = 64  # images in one multipart request
-    max_pixels: int = 4_000_000  # decoded in one request, all images: ~2000x2000, ~0.1 s
+    max_pixels: int = 4_000_000  # decoded in one request, all images together: 2000x2000
     read_timeout: float = 10.0  # seconds to receive the whole body (slow clients)
     header_timeout: float = 5.0  # seconds from connecting, or the last answer, to whole headers
     max_pending: int = 64  # uploads received and waiting to be read; more get 503
