@@ -358,7 +358,7 @@ def train(
 
 @app.command()
 def test(
-    model: ModelFile = None,
+    model_file: ModelFile = None,
     data_dir: DataDir = DATA_DIR,
     images: Annotated[
         Path | None,
@@ -395,7 +395,7 @@ def test(
         if plot is not None:  # the train extra's: refused before the evaluation, not after
             import matplotlib  # noqa: F401
         report, wrong = evaluation.evaluate_model(
-            model, data_dir=data_dir, device=device, images_dir=images
+            model_file, data_dir=data_dir, device=device, images_dir=images
         )
         if errors is not None:
             evaluation.save_error_grid(wrong, errors)
@@ -475,7 +475,7 @@ def predict(
             show_default=False,
         ),
     ] = None,
-    model: ModelFile = None,
+    model_file: ModelFile = None,
     backend: Annotated[
         BackendName | None,
         typer.Option(
@@ -517,15 +517,15 @@ def predict(
     with _user_errors(quiet=quiet):
         from mnist_cli.backends import open_model
 
-        engine = open_model(model, backend=backend, device=device)
-        console.show_model(engine)
+        model = open_model(model_file, backend=backend, device=device)
+        console.show_model(model)
         if not paths:
             paths = [prediction.SAMPLES]
             console.note(f"No images given: reading the samples shipped in {prediction.SAMPLES}")
         failures = 0
         with console.PredictionOutput(json_output=json_output, top_k=top_k, show=show) as output:
             for result in prediction.predict_paths(
-                engine, [str(p) for p in paths], raw=raw, batch_size=batch_size, keep_digits=show
+                model, [str(p) for p in paths], raw=raw, batch_size=batch_size, keep_digits=show
             ):
                 failures += result.error is not None
                 output.add(result)
@@ -535,7 +535,7 @@ def predict(
 
 @app.command()
 def serve(
-    model: ModelFile = None,
+    model_file: ModelFile = None,
     backend: Annotated[
         BackendName | None,
         typer.Option("--backend", help="Force a backend. \\[default: the model file's kind]"),
@@ -585,12 +585,12 @@ def serve(
         from mnist_cli import server
         from mnist_cli.backends import open_model
 
-        engine = open_model(model, backend=backend, device=device)
-        console.show_model(engine)
+        model = open_model(model_file, backend=backend, device=device)
+        console.show_model(model)
         sock = server.listen(host, port)
         console.note(f"Serving on http://{host}:{port} (Ctrl-C to stop)")
         server.serve(
-            engine,
+            model,
             sock,
             limits=server.Limits(
                 max_upload=max_upload, max_images=max_images, max_pixels=max_pixels

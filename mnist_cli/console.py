@@ -12,10 +12,14 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from mnist_cli.backends import Backend
+    from mnist_cli.download import FileOutcome
     from mnist_cli.errors import MnistError
     from mnist_cli.evaluation import Report
+    from mnist_cli.export import ExportResult
+    from mnist_cli.prediction import Prediction
     from mnist_cli.recipes import TrainConfig
-    from mnist_cli.training import EpochRecord
+    from mnist_cli.training import EpochRecord, TrainResult
 
 out = Console(highlight=False, emoji=False)  # results: tables and JSON
 err = Console(stderr=True, highlight=False, emoji=False)  # progress, notes and errors
@@ -74,7 +78,7 @@ def print_text(text: str) -> None:
     sys.stdout.flush()
 
 
-def show_downloads(outcomes: Any) -> None:
+def show_downloads(outcomes: list[FileOutcome]) -> None:
     states = {
         "present": "already present and valid",
         "kept": "kept the official file already there (the imported one is not official)",
@@ -83,7 +87,7 @@ def show_downloads(outcomes: Any) -> None:
         note(f"{outcome.name}: {states.get(outcome.status, outcome.status)} ({outcome.path})")
 
 
-def show_training(result: Any) -> None:
+def show_training(result: TrainResult) -> None:
     out.print(
         Text(
             printable(
@@ -98,7 +102,7 @@ def show_training(result: Any) -> None:
     note(f"Next: mnist test -m {best}   then   mnist export -m {best}")
 
 
-def show_export(result: Any) -> None:
+def show_export(result: ExportResult) -> None:
     source = "MNIST test images" if result.real_images else "random images (no MNIST data)"
     note(
         f"onnx.checker: passed. onnxruntime vs {result.reference} on {result.images} {source}: "
@@ -115,12 +119,12 @@ def show_export(result: Any) -> None:
     )
 
 
-def show_model(backend: Any) -> None:
-    what = "the bundled model" if backend.bundled else "model"
-    note(f"Using {what} {backend.path} ({backend.name.value} on {backend.provider})")
-    if backend.note:  # shown even with --quiet: results would come slower than asked for
+def show_model(model: Backend) -> None:
+    what = "the bundled model" if model.bundled else "model"
+    note(f"Using {what} {model.path} ({model.name.value} on {model.provider})")
+    if model.note:  # shown even with --quiet: results would come slower than asked for
         err.print(
-            Text.assemble(("Warning:", "bold yellow"), " ", printable(backend.note)), soft_wrap=True
+            Text.assemble(("Warning:", "bold yellow"), " ", printable(model.note)), soft_wrap=True
         )
 
 
@@ -311,7 +315,7 @@ class PredictionOutput:
     def __enter__(self) -> PredictionOutput:
         return self
 
-    def add(self, result: Any) -> None:
+    def add(self, result: Prediction) -> None:
         self.failed += result.error is not None
         self.read += result.error is None
         self.unsure += result.error is None and result.confidence < UNSURE
@@ -345,7 +349,7 @@ class PredictionOutput:
 _HALF_BLOCKS = " ▄▀█"  # (top pixel, bottom pixel): neither, bottom, top, both
 
 
-def digit_picture(result: Any, top: int) -> Table:
+def digit_picture(result: Prediction, top: int) -> Table:
     """The 28x28 digit the model saw, in half-block characters, beside its top guesses.
 
     Plain characters, no colour: it reads the same over SSH, in a pipe and in a log.

@@ -1,6 +1,6 @@
 """Measuring a model on labelled images: accuracy, loss, per-class scores, confusion, errors.
 
-One function evaluates any backend; torch is imported only if the model file needs it.
+One function evaluates any opened model; torch is imported only if the model file needs it.
 """
 
 from __future__ import annotations
@@ -133,19 +133,19 @@ def load_image_folder(folder: Path | str) -> LabelledImages:
 _LAYOUT = "put each digit's images in a subfolder named after it: FOLDER/0/, ..., FOLDER/9/"
 
 
-def evaluate(backend: Backend, data: LabelledImages) -> tuple[Report, Misclassified]:
+def evaluate(model: Backend, data: LabelledImages) -> tuple[Report, Misclassified]:
     """Score an opened model on labelled images: the report and the digits it got wrong."""
     if len(data.labels) == 0:
         raise DataError("the test set holds no images", hint="run `mnist download`")
-    logits = backend.logits(data.pixels[:, None].astype(np.float32))
+    logits = model.logits(data.pixels[:, None].astype(np.float32))
     loss = float(-log_softmax(logits)[np.arange(len(data.labels)), data.labels].mean())
     report = build_report(
-        backend.path,
+        model.path,
         data.labels,
         logits,
         loss,
-        backend=backend.name.value,
-        provider=backend.provider,
+        backend=model.name.value,
+        provider=model.provider,
         skipped=data.skipped,
     )
     wrong = logits.argmax(1) != data.labels
@@ -164,10 +164,10 @@ def evaluate_model(
 ) -> tuple[Report, Misclassified]:
     """Open a `.pt` or `.onnx` file (checked before any data is read) and score it on the MNIST
     test set, or on the user's own digits in `images_dir` (FOLDER/0/ ... FOLDER/9/)."""
-    engine = open_model(model_path, backend=backend, device=device)
+    model = open_model(model_path, backend=backend, device=device)
     if images_dir is not None:
-        return evaluate(engine, load_image_folder(images_dir))
-    return evaluate(engine, LabelledImages.from_split(load_split(data_dir, "test")))
+        return evaluate(model, load_image_folder(images_dir))
+    return evaluate(model, LabelledImages.from_split(load_split(data_dir, "test")))
 
 
 def save_confusion_plot(report: Report, path: Path) -> Path:

@@ -46,13 +46,19 @@ def _batches(items: Iterable[tuple[str, str | None]], size: int) -> Iterator[lis
         yield batch
 
 
-def _prediction(path: str, probabilities: np.ndarray, image: np.ndarray | None) -> Prediction:
-    scores = [float(p) for p in probabilities]
-    return Prediction(path, int(probabilities.argmax()), scores, image=image)
+def read(model: Backend, digits: Sequence[np.ndarray], names: Sequence[str]) -> list[Prediction]:
+    """The Prediction for each preprocessed 28x28 digit, run as one batch; each keeps its digit."""
+    if not digits:
+        return []
+    probabilities = model.probabilities(np.stack(digits)[:, None])
+    return [
+        Prediction(name, int(p.argmax()), [float(x) for x in p], image=digit)
+        for name, digit, p in zip(names, digits, probabilities, strict=True)
+    ]
 
 
 def predict_paths(
-    backend: Backend,
+    model: Backend,
     paths: Sequence[str],
     *,
     raw: bool = False,
@@ -75,12 +81,11 @@ def predict_paths(
             except (ImageError, OSError) as error:
                 message = getattr(error, "message", None) or f"{path}: {error}"
                 failed[position] = Prediction(path, error=message.removeprefix(f"{path}: "))
-        probabilities = (
-            backend.probabilities(np.stack([d for _, d in ready])[:, None]) if ready else []
-        )
-        results = iter(
-            _prediction(path, p, digit if keep_digits else None)
-            for (path, digit), p in zip(ready, probabilities, strict=True)
-        )
+        results = iter(read(model, [d for _, d in ready], [path for path, _ in ready]))
         for position in range(len(chunk)):
-            yield failed[position] if position in failed else next(results)
+            if position in failed:
+                yield failed[position]
+                continue
+            result = next(results)
+            result.image = result.image if keep_digits else None
+            yield result

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mnist_cli import __version__
 from mnist_cli.backends import Backend
 from mnist_cli.errors import MnistError, OptionError
+from mnist_cli.prediction import Prediction, read
 from mnist_cli.preprocessing import ImageError, PixelBudget, digit_from_bytes
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -97,7 +98,7 @@ class Metrics:
 
 
 def create_app(
-    backend: Backend, limits: Limits | None = None, *, allowed_hosts: Collection[str] | None = None
+    model: Backend, limits: Limits | None = None, *, allowed_hosts: Collection[str] | None = None
 ) -> ASGIApp:
     """The ASGI app for one opened model.
 
@@ -117,10 +118,10 @@ def create_app(
         return JSONResponse(
             {
                 "status": "ok",
-                "model": backend.path,
-                "bundled": backend.bundled,
-                "backend": backend.name.value,
-                "provider": backend.provider,
+                "model": model.path,
+                "bundled": model.bundled,
+                "backend": model.name.value,
+                "provider": model.provider,
                 "version": __version__,
             }
         )
@@ -146,7 +147,7 @@ def create_app(
                 if pending > limits.max_pending:
                     raise RequestError(503, f"busy: over {limits.max_pending} requests at once")
                 async with decoding:
-                    results = await run_in_threadpool(_predict, backend, uploads, limits)
+                    results = await run_in_threadpool(_predict, model, uploads, limits)
             finally:
                 pending -= 1
             response = _answer(results)
@@ -322,32 +323,32 @@ async def _form_files(request: Request, limits: Limits) -> list[tuple[str, bytes
     return [(item.filename or f"image {i + 1}", await item.read()) for i, item in enumerate(files)]
 
 
-def _predict(backend: Backend, uploads: list[tuple[str, bytes]], limits: Limits) -> list[dict]:
+def _predict(model: Backend, uploads: list[tuple[str, bytes]], limits: Limits) -> list[dict]:
     """One result per upload, in order: the digit, probabilities, top-k and the 28x28 input."""
-    digits, results = [], []
+    digits, names, results = [], [], []
     budget = PixelBudget(limits.max_pixels)
     for name, data in uploads:
         try:
             digits.append(digit_from_bytes(data, name=name, budget=budget))
+            names.append(name)
             results.append({"name": name})
         except ImageError as error:
             results.append({"name": name, "error": error.message.removeprefix(f"{name}: ")})
-    if digits:
-        probabilities = iter(backend.probabilities(np.stack(digits)[:, None]))
-        digit_iter = iter(digits)
-        for result in results:
-            if "error" not in result:
-                result.update(_scores(next(probabilities), next(digit_iter), limits.top_k))
+    predictions = iter(read(model, digits, names))
+    for result in results:
+        if "error" not in result:
+            result.update(_answer_for(next(predictions), limits.top_k))
     return results
 
 
-def _scores(probabilities: np.ndarray, digit: np.ndarray, top_k: int) -> dict[str, Any]:
-    order = np.argsort(probabilities)[::-1][:top_k]
+def _answer_for(prediction: Prediction, top_k: int) -> dict[str, Any]:
+    """A Prediction as /predict answers it: `mnist predict --json`'s fields, top-k, the input."""
+    assert prediction.image is not None
     return {
-        "digit": int(order[0]),
-        "probabilities": [float(p) for p in probabilities],
-        "top": [[int(d), float(probabilities[d])] for d in order],
-        "input": (digit * 255).round().astype(int).tolist(),  # what the model saw, 28x28
+        "digit": prediction.digit,
+        "probabilities": prediction.probabilities,
+        "top": [[digit, p] for digit, p in prediction.top(top_k)],
+        "input": (prediction.image * 255).round().astype(int).tolist(),  # 28x28, what it saw
     }
 
 
@@ -392,7 +393,7 @@ def allowed_hosts_for(host: str, extra: Collection[str] = ()) -> list[str] | Non
 
 
 def serve(
-    backend: Backend,
+    model: Backend,
     sock: socket.socket,
     *,
     limits: Limits | None = None,
@@ -406,7 +407,7 @@ def serve(
     Example: serve(open_model(), listen("127.0.0.1", 8000), allowed_hosts=LOOPBACK_HOSTS)
     """
     server = uvicorn_server(
-        backend,
+        model,
         limits=limits,
         log_level=log_level,
         allowed_hosts=allowed_hosts,
@@ -416,7 +417,7 @@ def serve(
 
 
 def uvicorn_server(
-    backend: Backend,
+    model: Backend,
     *,
     limits: Limits | None = None,
     log_level: str = "info",
@@ -429,7 +430,7 @@ def uvicorn_server(
 
     limits = limits or Limits()
     config = uvicorn.Config(
-        create_app(backend, limits, allowed_hosts=allowed_hosts),
+        create_app(model, limits, allowed_hosts=allowed_hosts),
         log_level=log_level,
         access_log=access_log,
         timeout_keep_alive=5,
