@@ -6,8 +6,8 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,22 +16,20 @@ import torch
 from torch import nn
 
 from mnist_cli import __version__, distributed
-from mnist_cli.augmentation import NOISE_COLUMNS, augment
+from mnist_cli.acceleration import Acceleration, default_acceleration
+from mnist_cli.augmentation import NOISE_COLUMNS
 from mnist_cli.averaging import WeightAverage
 from mnist_cli.checkpoints import (
     Checkpoint,
     EpochRecord,
     TrainState,
     checkpoint_writer,
-    load_checkpoint,
     network_from_checkpoint,
     save_checkpoint,
 )
 from mnist_cli.cudagraph import GraphedStep
 from mnist_cli.data import (
-    BLANK_PIXEL,
     CLASS_LABELS,
-    INK_PIXEL,
     NORMALIZATION,
     Split,
     load_split,
@@ -44,12 +42,13 @@ from mnist_cli.errors import (
     OutputError,
     TrainingDiverged,
     TrainingInterrupted,
-    first_line,
 )
 from mnist_cli.files import Writer, atomic_write_all, check_writable, exclusive_folder
 from mnist_cli.models import build_model, default_arguments
 from mnist_cli.options import DATA_DIR, RUN_DIR
-from mnist_cli.recipes import CONFIG_FILE, TrainConfig, check_config, config_toml, default_config
+from mnist_cli.recipes import CONFIG_FILE, TrainConfig, config_toml, default_config
+from mnist_cli.resume import FRESH_START, restore_optimizer, resume_point, saved_config
+from mnist_cli.step import batch_loss, batch_order, one_cycle_lr
 
 
 @dataclass
@@ -77,20 +76,6 @@ class TrainCallback:
 
     def on_epoch(self, record: EpochRecord, *, best: bool) -> None:
         pass
-
-
-def one_cycle_lr(step: int, total: int, peak: float, warmup: float) -> float:
-    """Linear rise from peak/25 to the peak, then cosine decay to zero (one-cycle policy)."""
-    rise = max(1, round(total * warmup))
-    if step < rise:
-        return peak * (0.04 + 0.96 * step / rise)
-    progress = (step - rise) / max(1, total - rise)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _batch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
-    # One generator per epoch: a resumed run draws the same order without saved shuffle state.
-    return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 class _StopFlag:
@@ -134,48 +119,6 @@ def _to_device(split: Split, device: torch.device, channels_last: bool) -> tuple
     return images, torch.from_numpy(split.labels).to(device)
 
 
-@dataclass(frozen=True)
-class Acceleration:
-    """How to compute, not what: none of these changes the recipe."""
-
-    channels_last: bool  # NHWC convolutions: faster for the cnn on CPU and CUDA alike
-    bf16: bool  # autocast matrix work to bfloat16 (CUDA only)
-    compile: bool  # torch.compile the network (opt-in: it costs start-up time)
-    fused_optimizer: bool  # AdamW in one kernel, not a Python loop over the weights (CPU)
-    cuda_graphs: bool = False  # replay each whole step as one CUDA graph (CUDA only)
-    cudnn_autotune: bool = False  # cuDNN times its kernels once per shape (CUDA only)
-
-
-def default_acceleration(
-    device: torch.device, model: str, *, compile: bool = False
-) -> Acceleration:
-    """The settings measured to help on `device` (benchmarks/gpu_check.py for CUDA)."""
-    # On an H100 this small net is bound by kernel launches, not arithmetic: bf16 autocast,
-    # fused AdamW and torch.compile measured no gain there, one CUDA graph per step does.
-    # On a CPU the unfused AdamW is a loop of small operations per weight tensor.
-    return Acceleration(
-        channels_last=model == "cnn",
-        bf16=False,
-        compile=compile,
-        fused_optimizer=device.type == "cpu",
-        cuda_graphs=device.type == "cuda" and not compile,
-        # Autotune speeds later epochs, but its kernel timing in the first costs more, and
-        # varies more, than 30 epochs win back (benchmarks/gpu_check.py, README).
-        cudnn_autotune=False,
-    )
-
-
-@contextmanager
-def _cudnn_autotune(enabled: bool) -> Iterator[None]:
-    """cuDNN's per-shape kernel timing for the run, the caller's setting restored after."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = enabled or before
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
-
-
 # Steps between progress callbacks: reading the loss makes the host wait for a GPU.
 _REPORT_EVERY = {"cpu": 10, "cuda": 50}
 
@@ -202,8 +145,8 @@ def train(
         raise OptionError("--resume continues the run in --out-dir; --overwrite starts it again")
     out_dir = Path(out_dir)
     torch_device = resolve_device(device)
-    saved = _resume_point(out_dir / "last.pt") if resume else None
-    config = _saved_config(saved, out_dir / "last.pt") if saved else (config or default_config())
+    saved = resume_point(out_dir / "last.pt") if resume else None
+    config = saved_config(saved, out_dir / "last.pt") if saved else (config or default_config())
     acceleration = acceleration or default_acceleration(torch_device, config.model, compile=compile)
     cluster = None
     if distributed.launched_by_torchrun():
@@ -216,11 +159,7 @@ def train(
         # DDP's gradient hooks run outside a captured graph: distributed steps run eagerly.
         acceleration = replace(acceleration, cuda_graphs=False, compile=False)
     try:
-        with (
-            _owned(out_dir, cluster),
-            _StopFlag() as stop,
-            _cudnn_autotune(acceleration.cudnn_autotune),
-        ):
+        with _owned(out_dir, cluster), _StopFlag() as stop:
             main = cluster is None or cluster.main
             old_run = main and _holds_a_run(out_dir)
             if old_run and not (resume or overwrite):
@@ -287,73 +226,6 @@ def _refuse_existing_run(out_dir: Path) -> None:
             hint="continue it with --resume, start again with --overwrite, "
             "or choose another --out-dir",
         )
-
-
-def _resume_point(last_path: Path) -> Checkpoint:
-    """The checked last.pt that --resume continues from."""
-    if not last_path.is_file():
-        raise CheckpointError(
-            f"--resume: no {last_path} to continue from", hint="start a new run without --resume"
-        )
-    try:
-        saved = load_checkpoint(last_path)
-    except CheckpointError as error:
-        raise CheckpointError(f"--resume: {error.message}", hint=_FRESH_START) from None
-    if not saved.resumable:
-        raise CheckpointError(f"--resume: {last_path} holds no optimiser state", hint=_FRESH_START)
-    return saved
-
-
-_FRESH_START = "start a new run without --resume (or in another --out-dir)"
-
-
-def _saved_config(saved: Checkpoint, path: Path) -> TrainConfig:
-    """The TrainConfig stored in a last.pt, checked as strictly as one typed by the user, and
-    the run's progress checked against it."""
-    if "model" not in saved.options:
-        raise CheckpointError(
-            f"--resume: {path} holds no training options (it was not saved by `mnist train`)",
-            hint=_FRESH_START,
-        )
-    known = {f.name for f in fields(TrainConfig)}
-    try:
-        config = TrainConfig(**{k: v for k, v in saved.options.items() if k in known})
-        check_config(config)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"--resume: {path}: its saved options are damaged ({error})", hint=_FRESH_START
-        ) from None
-    if config.model != saved.architecture:
-        raise CheckpointError(
-            f"--resume: {path}: its options say {config.model!r} but its weights are "
-            f"{saved.architecture!r}",
-            hint=_FRESH_START,
-        )
-    damage = _damaged_progress(saved.state, config)
-    if damage:
-        raise CheckpointError(f"--resume: {path} is damaged: {damage}", hint=_FRESH_START)
-    return config
-
-
-def _damaged_progress(state: TrainState, config: TrainConfig) -> str | None:
-    """What in a last.pt's progress contradicts itself or its run, or None."""
-    history = state.history
-    accuracies = [row.val_accuracy for row in history]
-    if state.epoch > config.epochs:
-        return f"epoch {state.epoch} is past the run's {config.epochs} epochs"
-    if state.epoch != len(history):
-        return f"epoch {state.epoch} does not match its {len(history)} history rows"
-    if [row.epoch for row in history] != list(range(1, len(history) + 1)):
-        return "its history rows are not epochs 1, 2, ... in order"
-    if state.best_epoch > state.epoch:
-        return f"its best epoch {state.best_epoch} is past epoch {state.epoch}"
-    best = accuracies[state.best_epoch - 1] if state.best_epoch else -1.0
-    if state.best_val_accuracy != best or (history and best != max(accuracies)):
-        return (
-            f"its best accuracy {state.best_val_accuracy} is not what its history says "
-            f"(epoch {state.best_epoch}: {best})"
-        )
-    return None
 
 
 @dataclass
@@ -482,11 +354,11 @@ def _restore(run: _Run, saved: Checkpoint) -> None:
     try:
         restore_optimizer(run.optimizer, saved)
     except CheckpointError as error:
-        raise CheckpointError(f"{where}: {error.message}", hint=_FRESH_START) from None
+        raise CheckpointError(f"{where}: {error.message}", hint=FRESH_START) from None
     if saved.state.step > run.steps:
         raise CheckpointError(
             f"{where}: its step {saved.state.step} is past the {run.steps} steps of an epoch",
-            hint=_FRESH_START,
+            hint=FRESH_START,
         )
     run.state = saved.state
     if saved.training_weights is not None:  # state_dict, loaded already, is their average
@@ -498,53 +370,6 @@ def _restore(run: _Run, saved: Checkpoint) -> None:
     except (RuntimeError, TypeError):  # saved on another kind of device: reseed
         rank = run.cluster.rank if run.cluster else 0
         run.augment_rng.manual_seed(run.config.seed + saved.state.epoch + 1_000_003 * rank)
-
-
-def restore_optimizer(optimizer: Any, checkpoint: Checkpoint) -> None:
-    """Load a last.pt's optimiser state after checking it fits the parameters it will drive."""
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    try:
-        saved = checkpoint.optimizer or {}
-        for index, state in saved["state"].items():
-            for key in ("exp_avg", "exp_avg_sq"):
-                if state[key].shape != parameters[index].shape:
-                    raise ValueError(f"{key} of parameter {index} has the wrong shape")
-                if not bool(state[key].isfinite().all()):
-                    raise ValueError(f"{key} of parameter {index} holds NaN or infinite values")
-            if bool((state["exp_avg_sq"] < 0).any()):
-                raise ValueError(f"exp_avg_sq of parameter {index} holds a negative value")
-        for group in saved["param_groups"]:
-            beta1, beta2 = (float(b) for b in group["betas"])
-            eps, decay = float(group["eps"]), float(group["weight_decay"])
-            if not (0 <= beta1 < 1 and 0 <= beta2 < 1 and 0 < eps < 1 and 0 <= decay < 1):
-                raise ValueError(f"betas {group['betas']}, eps {eps} or weight decay {decay}")
-        running = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        optimizer.load_state_dict(saved)
-        _keep_how_to_compute(optimizer, running)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as error:
-        raise CheckpointError(f"its optimiser state is damaged ({first_line(error)})") from None
-
-
-_HOW_TO_COMPUTE = ("capturable", "fused", "foreach", "differentiable")
-
-
-def _keep_how_to_compute(optimizer: Any, running: list[dict[str, Any]]) -> None:
-    """Keep the running optimiser's device settings over the saved ones (CUDA graph or not)."""
-    for group, before in zip(optimizer.param_groups, running, strict=True):
-        for key in _HOW_TO_COMPUTE:
-            if key in before:
-                group[key] = before[key]
-        lr = float(group["lr"])
-        if isinstance(before["lr"], torch.Tensor):  # a CUDA graph reads it from this tensor
-            group["lr"] = before["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
-        for parameter in group["params"]:
-            state = optimizer.state.get(parameter, {})
-            if "step" in state:
-                on_device = group.get("capturable") or group.get("fused")
-                device = parameter.device if on_device else "cpu"
-                state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
 
 def _loop(run: _Run) -> TrainResult:
@@ -674,7 +499,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
     config, state, steps, cluster = run.config, run.state, run.steps, run.cluster
     first, loss_before = state.step, state.partial_loss
     run.model.train()
-    order = _batch_order(len(run.data[1]), config.seed, epoch).to(run.device)
+    order = batch_order(len(run.data[1]), config.seed, epoch).to(run.device)
     loss_total = torch.zeros((), device=run.device)
     started, lr = time.perf_counter(), 0.0
     every = _REPORT_EVERY.get(run.device.type, 10)
@@ -752,35 +577,7 @@ def _step(run: _Run, index: torch.Tensor, lr: float) -> torch.Tensor:
 
 
 def _loss(run: _Run, batch: tuple[torch.Tensor, ...], *, augmenting: bool) -> torch.Tensor:
-    return batch_loss(
-        run.forward, *batch, config=run.config, augmenting=augmenting, bf16=run.accel.bf16
-    )
-
-
-def batch_loss(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    noise: torch.Tensor,
-    *,
-    config: TrainConfig,
-    augmenting: bool,
-    bf16: bool = False,
-) -> torch.Tensor:
-    """Augment a batch as `config` says (when `augmenting`) and return its mean training loss."""
-    if augmenting:
-        images = augment(
-            images,
-            labels,
-            noise,
-            background=BLANK_PIXEL,
-            ink=INK_PIXEL,
-            thickness=config.thickness,
-            styles=config.styles,
-        )
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = forward(images)
-    return nn.functional.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    return batch_loss(run.forward, *batch, config=run.config, augmenting=augmenting)
 
 
 def _checkpoint(run: _Run, val_accuracy: float, *, resumable: bool = True) -> Checkpoint:

@@ -12,7 +12,8 @@ import torch
 from mnist_cli.checkpoints import load_checkpoint
 from mnist_cli.errors import OutputError, TrainingInterrupted
 from mnist_cli.evaluation import evaluate_model
-from mnist_cli.training import TrainCallback, default_config, one_cycle_lr, train
+from mnist_cli.step import one_cycle_lr
+from mnist_cli.training import TrainCallback, default_config, train
 
 TINY = {"epochs": 2, "validation_size": 500, "batch_size": 128}
 
@@ -198,55 +199,20 @@ def test_a_failed_run_leaves_no_empty_out_folder(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_device_defaults_are_the_measured_ones():
-    from mnist_cli.training import default_acceleration
+def test_the_fused_optimizer_path_trains(data_dir, tmp_path):
+    from mnist_cli.acceleration import Acceleration
 
-    cuda = default_acceleration(torch.device("cuda"), "cnn")
-    assert cuda.channels_last and not cuda.bf16 and not cuda.fused_optimizer
-    cpu = default_acceleration(torch.device("cpu"), "cnn")
-    assert cpu.channels_last and cpu.fused_optimizer and not cpu.cuda_graphs
-    assert cuda.cuda_graphs and not cuda.cudnn_autotune  # autotune loses under ~40 epochs
-    assert default_acceleration(torch.device("cuda"), "cnn", compile=True).compile
-    assert not default_acceleration(torch.device("cpu"), "fc").channels_last
-
-
-def test_bf16_and_fused_optimizer_path_runs(data_dir, tmp_path):
-    from mnist_cli.training import Acceleration
-
-    fast = Acceleration(channels_last=True, bf16=True, compile=False, fused_optimizer=True)
+    fused = Acceleration(channels_last=True, compile=False, fused_optimizer=True)
     result = train(
         default_config("cnn", epochs=1, validation_size=500),
         data_dir=data_dir,
         out_dir=tmp_path,
         device="cpu",
-        acceleration=fast,
+        acceleration=fused,
     )
     assert result.best_val_accuracy > 0.5
     saved = load_checkpoint(result.last_path)
-    assert saved.options["acceleration"]["bf16"] is True
-
-
-def test_cudnn_autotune_holds_for_the_run_and_is_restored_after(data_dir, tmp_path):
-    from mnist_cli.training import Acceleration, TrainCallback
-
-    class Seen(TrainCallback):
-        def on_epoch(self, record, *, best):
-            self.during = torch.backends.cudnn.benchmark
-
-    seen = Seen()
-    tuned = Acceleration(
-        channels_last=True, bf16=False, compile=False, fused_optimizer=False, cudnn_autotune=True
-    )
-    assert torch.backends.cudnn.benchmark is False
-    train(
-        default_config("cnn", epochs=1, validation_size=500, batch_size=256),
-        data_dir=data_dir,
-        out_dir=tmp_path,
-        device="cpu",
-        acceleration=tuned,
-        callback=seen,
-    )
-    assert seen.during is True and torch.backends.cudnn.benchmark is False
+    assert saved.options["acceleration"]["fused_optimizer"] is True
 
 
 def test_a_diverging_run_stops_and_keeps_the_good_best_pt(data_dir, tmp_path):
@@ -355,16 +321,16 @@ def test_augmentation_values_out_of_range_are_refused(override, fragment):
 
 
 def test_the_first_epoch_is_plain_and_augmentation_starts_after_it(data_dir, tmp_path, monkeypatch):
-    import mnist_cli.training as training
+    import mnist_cli.step as step
 
     calls: list[int] = []
-    real = training.augment
+    real = step.augment
 
     def counting(images, *args, **kwargs):
         calls.append(len(images))
         return real(images, *args, **kwargs)
 
-    monkeypatch.setattr(training, "augment", counting)
+    monkeypatch.setattr(step, "augment", counting)  # what each step's loss augments with
     config = default_config("cnn", **TINY)
     steps = -(-(4000 - 500) // TINY["batch_size"])
     train(config, data_dir=data_dir, out_dir=tmp_path, device="cpu")
@@ -378,7 +344,7 @@ def test_the_first_epoch_is_plain_and_augmentation_starts_after_it(data_dir, tmp
 def _resumed_into(optimizer: torch.optim.Optimizer, saved: dict) -> torch.optim.Optimizer:
     """`optimizer` after --resume restored the optimiser state `saved` into it."""
     from mnist_cli.checkpoints import Checkpoint, TrainState
-    from mnist_cli.training import restore_optimizer
+    from mnist_cli.resume import restore_optimizer
 
     checkpoint = Checkpoint(
         architecture="fc",
