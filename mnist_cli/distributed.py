@@ -28,7 +28,8 @@ class RankFailed(MnistError):
 
 @dataclass(frozen=True)
 class Cluster:
-    """This process's place in a torchrun job."""
+    """This process's place in a torchrun job; one process alone is a cluster of one (`SOLO`),
+    whose collectives return at once, so the loop needs no "if distributed" branches."""
 
     rank: int
     world_size: int
@@ -38,6 +39,39 @@ class Cluster:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def alone(self) -> bool:
+        return self.world_size == 1
+
+    def shard(self, index: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a global batch: every world_size-th image, disjoint across ranks."""
+        return index[self.rank :: self.world_size]
+
+    def agree(self, device: torch.device, *flags: bool) -> list[bool]:
+        """Each flag, true on every rank if it is true on any (one small all-reduce)."""
+        return list(flags) if self.alone else _agree(device, *flags)
+
+    def total(self, device: torch.device, value: float) -> float:
+        """The sum of `value` over all ranks."""
+        return value if self.alone else _total(device, value)
+
+    def barrier(self) -> None:
+        if not self.alone:
+            _collective(_dist().barrier)
+
+    def leave(self) -> None:
+        if not self.alone and _dist().is_initialized():
+            _dist().destroy_process_group()
+
+
+SOLO = Cluster(rank=0, world_size=1, local_rank=0, backend="none")
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
 
 
 def _number(name: str, default: int, *, least: int = 0) -> int:
@@ -102,40 +136,17 @@ def join(device: torch.device) -> tuple[Cluster, torch.device]:
     return Cluster(rank, world, local_rank, backend), device
 
 
-def leave() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def shard(index: torch.Tensor, cluster: Cluster) -> torch.Tensor:
-    """This rank's part of a global batch: every world_size-th image, disjoint across ranks."""
-    return index[cluster.rank :: cluster.world_size]
-
-
-def agree(device: torch.device, *flags: bool) -> list[bool]:
-    """Each flag, true on every rank if it is true on any (one small all-reduce)."""
-    import torch.distributed as dist
-
+def _agree(device: torch.device, *flags: bool) -> list[bool]:
+    dist = _dist()
     values = torch.tensor([float(flag) for flag in flags], device=device)
     _collective(lambda: dist.all_reduce(values, op=dist.ReduceOp.MAX))
     return [bool(value) for value in values.tolist()]
 
 
-def total(device: torch.device, value: float) -> float:
-    """The sum of `value` over all ranks."""
-    import torch.distributed as dist
-
+def _total(device: torch.device, value: float) -> float:
     summed = torch.tensor([value], dtype=torch.float64, device=device)
-    _collective(lambda: dist.all_reduce(summed))
+    _collective(lambda: _dist().all_reduce(summed))
     return float(summed.item())
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    _collective(dist.barrier)
 
 
 def _collective(call) -> None:

@@ -148,7 +148,7 @@ def train(
     saved = resume_point(out_dir / "last.pt") if resume else None
     config = saved_config(saved, out_dir / "last.pt") if saved else (config or default_config())
     acceleration = acceleration or default_acceleration(torch_device, config.model, compile=compile)
-    cluster = None
+    cluster = distributed.SOLO
     if distributed.launched_by_torchrun():
         if config.batch_size % distributed.world_size():
             raise OptionError(
@@ -159,8 +159,9 @@ def train(
         # DDP's gradient hooks run outside a captured graph: distributed steps run eagerly.
         acceleration = replace(acceleration, cuda_graphs=False, compile=False)
     try:
-        with _owned(out_dir, cluster), _StopFlag() as stop:
-            main = cluster is None or cluster.main
+        owned = exclusive_folder(out_dir) if cluster.main else nullcontext()  # rank 0 writes
+        with owned, _StopFlag() as stop:
+            main = cluster.main
             old_run = main and _holds_a_run(out_dir)
             if old_run and not (resume or overwrite):
                 _refuse_existing_run(out_dir)
@@ -172,16 +173,14 @@ def train(
             run.replacing = overwrite and old_run
             if saved:
                 _restore(run, saved)
-            if cluster:
-                distributed.barrier()  # rank 0 has checked the folder before anyone trains
+            cluster.barrier()  # rank 0 has checked the folder before anyone trains
             return _loop(run)
     except (RuntimeError, distributed.RankFailed) as error:
-        if not cluster:
+        if cluster.alone:
             raise
         raise peer_lost(error, out_dir) from None
     finally:
-        if cluster:
-            distributed.leave()
+        cluster.leave()
 
 
 def peer_lost(error: Exception, out_dir: Path) -> distributed.RankFailed:
@@ -197,18 +196,13 @@ def peer_lost(error: Exception, out_dir: Path) -> distributed.RankFailed:
 
 def _where(run: _Run) -> str:
     """The device, and under torchrun how the global batch is split."""
-    if not run.cluster:
+    if run.cluster.alone:
         return str(run.device)
     world, batch = run.cluster.world_size, run.config.batch_size
     return (
         f"{world} processes on {run.device.type} ({run.cluster.backend}): global batch "
         f"{batch} = {world} x {batch // world} per process, the recipe's batch and lr kept"
     )
-
-
-def _owned(out_dir: Path, cluster: distributed.Cluster | None):
-    """The --out-dir lock, held by the one process that writes there."""
-    return exclusive_folder(out_dir) if cluster is None or cluster.main else nullcontext()
 
 
 _OUTPUTS = ("last.pt", "best.pt", "history.csv", "history.png", CONFIG_FILE)
@@ -247,7 +241,7 @@ class _Run:
     stop: _StopFlag = field(default_factory=_StopFlag)
     graph: GraphedStep | None = None  # captured at the first full batch, when enabled
     plotted_at: float = -math.inf  # perf_counter() of the last history.png
-    cluster: distributed.Cluster | None = None  # set under torchrun
+    cluster: distributed.Cluster = distributed.SOLO  # under torchrun, this process's place
     average: WeightAverage | None = None  # what is validated and saved, when the recipe has one
     replacing: bool = False  # --overwrite on an old run whose files stay until epoch 1 ends
 
@@ -258,7 +252,7 @@ class _Run:
 
     @property
     def main(self) -> bool:
-        return self.cluster is None or self.cluster.main
+        return self.cluster.main
 
     @property
     def steps(self) -> int:
@@ -294,7 +288,7 @@ def _start(
     device: torch.device,
     data_dir: Path,
     saved: Checkpoint | None,
-    cluster: distributed.Cluster | None = None,
+    cluster: distributed.Cluster = distributed.SOLO,
 ) -> _Run:
     """Load the data, then build (or restore) the model, optimiser and augmentation state."""
     train_split, val_split = split_train_validation(
@@ -320,17 +314,17 @@ def _start(
     )
     # Augmentation draws from its own generator, saved with last.pt: nothing else shifts it.
     # Under torchrun each rank draws its own numbers.
-    rank = cluster.rank if cluster else 0
+    rank = cluster.rank
     augment_rng = torch.Generator(device=device).manual_seed(config.seed + 1_000_003 * rank)
     forward: Callable[[torch.Tensor], torch.Tensor] = model
-    if cluster:
+    if not cluster.alone:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
         forward = DistributedDataParallel(model, device_ids=ids)
     elif accel.compile:
         forward = torch.compile(model)
-    keeps = config.weight_average and (cluster is None or cluster.main)  # rank 0 saves alone
+    keeps = config.weight_average and cluster.main  # rank 0 saves alone
     average = WeightAverage(model, config.weight_average) if keeps else None
     return _Run(
         config,
@@ -368,7 +362,7 @@ def _restore(run: _Run, saved: Checkpoint) -> None:
             raise RuntimeError("last.pt holds rank 0's generator")
         run.augment_rng.set_state(saved.augment_rng)
     except (RuntimeError, TypeError):  # saved on another kind of device: reseed
-        rank = run.cluster.rank if run.cluster else 0
+        rank = run.cluster.rank
         run.augment_rng.manual_seed(run.config.seed + saved.state.epoch + 1_000_003 * rank)
 
 
@@ -392,9 +386,9 @@ def _loop(run: _Run) -> TrainResult:
             continue
         val_loss, val_accuracy = _validate(run)
         finite, stop = math.isfinite(loss_sum) and math.isfinite(val_loss), run.stop.raised
-        if run.cluster:  # a signal that comes later is agreed on at the next report step
-            bad, stop = distributed.agree(run.device, not finite, stop)
-            finite = not bad
+        # Under torchrun a signal that comes later is agreed on at the next report step.
+        bad, stop = run.cluster.agree(run.device, not finite, stop)
+        finite = not bad
         if not finite:
             raise run.diverged(
                 f"in epoch {epoch + 1}", val_loss if math.isfinite(loss_sum) else loss_sum
@@ -411,12 +405,10 @@ def _loop(run: _Run) -> TrainResult:
         )
         improved = _end_epoch(run, record)
         run.callback.on_epoch(record, best=improved)
-        if run.cluster:
-            distributed.barrier()  # the others exit or go on once the files are written
-        if stop or (run.stop.raised and not run.cluster):
+        run.cluster.barrier()  # the others exit or go on once the files are written
+        if stop or (run.stop.raised and run.cluster.alone):
             raise run.interrupted(f"after epoch {epoch + 1}")
-    if run.cluster:
-        distributed.barrier()  # everyone has finished before rank 0 writes the last file
+    run.cluster.barrier()  # everyone has finished before rank 0 writes the last file
     best_path = run.out_dir / "best.pt"
     if run.main and not best_path.is_file():  # removed meanwhile: the last weights, their score
         last_accuracy = state.history[-1].val_accuracy if state.history else 0.0
@@ -433,10 +425,10 @@ def _loop(run: _Run) -> TrainResult:
 
 def _epoch_verdict(run: _Run, epoch: int, *, diverged: bool) -> None:
     """A rank other than 0 at the end of an epoch: stop as rank 0 and the signals say."""
-    diverged, stop = distributed.agree(run.device, diverged, run.stop.raised)
+    diverged, stop = run.cluster.agree(run.device, diverged, run.stop.raised)
     if diverged:
         raise run.diverged(f"in epoch {epoch + 1}", math.nan)
-    distributed.barrier()  # rank 0 has saved
+    run.cluster.barrier()  # rank 0 has saved
     if stop:
         raise run.interrupted(f"after epoch {epoch + 1}")
 
@@ -506,17 +498,16 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
     for step in range(first, steps):
         lr = one_cycle_lr(epoch * steps + step, steps * config.epochs, config.lr, config.warmup)
         index = order[step * config.batch_size : (step + 1) * config.batch_size]
-        if cluster:  # each rank its own share of the global batch; a sliver too small is left
-            if len(index) < cluster.world_size:
-                continue
-            index = distributed.shard(index, cluster)
+        if len(index) < cluster.world_size:  # a sliver too small to share out is left
+            continue
+        index = cluster.shard(index)  # each rank its own share of the global batch
         loss = _step(run, index, lr)
         if run.average:
             run.average.update(epoch * steps + step)
         loss_total += loss.detach() * len(index)
         done = step + 1
         # Under torchrun the ranks agree on stopping at report steps only, all at the same one.
-        report = done % every == 0 or done == steps or (run.stop.raised and not cluster)
+        report = done % every == 0 or done == steps or (run.stop.raised and cluster.alone)
         if report:
             _report(run, epoch, (first, done), loss, started=started)
         if run.stop.raised and report:
@@ -526,11 +517,10 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
             if run.main and not run.replacing:  # an old run stays whole until epoch 1 ends
                 last_accuracy = state.history[-1].val_accuracy if state.history else 0.0
                 save_checkpoint(_checkpoint(run, last_accuracy), run.out_dir / "last.pt")
-            if cluster:
-                distributed.barrier()  # nobody exits before rank 0 has saved
+            cluster.barrier()  # nobody exits before rank 0 has saved
             raise run.interrupted_before_saving(where) if run.replacing else run.interrupted(where)
     total = loss_before + loss_total.item()
-    return (distributed.total(run.device, total) if cluster else total), lr
+    return cluster.total(run.device, total), lr
 
 
 def _report(run: _Run, epoch: int, steps: tuple[int, int], loss: torch.Tensor, *, started: float):
@@ -538,9 +528,7 @@ def _report(run: _Run, epoch: int, steps: tuple[int, int], loss: torch.Tensor, *
     first, done = steps
     value = loss.item()
     bad = not math.isfinite(value)
-    if run.cluster:
-        stop, bad = distributed.agree(run.device, run.stop.raised, bad)
-        run.stop.raised = stop
+    run.stop.raised, bad = run.cluster.agree(run.device, run.stop.raised, bad)
     if bad:
         raise run.diverged(f"in epoch {epoch + 1}, batch {done}/{run.steps}", value)
     batch = run.config.batch_size

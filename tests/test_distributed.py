@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mnist_cli.checkpoints import load_checkpoint
-from mnist_cli.distributed import Cluster, shard
+from mnist_cli.distributed import SOLO, Cluster
 from mnist_cli.evaluation import evaluate_model
 from mnist_cli.training import default_config, train
 
@@ -35,10 +35,19 @@ def _torchrun(
 
 def test_ranks_take_disjoint_shares_that_cover_the_global_batch():
     batch = torch.randperm(1000)[:64]
-    parts = [shard(batch, Cluster(rank, 2, rank, "gloo")) for rank in range(2)]
+    parts = [Cluster(rank, 2, rank, "gloo").shard(batch) for rank in range(2)]
     assert sorted(torch.cat(parts).tolist()) == sorted(batch.tolist())
     assert not set(parts[0].tolist()) & set(parts[1].tolist())
     assert len(parts[0]) == len(parts[1]) == 32
+
+
+def test_one_process_is_a_cluster_of_one():
+    batch = torch.randperm(1000)[:64]
+    assert torch.equal(SOLO.shard(batch), batch) and SOLO.main and SOLO.alone
+    assert SOLO.agree(torch.device("cpu"), True, False) == [True, False]
+    assert SOLO.total(torch.device("cpu"), 2.5) == 2.5
+    SOLO.barrier()  # returns at once: no process group is needed
+    SOLO.leave()
 
 
 def test_two_processes_train_one_model_like_one_process(data_dir, tmp_path):
