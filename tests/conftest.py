@@ -71,3 +71,34 @@ def _memory_growth(body: str, *args: object, setup: str = "") -> tuple[str, int]
 def memory_growth():
     """Measures a snippet's peak memory growth in a fresh process (see `_memory_growth`)."""
     return _memory_growth
+
+
+_REPORT_IMPORTS = """
+import sys as _sys
+_watched = {watched!r}
+_sys.stderr.write("\\nIMPORTED:" + " ".join(m for m in _watched if m in _sys.modules) + "\\n")
+"""
+
+
+def _fresh_python(code: str, watched: tuple[str, ...] = ("torch",)) -> tuple[str, list[str]]:
+    """Run `code` in a fresh Python; its stdout and which of `watched` it imported.
+
+    A `SystemExit` with code 0 or None (a Typer command that ended well) counts as success.
+    """
+    body = "try:\n" + "".join(f"    {line}\n" for line in code.splitlines())
+    body += "except SystemExit as _exit:\n    assert _exit.code in (0, None), _exit.code\n"
+    done = subprocess.run(
+        [sys.executable, "-c", body + _REPORT_IMPORTS.format(watched=watched)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    imported = done.stderr.rpartition("IMPORTED:")[2].split()
+    return done.stdout, imported
+
+
+@pytest.fixture(scope="session")
+def fresh_python():
+    """Runs a snippet in a fresh process: (stdout, heavy modules it imported); the one probe
+    behind every 'never imports torch' test."""
+    return _fresh_python

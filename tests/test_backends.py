@@ -499,7 +499,9 @@ def test_scores_that_go_wrong_later_refuse_the_model_not_the_image(tmp_path):
         backend.logits(np.full((3, 1, 28, 28), np.float32(1e38), np.float32))
 
 
-def test_a_current_export_is_the_default_and_a_stale_one_is_named(trained, tmp_path, monkeypatch):
+def test_a_current_export_is_the_default_and_a_stale_one_is_named(
+    trained, tmp_path, monkeypatch, fresh_python
+):
     from mnist_cli.export import export_onnx
 
     monkeypatch.chdir(tmp_path)
@@ -510,12 +512,8 @@ def test_a_current_export_is_the_default_and_a_stale_one_is_named(trained, tmp_p
     current = open_model()
     assert current.name == "onnxruntime" and current.path == "exported/model.onnx"
     assert current.note is None
-    code = (
-        "import sys; from mnist_cli.backends import open_model; open_model()\n"
-        "assert 'torch' not in sys.modules, 'the current export should need no torch'"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    _, imported = fresh_python("from mnist_cli.backends import open_model\nopen_model()")
+    assert imported == []  # the current export needs no torch
     best.write_bytes((trained["out_dir"] / "last.pt").read_bytes())  # trained on, not exported
     stale = open_model()
     assert stale.name == "torch" and stale.path == "params/best.pt"
