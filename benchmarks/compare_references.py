@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,14 +31,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
+from train_targets import TestEveryEpoch  # beside this script: on sys.path when it runs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark script
-from train_targets import TestEveryEpoch  # noqa: E402
-
-from mnist_cli.evaluation import evaluate_model  # noqa: E402
-from mnist_cli.models import FullyConnected  # noqa: E402
-from mnist_cli.recipes import default_config, describe_recipe  # noqa: E402
-from mnist_cli.training import train  # noqa: E402
+from mnist_cli.evaluation import evaluate_model
+from mnist_cli.models import FullyConnected
+from mnist_cli.recipes import default_config, describe_recipe
+from mnist_cli.training import train
 
 TARGET = 0.99
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from train_targets import TestEveryEpoch  # beside this script: on sys.path when it runs
 
 from mnist_cli import augmentation
 from mnist_cli.acceleration import default_acceleration
@@ -41,9 +41,6 @@ from mnist_cli.models import build_model
 from mnist_cli.recipes import describe_recipe
 from mnist_cli.step import batch_loss
 from mnist_cli.training import TrainCallback, default_config, normalize, train
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark script
-from train_targets import TestEveryEpoch  # noqa: E402
 
 
 class EpochTimes(TrainCallback):
