@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-ARCHITECTURES = ("cnn", "fc")
-DEFAULT_ARCHITECTURE = "cnn"
+from mnist_cli.options import Architecture
 
 
 class FullyConnected(nn.Module):
@@ -77,22 +77,30 @@ _MAX_CONVS = 8  # per stage: each adds a full-size convolution; 2 is the recipe'
 _LEGACY_LAYOUT = {"convs": [1, 1, 1], "pool_first": [False, False, False]}
 
 
-def default_arguments(architecture: str) -> dict[str, Any]:
-    """The constructor arguments a new model of `architecture` gets, in plain types."""
-    if architecture == "fc":
-        return {"hidden": [512, 256, 256, 128, 64], "classes": 10}
-    if architecture == "cnn":
+# The constructor arguments of a new network of each architecture, in plain types. The list of
+# architectures is options.Architecture, the torch-free enum the CLI offers; recipes key on it.
+DEFAULT_ARGUMENTS: dict[Architecture, dict[str, Any]] = {
+    Architecture.cnn: {
         # Two convolutions in the 14x14 and 7x7 stages, one at 28x28, each stage pooling before
         # its batch norm and ReLU (a quarter of the pixels): benchmarks/RESULTS.md has why.
-        return {
-            "channels": [16, 32, 64],
-            "convs": [1, 2, 2],
-            "pool_first": [True, True, True],
-            "classes": 10,
-        }  # ~75k weights
-    raise ModelSpecError(
-        f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}"
-    )
+        "channels": [16, 32, 64],
+        "convs": [1, 2, 2],
+        "pool_first": [True, True, True],
+        "classes": 10,
+    },  # ~75k weights
+    Architecture.fc: {"hidden": [512, 256, 256, 128, 64], "classes": 10},  # the tutorial's
+}
+
+
+def default_arguments(architecture: str) -> dict[str, Any]:
+    """The constructor arguments a new model of `architecture` gets (a fresh copy)."""
+    try:
+        return copy.deepcopy(DEFAULT_ARGUMENTS[Architecture(architecture)])
+    except ValueError:
+        names = ", ".join(a.value for a in Architecture)
+        raise ModelSpecError(
+            f"unknown architecture {architecture!r}; choose from {names}"
+        ) from None
 
 
 def check_arguments(architecture: str, arguments: dict[str, Any]) -> None:

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from mnist_cli.options import Architecture
+
 if TYPE_CHECKING:
     import torch
 
@@ -36,14 +38,14 @@ class TrainConfig:
 
 # Recipes per (architecture, device kind); `default_config` picks one for the device in use.
 RECIPES = {
-    ("cnn", "cpu"): TrainConfig(),
-    ("cnn", "cuda"): TrainConfig(
+    (Architecture.cnn, "cpu"): TrainConfig(),
+    (Architecture.cnn, "cuda"): TrainConfig(
         batch_size=2048,  # a GPU step costs about the same at any small batch: fewer steps
         lr=1.2e-2,  # a larger batch takes a higher peak
         thickness=0.3,  # the shares this recipe was tuned with
         styles=0.3,
     ),
-    ("fc", "cpu"): TrainConfig(
+    (Architecture.fc, "cpu"): TrainConfig(
         model="fc",
         epochs=20,  # cheap steps, slower to converge than the cnn
         batch_size=256,  # the dense net gains nothing from smaller batches
@@ -52,7 +54,7 @@ RECIPES = {
         label_smoothing=0.0,  # no gain without augmentation
     ),
 }
-RECIPES["fc", "cuda"] = RECIPES["fc", "cpu"]
+RECIPES[Architecture.fc, "cuda"] = RECIPES[Architecture.fc, "cpu"]
 
 
 _COUNTS = ("epochs", "batch_size", "validation_size")
@@ -72,7 +74,7 @@ def recipe_kind(device: str | torch.device) -> str:
 def default_config(model: str = "cnn", device: str = "cpu", **overrides: Any) -> TrainConfig:
     """The recipe for `model` on `device`, with any field replaced by a keyword that is not None."""
     if (model, "cpu") not in RECIPES:
-        names = sorted({name for name, _ in RECIPES})
+        names = [a.value for a in Architecture]
         raise ValueError(f"unknown model {model!r}; choose from {', '.join(names)}")
     base = RECIPES[model, recipe_kind(device)]
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
@@ -198,7 +200,7 @@ def read_config_file(path: Any) -> dict[str, Any]:
                 check_device_name(value if isinstance(value, str) else repr(value))
             elif key == _ARCH_KEY:
                 if not isinstance(value, str) or (value, "cpu") not in RECIPES:
-                    names = sorted({name for name, _ in RECIPES})
+                    names = [a.value for a in Architecture]
                     raise ValueError(f"choose from {', '.join(names)}, not {value!r}")
             else:
                 check_config(replace(TrainConfig(), **{key: value}))
@@ -213,7 +215,7 @@ def recipe_default(field: str) -> str:
     256", or the one value when every recipe agrees."""
     shown: dict[str, dict[str, Any]] = {}
     for (architecture, kind), recipe in RECIPES.items():
-        shown.setdefault(architecture, {})[kind] = getattr(recipe, field)
+        shown.setdefault(architecture.value, {})[kind] = getattr(recipe, field)
     values = {repr(v) for kinds in shown.values() for v in kinds.values()}
     if len(values) == 1:
         return _shown(next(iter(shown.values()))["cpu"])
