@@ -107,8 +107,6 @@ def create_app(
     """
     limits = limits or Limits()
     metrics = Metrics()
-    decoding = asyncio.Semaphore(limits.workers)  # a 50-megapixel upload decodes to ~200 MB
-    pending = uploading = 0
     page = resources.files("mnist_cli").joinpath("static/index.html").read_text("utf-8")
 
     async def index(request: Request) -> Response:
@@ -129,46 +127,61 @@ def create_app(
     async def show_metrics(request: Request) -> Response:
         return JSONResponse(metrics.snapshot())
 
-    async def predict(request: Request) -> Response:
-        nonlocal pending, uploading
-        started = time.perf_counter()
-        images = 0
-        try:
-            uploading += 1
-            try:
-                if uploading > limits.max_uploads:
-                    raise RequestError(503, f"busy: over {limits.max_uploads} uploads at once")
-                uploads = await _uploads(request, limits)
-            finally:
-                uploading -= 1
-            images = len(uploads)
-            pending += 1
-            try:
-                if pending > limits.max_pending:
-                    raise RequestError(503, f"busy: over {limits.max_pending} requests at once")
-                async with decoding:
-                    results = await run_in_threadpool(_predict, model, uploads, limits)
-            finally:
-                pending -= 1
-            response = _answer(results)
-        except RequestError as error:
-            response = JSONResponse({"error": error.message}, status_code=error.status)
-        except MnistError as error:  # the model failed (NaN scores, a wrong shape): not the client
-            response = JSONResponse({"error": error.message}, status_code=500)
-        metrics.record(response.status_code, time.perf_counter() - started, images)
-        return response
-
     app = Starlette(
         routes=[
             Route("/", index),
             Route("/favicon.ico", lambda request: Response(status_code=204)),  # no icon, no 404
             Route("/health", health),
             Route("/metrics", show_metrics),
-            Route("/predict", predict, methods=["POST"]),
+            Route("/predict", _Predict(model, limits, metrics), methods=["POST"]),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     return _SameOrigin(app, allowed_hosts)
+
+
+class _Predict:
+    """POST /predict: receive the upload, wait for a decoding place, read the digits, answer.
+
+    Uploads being received and uploads waiting to be read are counted apart, each capped.
+    """
+
+    def __init__(self, model: Backend, limits: Limits, metrics: Metrics) -> None:
+        self.model, self.limits, self.metrics = model, limits, metrics
+        self.decoding = asyncio.Semaphore(limits.workers)  # a 50-MP upload decodes to ~200 MB
+        self.uploading = self.pending = 0
+
+    async def __call__(self, request: Request) -> Response:
+        started = time.perf_counter()
+        uploads: list[tuple[str, bytes]] = []
+        try:
+            uploads = await self._receive(request)
+            response = _answer(await self._read(uploads))
+        except RequestError as error:
+            response = JSONResponse({"error": error.message}, status_code=error.status)
+        except MnistError as error:  # the model failed (NaN scores, a wrong shape): not the client
+            response = JSONResponse({"error": error.message}, status_code=500)
+        self.metrics.record(response.status_code, time.perf_counter() - started, len(uploads))
+        return response
+
+    async def _receive(self, request: Request) -> list[tuple[str, bytes]]:
+        self.uploading += 1
+        try:
+            if self.uploading > self.limits.max_uploads:
+                raise RequestError(503, f"busy: over {self.limits.max_uploads} uploads at once")
+            return await _uploads(request, self.limits)
+        finally:
+            self.uploading -= 1
+
+    async def _read(self, uploads: list[tuple[str, bytes]]) -> list[dict]:
+        self.pending += 1
+        try:
+            if self.pending > self.limits.max_pending:
+                raise RequestError(503, f"busy: over {self.limits.max_pending} requests at once")
+            async with self.decoding:
+                return await run_in_threadpool(_predict, self.model, uploads, self.limits)
+        finally:
+            self.pending -= 1
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
