@@ -133,7 +133,7 @@ def create_app(
             Route("/favicon.ico", lambda request: Response(status_code=204)),  # no icon, no 404
             Route("/health", health),
             Route("/metrics", show_metrics),
-            Route("/predict", _Predict(model, limits, metrics), methods=["POST"]),
+            Route("/predict", _Predict(model, limits, metrics).handle, methods=["POST"]),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
@@ -151,7 +151,7 @@ class _Predict:
         self.decoding = asyncio.Semaphore(limits.workers)  # a 50-MP upload decodes to ~200 MB
         self.uploading = self.pending = 0
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         uploads: list[tuple[str, bytes]] = []
         try:
