@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mnist_cli import __version__, distributed
+from mnist_cli import distributed, runfolder
 from mnist_cli.acceleration import Acceleration, default_acceleration
 from mnist_cli.augmentation import NOISE_COLUMNS
 from mnist_cli.averaging import WeightAverage
@@ -23,13 +21,11 @@ from mnist_cli.checkpoints import (
     Checkpoint,
     EpochRecord,
     TrainState,
-    checkpoint_writer,
     network_from_checkpoint,
     save_checkpoint,
 )
 from mnist_cli.cudagraph import GraphedStep
 from mnist_cli.data import (
-    CLASS_LABELS,
     NORMALIZATION,
     Split,
     load_split,
@@ -39,16 +35,16 @@ from mnist_cli.devices import resolve_device
 from mnist_cli.errors import (
     CheckpointError,
     OptionError,
-    OutputError,
     TrainingDiverged,
     TrainingInterrupted,
 )
-from mnist_cli.files import Writer, atomic_write_all, check_writable, exclusive_folder
+from mnist_cli.files import check_writable, exclusive_folder
 from mnist_cli.models import build_model, default_arguments
 from mnist_cli.options import DATA_DIR, RUN_DIR
-from mnist_cli.recipes import CONFIG_FILE, TrainConfig, config_toml, default_config
+from mnist_cli.recipes import TrainConfig, default_config
 from mnist_cli.resume import FRESH_START, restore_optimizer, resume_point, saved_config
 from mnist_cli.step import batch_loss, batch_order, one_cycle_lr
+from mnist_cli.stopping import StopFlag
 
 
 @dataclass
@@ -76,34 +72,6 @@ class TrainCallback:
 
     def on_epoch(self, record: EpochRecord, *, best: bool) -> None:
         pass
-
-
-class _StopFlag:
-    """Turns the first Ctrl-C or SIGTERM into a flag the loop checks between batches.
-
-    A second Ctrl-C stops at once; `exit_code` is 128 + the signal (130 or 143).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.raised = False
-        self.exit_code = 130
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.raised and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.raised, self.exit_code = True, 128 + signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -160,13 +128,13 @@ def train(
         acceleration = replace(acceleration, cuda_graphs=False, compile=False)
     try:
         owned = exclusive_folder(out_dir) if cluster.main else nullcontext()  # rank 0 writes
-        with owned, _StopFlag() as stop:
+        with owned, StopFlag() as stop:
             main = cluster.main
-            old_run = main and _holds_a_run(out_dir)
+            old_run = main and runfolder.holds_a_run(out_dir)
             if old_run and not (resume or overwrite):
-                _refuse_existing_run(out_dir)
+                runfolder.refuse_existing_run(out_dir)
             if main:
-                for name in _OUTPUTS:
+                for name in runfolder.OUTPUTS:
                     check_writable(out_dir / name, option="--out-dir")
             run = _start(config, acceleration, torch_device, Path(data_dir), saved, cluster)
             run.out_dir, run.callback, run.stop = out_dir, callback or TrainCallback(), stop
@@ -205,23 +173,6 @@ def _where(run: _Run) -> str:
     )
 
 
-_OUTPUTS = ("last.pt", "best.pt", "history.csv", "history.png", CONFIG_FILE)
-
-
-def _holds_a_run(out_dir: Path) -> bool:
-    return any((out_dir / name).exists() for name in ("last.pt", "best.pt"))
-
-
-def _refuse_existing_run(out_dir: Path) -> None:
-    found = [name for name in ("last.pt", "best.pt") if (out_dir / name).exists()]
-    if found:
-        raise OutputError(
-            f"--out-dir {out_dir} already holds a run ({', '.join(found)}); nothing was changed",
-            hint="continue it with --resume, start again with --overwrite, "
-            "or choose another --out-dir",
-        )
-
-
 @dataclass
 class _Run:
     """The live objects of one run; the loop functions below read and update them."""
@@ -238,7 +189,7 @@ class _Run:
     state: TrainState
     out_dir: Path = RUN_DIR
     callback: TrainCallback = field(default_factory=TrainCallback)
-    stop: _StopFlag = field(default_factory=_StopFlag)
+    stop: StopFlag = field(default_factory=StopFlag)
     graph: GraphedStep | None = None  # captured at the first full batch, when enabled
     plotted_at: float = -math.inf  # perf_counter() of the last history.png
     cluster: distributed.Cluster = distributed.SOLO  # under torchrun, this process's place
@@ -412,7 +363,7 @@ def _loop(run: _Run) -> TrainResult:
     best_path = run.out_dir / "best.pt"
     if run.main and not best_path.is_file():  # removed meanwhile: the last weights, their score
         last_accuracy = state.history[-1].val_accuracy if state.history else 0.0
-        save_checkpoint(_checkpoint(run, last_accuracy, resumable=False), best_path)
+        save_checkpoint(runfolder.checkpoint(run, last_accuracy, resumable=False), best_path)
     return TrainResult(
         best_path,
         run.out_dir / "last.pt",
@@ -434,7 +385,7 @@ def _epoch_verdict(run: _Run, epoch: int, *, diverged: bool) -> None:
 
 
 def _end_epoch(run: _Run, record: EpochRecord) -> bool:
-    """Record a finished epoch, save best.pt if it improved and last.pt always."""
+    """Record a finished epoch; save its files (best.pt too if it improved) and the curves."""
     state = run.state
     state.epoch, state.step, state.partial_loss, state.partial_seconds = record.epoch, 0, 0.0, 0.0
     state.history.append(record)
@@ -442,38 +393,17 @@ def _end_epoch(run: _Run, record: EpochRecord) -> bool:
     improved = record.val_accuracy >= state.best_val_accuracy
     if improved:
         state.best_val_accuracy, state.best_epoch = record.val_accuracy, record.epoch
-    files = {run.out_dir / "last.pt": checkpoint_writer(_checkpoint(run, record.val_accuracy))}
-    if improved:
-        best = _checkpoint(run, record.val_accuracy, resumable=False)
-        files[run.out_dir / "best.pt"] = checkpoint_writer(best)
-    files[run.out_dir / "history.csv"] = _history_writer(state.history)
-    settings = config_toml(run.config, str(run.device)).encode()
-    files[run.out_dir / CONFIG_FILE] = lambda handle: handle.write(settings)
-    atomic_write_all(files)  # all or none: best.pt never holds what last.pt does not know of
+    runfolder.save_epoch(run, record, improved=improved)
     run.replacing = False
     last = record.epoch == run.config.epochs or run.stop.raised
     if last or time.perf_counter() - run.plotted_at >= _PLOT_EVERY_SECONDS:
-        from mnist_cli.plots import save_history_plot
-
-        config = run.config
-        shown = [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []
-        shown += ["augmented"] if config.augment else []
-        label = f"train ({', '.join(shown)})" if shown else "train"
-        save_history_plot(state.history, run.out_dir / "history.png", train_loss=label)
+        runfolder.save_curves(run)
         run.plotted_at = time.perf_counter()
     return improved
 
 
 # Drawing history.png takes longer than a whole epoch on a GPU: redraw it at most this often.
 _PLOT_EVERY_SECONDS = 10.0
-
-
-def _history_writer(history: list[EpochRecord]) -> Writer:
-    """What writes OUT/history.csv, one row per epoch."""
-    names = [f.name for f in fields(EpochRecord)]
-    rows = [",".join(names)] + [",".join(str(getattr(r, n)) for n in names) for r in history]
-    csv = "\n".join(rows) + "\n"
-    return lambda handle: handle.write(csv.encode())
 
 
 def _validate(run: _Run) -> tuple[float, float]:
@@ -516,7 +446,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
             state.partial_seconds += time.perf_counter() - started
             if run.main and not run.replacing:  # an old run stays whole until epoch 1 ends
                 last_accuracy = state.history[-1].val_accuracy if state.history else 0.0
-                save_checkpoint(_checkpoint(run, last_accuracy), run.out_dir / "last.pt")
+                save_checkpoint(runfolder.checkpoint(run, last_accuracy), run.out_dir / "last.pt")
             cluster.barrier()  # nobody exits before rank 0 has saved
             raise run.interrupted_before_saving(where) if run.replacing else run.interrupted(where)
     total = loss_before + loss_total.item()
@@ -566,34 +496,3 @@ def _step(run: _Run, index: torch.Tensor, lr: float) -> torch.Tensor:
 
 def _loss(run: _Run, batch: tuple[torch.Tensor, ...], *, augmenting: bool) -> torch.Tensor:
     return batch_loss(run.forward, *batch, config=run.config, augmenting=augmenting)
-
-
-def _checkpoint(run: _Run, val_accuracy: float, *, resumable: bool = True) -> Checkpoint:
-    """The run as a Checkpoint; `resumable` adds the optimiser and augmentation state."""
-    weights = _finite_weights(run, run.kept)
-    raw = _finite_weights(run, run.model) if resumable and run.average else None
-    return Checkpoint(
-        architecture=run.config.model,
-        arguments=run.arguments,
-        state_dict=weights,
-        normalization=dict(NORMALIZATION),
-        class_labels=list(CLASS_LABELS),
-        val_accuracy=val_accuracy,
-        options={
-            **asdict(run.config),
-            "device": str(run.device),
-            "acceleration": asdict(run.accel),
-        },
-        state=replace(run.state, history=list(run.state.history)),
-        mnist_cli_version=__version__,
-        optimizer=run.optimizer.state_dict() if resumable else None,
-        augment_rng=run.augment_rng.get_state() if resumable else None,
-        training_weights=raw,
-    )
-
-
-def _finite_weights(run: _Run, network: nn.Module) -> dict[str, torch.Tensor]:
-    weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
-    if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
-        raise run.diverged(f"after {run.state.epoch} epochs", math.nan)  # never saved non-finite
-    return weights
