@@ -274,3 +274,20 @@ def test_export_never_replaces_a_model_shipped_in_the_package(trained):
         result = _invoke_export("--model", trained["checkpoint"], "--out", bundled, *extra)
         assert result.exit_code == 2 and "a model shipped in the package" in result.output
     assert bundled.read_bytes() == before
+
+
+def test_export_command_rejects_unknown_format(trained, tmp_path):
+    result = _invoke_export(
+        "--format", "tflite", "--model", trained["checkpoint"], "--out", tmp_path / "m"
+    )
+    assert result.exit_code == 2 and "'tflite'" in result.output and "'onnx'" in result.output
+
+
+def test_export_command_prints_its_checks(trained, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = _invoke_export(
+        "--model", trained["checkpoint"], "--out", out, "--data-dir", trained["data_dir"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "onnx.checker: passed" in result.output and "1000 MNIST test images" in result.output
+    assert out.is_file()

@@ -127,41 +127,6 @@ def test_onnxruntime_path_never_imports_torch(models, fresh_python):
     assert imported == [] and json.loads(stdout)["digit"] in range(10)
 
 
-def test_export_command_rejects_unknown_format(trained, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "export",
-            "--format",
-            "tflite",
-            "--model",
-            str(trained["checkpoint"]),
-            "--out",
-            str(tmp_path / "m"),
-        ],
-    )
-    assert result.exit_code == 2 and "'tflite'" in result.output and "'onnx'" in result.output
-
-
-def test_export_command_prints_its_checks(trained, tmp_path):
-    out = tmp_path / "m.onnx"
-    result = runner.invoke(
-        app,
-        [
-            "export",
-            "--model",
-            str(trained["checkpoint"]),
-            "--out",
-            str(out),
-            "--data-dir",
-            str(trained["data_dir"]),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "onnx.checker: passed" in result.output and "1000 MNIST test images" in result.output
-    assert out.is_file()
-
-
 def test_broken_model_files_are_named(models, tmp_path):
     onnx_bytes = models["onnx"].read_bytes()
     cases = {
