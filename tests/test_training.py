@@ -8,12 +8,16 @@ import sys
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from mnist_cli.checkpoints import load_checkpoint
-from mnist_cli.errors import OutputError, TrainingInterrupted
+from mnist_cli.cli import app
+from mnist_cli.errors import CheckpointError, OutputError, TrainingInterrupted
 from mnist_cli.evaluation import evaluate_model
 from mnist_cli.step import one_cycle_lr
 from mnist_cli.training import TrainCallback, default_config, train
+
+runner = CliRunner()
 
 TINY = {"epochs": 2, "validation_size": 500, "batch_size": 128}
 
@@ -514,3 +518,32 @@ def test_an_output_that_cannot_be_written_stops_train_before_the_first_epoch(dat
     with pytest.raises(OutputError, match="history.png: a folder; cannot write a file there"):
         train(default_config("cnn", **TINY), data_dir=data_dir, out_dir=out)
     assert [p.name for p in out.iterdir()] == ["history.png"]
+
+
+RESUME_DAMAGE = [
+    ({"options": "fast"}, "field 'options' is str"),
+    ({"options": {"batch_size": 0}}, "batch-size must be at least 1"),
+    ({"options": {"lr": "0.1"}}, "lr must be a float"),
+    ({"history": "broken"}, "field 'history' is str"),
+    ({"history": [{"epoch": "one"}]}, "history:"),
+    ({"optimizer": {"state": {}, "param_groups": []}}, "optimiser state is damaged"),
+    ({"step": 10_000}, "past the"),
+]
+
+
+@pytest.mark.parametrize("changes, fragment", RESUME_DAMAGE)
+def test_damaged_last_pt_is_refused_by_resume(trained, tmp_path, changes, fragment):
+    out = tmp_path / "run"
+    out.mkdir()
+    payload = torch.load(trained["out_dir"] / "last.pt", weights_only=True)
+    if isinstance(changes.get("options"), dict):
+        changes = {"options": {**payload["options"], **changes["options"]}}
+    torch.save({**payload, **changes}, out / "last.pt")
+    with pytest.raises(CheckpointError) as caught:
+        train(None, data_dir=trained["data_dir"], out_dir=out, device="cpu", resume=True)
+    assert fragment in caught.value.message and caught.value.exit_code == 1
+    result = runner.invoke(
+        app, ["train", "--resume", "--out-dir", str(out), "--data-dir", str(trained["data_dir"])]
+    )
+    assert result.exit_code == 1 and "--resume" in result.output
+    assert "Traceback" not in result.output
