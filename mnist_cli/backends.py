@@ -14,7 +14,7 @@ import numpy as np
 
 from mnist_cli.data import CLASS_LABELS
 from mnist_cli.devices import check_device_name
-from mnist_cli.errors import MnistError, first_line
+from mnist_cli.errors import DeviceError, MnistError, first_line
 from mnist_cli.files import MISSING, ONNX_FILE, TORCH_FILE, describe_bytes, path_problem
 from mnist_cli.onnxgraph import GraphReadError, control_flow, metadata
 from mnist_cli.options import EXPORT_FILE, RUN_DIR, BackendName
@@ -296,6 +296,12 @@ class OnnxBackend(Backend):
         providers: list[Any] = ["CPUExecutionProvider"]
         if device != "cpu" and "CUDAExecutionProvider" in available:
             providers.insert(0, _cuda_provider(device))
+        elif device.startswith("cuda"):  # asked for by name: not a quiet run on the CPU
+            raise DeviceError(
+                f"--device {device}: this onnxruntime has no CUDA provider",
+                hint="install onnxruntime-gpu in place of onnxruntime (see the README), or use "
+                "--device auto or cpu",
+            )
         try:
             # From its path when it has one: weights may lie beside it (external data).
             self.session = onnxruntime.InferenceSession(model, options, providers=providers)

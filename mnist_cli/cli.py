@@ -26,7 +26,7 @@ from mnist_cli.recipes import recipe_default
 
 app = typer.Typer(
     name="mnist",
-    help="Handwritten digit recognition: download MNIST, train, test, export, predict.\n\n"
+    help="Handwritten digit recognition: download MNIST, train, test, export, predict, serve.\n\n"
     "Example: mnist download && mnist train && mnist test",
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -96,7 +96,7 @@ def main(
         ),
     ] = False,
 ) -> None:
-    """Handwritten digit recognition: download MNIST, train, test, export, predict.
+    """Handwritten digit recognition: download MNIST, train, test, export, predict, serve.
 
     Example: mnist download && mnist train && mnist test
     """
@@ -246,7 +246,7 @@ def train(
             "-o",
             envvar="MNIST_OUT_DIR",
             show_envvar=True,
-            help="Folder for last.pt, best.pt, history.csv and history.png.",
+            help="Folder for last.pt, best.pt, history.csv, history.png and config.toml.",
         ),
     ] = RUN_DIR,
     resume: Annotated[

@@ -337,6 +337,8 @@ class PredictionOutput:
         self.rows += 1
 
     def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:  # a closed pipe or Ctrl-C: no table, no summary of a part
+            return
         if not self.json_output and self.rows:
             out.print(self.table)
         if self.read + self.failed > 1:

@@ -129,9 +129,9 @@ def download_mnist(
             outcomes.append(FileOutcome(name, target, "downloaded", url))
             break
         else:
-            tried = "\n".join(f"  tried {failure}" for failure in failures) or "  no mirror given"
+            tried = "; ".join(f"tried {failure}" for failure in failures) or "no mirror given"
             raise DownloadError(
-                f"could not download {gz_name}:\n{tried}",
+                f"could not download {gz_name} ({tried})",
                 hint="if you have the files, import them with `mnist download --from FOLDER`",
             )
     return outcomes

@@ -72,7 +72,10 @@ def _decode(source: Path | BinaryIO, name: str, budget: PixelBudget | None = Non
     except PermissionError as error:
         raise ImageError(f"{name}: cannot be read (permission denied)") from error
     except (OSError, ValueError) as error:
-        raise ImageError(f"{name}: not a readable image ({_reason(error)})") from error
+        empty = getattr(source, "getbuffer", None) and not source.getbuffer().nbytes
+        empty = empty or (isinstance(source, Path) and source.stat().st_size == 0)
+        what = "an empty file" if empty else f"not a readable image ({_reason(error)})"
+        raise ImageError(f"{name}: {what}") from error
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(f"{name}: {width}x{height} is too large (over {MAX_PIXELS:,} pixels)")

@@ -104,7 +104,7 @@ def describe_recipe(config: TrainConfig, device: str) -> str:
         f"  {augmentation}{average}",
     ]
     if changed:
-        lines.append(f"  changed by options: {', '.join(map(_option, changed))}")
+        lines.append(f"  changed from the recipe: {', '.join(map(_option, changed))}")
     return "\n".join(lines)
 
 
@@ -114,7 +114,10 @@ def check_config(config: TrainConfig) -> None:
         value, kind = getattr(config, item.name), type(item.default)
         fits = isinstance(value, kind) or (kind is float and isinstance(value, int))
         if not fits or (kind is not bool and isinstance(value, bool)):
-            raise ValueError(f"{_option(item.name)} must be a {kind.__name__}, not {value!r}")
+            article = "an" if kind.__name__[0] in "aeiou" else "a"
+            raise ValueError(
+                f"{_option(item.name)} must be {article} {kind.__name__}, not {value!r}"
+            )
     for name in _COUNTS:
         if getattr(config, name) < 1:
             raise ValueError(f"{_option(name)} must be at least 1")

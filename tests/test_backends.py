@@ -408,3 +408,16 @@ def test_a_graph_nested_a_thousand_deep_is_refused_not_a_traceback(tmp_path):
     (tmp_path / "deep.onnx").write_bytes(model)
     with pytest.raises(ModelError, match="a Relu node that holds a subgraph"):
         open_model(tmp_path / "deep.onnx")
+
+
+def test_cuda_asked_by_name_without_a_cuda_provider_is_a_usage_error(tmp_path):
+    import onnxruntime
+
+    from mnist_cli.errors import DeviceError
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    path = _onnx_file(tmp_path / "m.onnx")
+    with pytest.raises(DeviceError, match="--device cuda: this onnxruntime has no CUDA provider"):
+        open_model(path, device="cuda")
+    assert open_model(path, device="auto").provider == "CPUExecutionProvider"  # auto falls back

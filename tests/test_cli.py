@@ -412,7 +412,7 @@ def test_print_config_is_a_config_file_and_options_win_over_it(tmp_path):
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ('epochs = "ten"', "key 'epochs': epochs must be a int, not 'ten'"),
+        ('epochs = "ten"', "key 'epochs': epochs must be an int, not 'ten'"),
         ("epoch = 3", "unknown key 'epoch'"),
         ("weight_average = 2", "key 'weight_average': weight-average must be between"),
         ('device = "tpu"', "key 'device': --device 'tpu' is not one of"),

@@ -155,7 +155,7 @@ def test_broken_files_each_get_a_reason(tmp_path):
     (tmp_path / "folder.png").mkdir()
     for name, reason in [
         ("truncated.png", "damaged image"),
-        ("empty.jpg", "not a readable image"),
+        ("empty.jpg", "an empty file"),
         ("folder.png", "a folder"),
     ]:
         with pytest.raises(ImageError, match=reason):

@@ -19,7 +19,7 @@ def test_each_device_has_its_recipe_and_the_start_line_says_which():
     assert cpu.batch_size < cuda.batch_size  # small steps on CPU, CUDA-graph-sized on a GPU
     assert default_config("fc", "cuda") == default_config("fc", "cpu")
     line = describe_recipe(default_config("cnn", "cpu", lr=1e-3, epochs=3), "cpu")
-    assert line.startswith("cnn recipe for cpu") and "changed by options: epochs, lr" in line
+    assert line.startswith("cnn recipe for cpu") and "changed from the recipe: epochs, lr" in line
     assert "changed" not in describe_recipe(cuda, "cuda:0")
     under_torchrun = "2 processes on cuda (nccl): global batch 1024 = 2 x 512 per process"
     assert describe_recipe(cuda, under_torchrun).startswith("cnn recipe for cuda")
