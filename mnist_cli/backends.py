@@ -128,11 +128,6 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def default_model_path(backend: BackendName | None) -> Path:
-    """The file a command uses without --model (see `default_model`)."""
-    return default_model(backend)[0]
-
-
 def default_model(backend: BackendName | None) -> tuple[Path, str | None]:
     """The file a command uses without --model, and a note when the choice needs one.
 

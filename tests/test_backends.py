@@ -233,7 +233,7 @@ def session(model, options, providers):
 onnxruntime.get_available_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
 onnxruntime.InferenceSession = session
 before = "torch" in sys.modules
-bundled = backends.default_model_path(BackendName.onnxruntime)
+bundled = backends.default_model(BackendName.onnxruntime)[0]
 backend = backends.open_model(bundled, device=sys.argv[1])
 print(json.dumps({"before": before, "asked": asked[0], "provider": backend.provider}))
 """
