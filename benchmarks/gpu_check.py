@@ -38,9 +38,9 @@ from mnist_cli.data import BLANK_PIXEL, INK_PIXEL, load_split
 from mnist_cli.download import import_mnist
 from mnist_cli.evaluation import evaluate_model
 from mnist_cli.models import build_model
-from mnist_cli.recipes import describe_recipe
-from mnist_cli.step import batch_loss
-from mnist_cli.training import TrainCallback, default_config, normalize, train
+from mnist_cli.recipes import default_config, describe_recipe
+from mnist_cli.step import batch_loss, normalize
+from mnist_cli.training import TrainCallback, train
 
 
 class EpochTimes(TrainCallback):

@@ -19,7 +19,8 @@ from mnist_cli.backends import open_model
 from mnist_cli.data import load_split
 from mnist_cli.evaluation import evaluate_model
 from mnist_cli.export import export_onnx
-from mnist_cli.training import default_config, train
+from mnist_cli.recipes import default_config
+from mnist_cli.training import train
 
 
 def images_per_second(path: Path, images: np.ndarray, repeats: int = 3) -> float:

@@ -96,7 +96,8 @@ def work(spec: dict) -> dict:
     import torch
 
     from mnist_cli import training
-    from mnist_cli.training import TrainCallback, default_config, train
+    from mnist_cli.recipes import default_config
+    from mnist_cli.training import TrainCallback, train
 
     torch.set_num_threads(1)
     variant = spec["variant"]

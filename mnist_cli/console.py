@@ -13,13 +13,14 @@ from rich.text import Text
 
 if TYPE_CHECKING:
     from mnist_cli.backends import Backend
+    from mnist_cli.checkpoints import EpochRecord
     from mnist_cli.download import FileOutcome
     from mnist_cli.errors import MnistError
     from mnist_cli.evaluation import Report
     from mnist_cli.export import ExportResult
     from mnist_cli.prediction import Prediction
     from mnist_cli.recipes import TrainConfig
-    from mnist_cli.training import EpochRecord, TrainResult
+    from mnist_cli.training import TrainResult
 
 out = Console(highlight=False, emoji=False)  # results: tables and JSON
 err = Console(stderr=True, highlight=False, emoji=False)  # progress, notes and errors

@@ -7,7 +7,8 @@ augmentation are drawn outside the graph into one of them, from the run's own ge
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -31,22 +32,21 @@ class GraphedStep:
     ):
         self.augments = augments  # whether `loss_of` augments: a graph cannot change its mind
         self.inputs = tuple(tensor.clone() for tensor in example)  # images, labels, noise
-        saved = _snapshot(model, optimizer)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(_WARMUP_STEPS):
-                optimizer.zero_grad(set_to_none=True)
-                loss_of(*self.inputs).backward()
+        with untouched(model, optimizer):  # the warm-up steps must leave no trace
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(_WARMUP_STEPS):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_of(*self.inputs).backward()
+                    optimizer.step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(self.graph):
+                self.loss = loss_of(*self.inputs)
+                self.loss.backward()
                 optimizer.step()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self.graph):
-            self.loss = loss_of(*self.inputs)
-            self.loss.backward()
-            optimizer.step()
-        _restore(model, optimizer, saved)  # the warm-up steps must leave no trace
 
     @property
     def batch_size(self) -> int:
@@ -58,6 +58,14 @@ class GraphedStep:
             buffer.copy_(value)
         self.graph.replay()
         return self.loss
+
+
+@contextmanager
+def untouched(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Steps taken inside leave the weights and optimiser state as they were, in place."""
+    saved = _snapshot(model, optimizer)
+    yield
+    _restore(model, optimizer, saved)
 
 
 def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -18,7 +18,7 @@ from mnist_cli.files import Writer, atomic_write_all
 from mnist_cli.recipes import CONFIG_FILE, config_toml
 
 if TYPE_CHECKING:
-    from mnist_cli.training import _Run
+    from mnist_cli.loop import Run
 
 
 OUTPUTS = ("last.pt", "best.pt", "history.csv", "history.png", CONFIG_FILE)
@@ -38,7 +38,7 @@ def refuse_existing_run(out_dir: Path) -> None:
         )
 
 
-def save_epoch(run: _Run, record: EpochRecord, *, improved: bool) -> None:
+def save_epoch(run: Run, record: EpochRecord, *, improved: bool) -> None:
     """last.pt, best.pt (when the epoch improved), history.csv and config.toml, as one set:
     written beside their targets, then renamed together."""
     out = run.out_dir
@@ -52,7 +52,7 @@ def save_epoch(run: _Run, record: EpochRecord, *, improved: bool) -> None:
     atomic_write_all(files)  # all or none: best.pt never holds what last.pt does not know of
 
 
-def save_curves(run: _Run) -> None:
+def save_curves(run: Run) -> None:
     """history.png, its training loss labelled with what the recipe adds to it."""
     from mnist_cli.plots import save_history_plot
 
@@ -71,7 +71,7 @@ def _history_writer(history: list[EpochRecord]) -> Writer:
     return lambda handle: handle.write(csv.encode())
 
 
-def checkpoint(run: _Run, val_accuracy: float, *, resumable: bool = True) -> Checkpoint:
+def checkpoint(run: Run, val_accuracy: float, *, resumable: bool = True) -> Checkpoint:
     """The run as a Checkpoint; `resumable` adds the optimiser and augmentation state."""
     weights = _finite_weights(run, run.kept)
     raw = _finite_weights(run, run.model) if resumable and run.average else None
@@ -95,7 +95,7 @@ def checkpoint(run: _Run, val_accuracy: float, *, resumable: bool = True) -> Che
     )
 
 
-def _finite_weights(run: _Run, network: nn.Module) -> dict[str, torch.Tensor]:
+def _finite_weights(run: Run, network: nn.Module) -> dict[str, torch.Tensor]:
     weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
         raise run.diverged(f"after {run.state.epoch} epochs", math.nan)  # never saved non-finite

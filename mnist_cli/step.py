@@ -1,6 +1,6 @@
-"""One training step's parts: the learning rate at a step, the batch order, the loss.
+"""One training step's parts: input scaling, the learning rate at a step, batch order, loss.
 
-The loop (`training`) and the CUDA graph (`cudagraph`) call these; none of them keeps state.
+The loop (`loop`) and the CUDA graph (`cudagraph`) call these; none of them keeps state.
 """
 
 from __future__ import annotations
@@ -12,8 +12,14 @@ import torch
 from torch import nn
 
 from mnist_cli.augmentation import augment
-from mnist_cli.data import BLANK_PIXEL, INK_PIXEL
+from mnist_cli.data import BLANK_PIXEL, INK_PIXEL, NORMALIZATION
 from mnist_cli.recipes import TrainConfig
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N x 28 x 28 -> float N x 1 x 28 x 28, scaled to [0, 1] then standardised."""
+    scaled = images.unsqueeze(1).float().div_(255)
+    return scaled.sub_(NORMALIZATION["mean"]).div_(NORMALIZATION["std"])
 
 
 def one_cycle_lr(step: int, total: int, peak: float, warmup: float) -> float:

@@ -16,7 +16,8 @@ from pathlib import Path
 from mnist_cli.backends import BUNDLED_MODELS, BackendName
 from mnist_cli.evaluation import evaluate_model
 from mnist_cli.export import export_onnx
-from mnist_cli.training import default_config, train
+from mnist_cli.recipes import default_config
+from mnist_cli.training import train
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ import torch
 from mnist_cli.checkpoints import load_checkpoint
 from mnist_cli.distributed import SOLO, Cluster
 from mnist_cli.evaluation import evaluate_model
-from mnist_cli.training import default_config, train
+from mnist_cli.recipes import default_config
+from mnist_cli.training import train
 
 RUN = ["--validation-size", "500", "--batch-size", "64", "--device", "cpu", "--quiet"]
 

@@ -14,8 +14,9 @@ from mnist_cli.checkpoints import load_checkpoint
 from mnist_cli.cli import app
 from mnist_cli.errors import CheckpointError, OutputError, TrainingInterrupted
 from mnist_cli.evaluation import evaluate_model
+from mnist_cli.recipes import default_config
 from mnist_cli.step import one_cycle_lr
-from mnist_cli.training import TrainCallback, default_config, train
+from mnist_cli.training import TrainCallback, train
 
 runner = CliRunner()
 
@@ -119,7 +120,7 @@ def test_best_pt_holds_the_average_and_last_pt_also_the_raw_weights(trained):
     # rounding, which differs between CPUs.)
     from mnist_cli.checkpoints import network_from_checkpoint
     from mnist_cli.data import load_split, split_train_validation
-    from mnist_cli.training import normalize
+    from mnist_cli.step import normalize
 
     held = split_train_validation(load_split(trained["data_dir"], "train"), 500, 0)[1]
     labels = torch.from_numpy(held.labels)
@@ -399,17 +400,16 @@ def test_resume_crosses_between_fused_and_looped_adamw(saved_fused, running_fuse
 
 
 def test_graph_warmup_leaves_weights_and_optimiser_state_as_they_were():
-    from mnist_cli.cudagraph import _restore, _snapshot
+    from mnist_cli.cudagraph import untouched
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    saved = _snapshot(model, optimizer)  # a fresh optimiser: no state yet
-    for _ in range(3):
-        optimizer.zero_grad()
-        model(torch.randn(8, 4)).sum().backward()
-        optimizer.step()
-    _restore(model, optimizer, saved)
+    with untouched(model, optimizer):  # a fresh optimiser: no state yet
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(8, 4)).sum().backward()
+            optimizer.step()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     for state in optimizer.state.values():
         assert all(not v.any() for v in state.values() if isinstance(v, torch.Tensor))
