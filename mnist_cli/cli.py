@@ -584,6 +584,7 @@ def serve(
     with _user_errors(quiet=quiet):
         from mnist_cli import server
         from mnist_cli.backends import open_model
+        from mnist_cli.httpguard import Limits, allowed_hosts_for
 
         model = open_model(model_file, backend=backend, device=device)
         console.show_model(model)
@@ -592,10 +593,8 @@ def serve(
         server.serve(
             model,
             sock,
-            limits=server.Limits(
-                max_upload=max_upload, max_images=max_images, max_pixels=max_pixels
-            ),
+            limits=Limits(max_upload=max_upload, max_images=max_images, max_pixels=max_pixels),
             log_level="warning" if quiet else "info",
-            allowed_hosts=server.allowed_hosts_for(host, allowed_host or ()),
+            allowed_hosts=allowed_hosts_for(host, allowed_host or ()),
             access_log=access_log,
         )

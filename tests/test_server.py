@@ -17,8 +17,9 @@ from starlette.testclient import TestClient
 from mnist_cli.backends import open_model
 from mnist_cli.data import load_split
 from mnist_cli.export import export_onnx
+from mnist_cli.httpguard import LOOPBACK_HOSTS, Limits
 from mnist_cli.prediction import SAMPLES
-from mnist_cli.server import LOOPBACK_HOSTS, Limits, create_app, listen, uvicorn_server
+from mnist_cli.server import create_app, listen, uvicorn_server
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +385,7 @@ def test_a_page_of_the_same_origin_may_post(live, served):
 
 
 def test_allowed_hosts_follow_the_address_bound():
-    from mnist_cli.server import allowed_hosts_for
+    from mnist_cli.httpguard import allowed_hosts_for
 
     assert allowed_hosts_for("127.0.0.1") == list(LOOPBACK_HOSTS)
     assert allowed_hosts_for("::1") == list(LOOPBACK_HOSTS)
