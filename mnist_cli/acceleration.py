@@ -22,13 +22,13 @@ class Acceleration:
 
 
 def default_acceleration(
-    device: torch.device, model: str, *, compile: bool = False
+    device: torch.device, architecture: str, *, compile: bool = False
 ) -> Acceleration:
     """The settings measured to help on `device` (benchmarks/gpu_check.py for CUDA)."""
     # On a GPU this small net is bound by kernel launches, not arithmetic: one CUDA graph per
     # step helps there. On a CPU the unfused AdamW is a loop of small operations per tensor.
     return Acceleration(
-        channels_last=model == "cnn",
+        channels_last=architecture == "cnn",
         compile=compile,
         fused_optimizer=device.type == "cpu",
         cuda_graphs=device.type == "cuda" and not compile,

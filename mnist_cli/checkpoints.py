@@ -236,7 +236,7 @@ def checkpoint_from_dict(payload: Any) -> Checkpoint:
         normalization=_normalization(read.get("normalization", dict)),
         class_labels=labels,
         val_accuracy=read.accuracy("val_accuracy", default=0.0),
-        options=read.get("options", dict, optional=True) or {},
+        options=_current_keys(read.get("options", dict, optional=True) or {}),
         state=_train_state(read),
         mnist_cli_version=read.get("mnist_cli_version", str, optional=True) or "",
         optimizer=optimizer,
@@ -327,3 +327,10 @@ def classifier_from_checkpoint(checkpoint: Checkpoint) -> Classifier:
     """The checkpoint's network behind its own normalisation: takes pixels in [0, 1]."""
     norm = checkpoint.normalization
     return Classifier(network_from_checkpoint(checkpoint), norm["mean"], norm["std"]).eval()
+
+
+def _current_keys(options: dict[str, Any]) -> dict[str, Any]:
+    """Training options under today's names: files saved before 0.1.0 call the network `model`."""
+    if "model" in options and "architecture" not in options:
+        options = {("architecture" if k == "model" else k): v for k, v in options.items()}
+    return options

@@ -202,11 +202,18 @@ class TrainProgress:
         self._progress.stop()
 
     def on_start(
-        self, *, config: TrainConfig, device: str, start_epoch: int, start_step: int, steps: int
+        self,
+        *,
+        config: TrainConfig,
+        device: str,
+        where: str,
+        start_epoch: int,
+        start_step: int,
+        steps: int,
     ) -> None:
         from mnist_cli.recipes import describe_recipe
 
-        note(f"Training on {device}")
+        note(f"Training on {where}")
         for line in describe_recipe(config, device).splitlines():
             note(line)
         if start_epoch or start_step:

@@ -77,8 +77,8 @@ class Run:
         if saved:
             self.arguments, model = saved.arguments, network_from_checkpoint(saved)
         else:
-            self.arguments: dict[str, Any] = default_arguments(config.model)
-            model = build_model(config.model, self.arguments)
+            self.arguments: dict[str, Any] = default_arguments(config.architecture)
+            model = build_model(config.architecture, self.arguments)
         self.model = model.to(device)
         if accel.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -160,7 +160,8 @@ class Run:
         config, state = self.config, self.state
         self.callback.on_start(
             config=config,
-            device=self.where(),
+            device=str(self.device),
+            where=self.where(),
             start_epoch=state.epoch,
             start_step=state.step,
             steps=self.steps,

@@ -20,7 +20,7 @@ class TrainConfig:
     behind each value are in benchmarks/RESULTS.md.
     """
 
-    model: str = "cnn"  # (str) the network: cnn or fc
+    architecture: str = "cnn"  # (str) the network: cnn or fc
     epochs: int = 15  # (int) passes over the training images
     batch_size: int = 128  # (int) images per optimiser step, across all processes
     lr: float = 8e-3  # (float) peak of the one-cycle learning rate
@@ -46,7 +46,7 @@ RECIPES = {
         styles=0.3,
     ),
     (Architecture.fc, "cpu"): TrainConfig(
-        model="fc",
+        architecture="fc",
         epochs=20,  # cheap steps, slower to converge than the cnn
         batch_size=256,  # the dense net gains nothing from smaller batches
         lr=1e-3,  # no batch norm: a gentler peak
@@ -63,29 +63,33 @@ _MOST = {"epochs": 100_000, "batch_size": 1 << 20, "validation_size": 1 << 20, "
 
 
 def recipe_kind(device: str | torch.device) -> str:
-    """The recipe family for a device: "cuda" on NVIDIA GPUs, "cpu" everywhere else."""
+    """The recipe family for a device ("cpu", "cuda:1", "auto" or a torch.device): "cuda" on
+    NVIDIA GPUs, "cpu" everywhere else."""
     if str(device) == "auto":
         from mnist_cli.devices import resolve_device
 
         device = resolve_device("auto")
-    return "cuda" if "cuda" in str(device) else "cpu"
+    kind = device.type if not isinstance(device, str) else device.partition(":")[0]
+    return "cuda" if kind == "cuda" else "cpu"
 
 
-def default_config(model: str = "cnn", device: str = "cpu", **overrides: Any) -> TrainConfig:
-    """The recipe for `model` on `device`, with any field replaced by a keyword that is not None."""
-    if (model, "cpu") not in RECIPES:
+def default_config(
+    architecture: str = "cnn", device: str | torch.device = "cpu", **overrides: Any
+) -> TrainConfig:
+    """The recipe for `architecture` on `device`, any field replaced by a keyword not None."""
+    if (architecture, "cpu") not in RECIPES:
         names = [a.value for a in Architecture]
-        raise ValueError(f"unknown model {model!r}; choose from {', '.join(names)}")
-    base = RECIPES[model, recipe_kind(device)]
+        raise ValueError(f"unknown architecture {architecture!r}; choose from {', '.join(names)}")
+    base = RECIPES[architecture, recipe_kind(device)]
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     check_config(config)
     return config
 
 
-def describe_recipe(config: TrainConfig, device: str) -> str:
+def describe_recipe(config: TrainConfig, device: str | torch.device) -> str:
     """Short lines for the start of a run: whose recipe it is and which values options changed."""
     kind = recipe_kind(device)
-    base = RECIPES.get((config.model, kind))
+    base = RECIPES.get((config.architecture, kind))
     changed = [
         item.name
         for item in fields(TrainConfig)
@@ -99,7 +103,7 @@ def describe_recipe(config: TrainConfig, device: str) -> str:
     average = f", weight average {config.weight_average:g}" if config.weight_average else ""
     epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
     lines = [
-        f"{config.model} recipe for {kind}: {epochs}, batch {config.batch_size}, "
+        f"{config.architecture} recipe for {kind}: {epochs}, batch {config.batch_size}, "
         f"peak lr {config.lr:g}, seed {config.seed}",
         f"  {augmentation}{average}",
     ]
@@ -139,8 +143,8 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError(f"{_option(name)} must be at most {most:,}")
     if config.plain_epochs < 0:
         raise ValueError("plain-epochs must be 0 or more")
-    if config.seed < 0 or (config.model, "cpu") not in RECIPES:
-        raise ValueError(f"seed {config.seed} or model {config.model!r} is not valid")
+    if config.seed < 0 or (config.architecture, "cpu") not in RECIPES:
+        raise ValueError(f"seed {config.seed} or arch {config.architecture!r} is not valid")
 
 
 def _option(name: str) -> str:
@@ -155,7 +159,7 @@ _ARCH_KEY = "arch"
 
 
 def _key(name: str) -> str:
-    return _ARCH_KEY if name == "model" else name
+    return _ARCH_KEY if name == "architecture" else name
 
 
 CONFIG_KEYS = [_key(item.name) for item in fields(TrainConfig)] + ["device"]

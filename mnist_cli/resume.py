@@ -34,7 +34,7 @@ FRESH_START = "start a new run without --resume (or in another --out-dir)"
 def saved_config(saved: Checkpoint, path: Path) -> TrainConfig:
     """The TrainConfig stored in a last.pt, checked as strictly as one typed by the user, and
     the run's progress checked against it."""
-    if "model" not in saved.options:
+    if "architecture" not in saved.options:
         raise CheckpointError(
             f"--resume: {path} holds no training options (it was not saved by `mnist train`)",
             hint=FRESH_START,
@@ -47,9 +47,9 @@ def saved_config(saved: Checkpoint, path: Path) -> TrainConfig:
         raise CheckpointError(
             f"--resume: {path}: its saved options are damaged ({error})", hint=FRESH_START
         ) from None
-    if config.model != saved.architecture:
+    if config.architecture != saved.architecture:
         raise CheckpointError(
-            f"--resume: {path}: its options say {config.model!r} but its weights are "
+            f"--resume: {path}: its options say {config.architecture!r} but its weights are "
             f"{saved.architecture!r}",
             hint=FRESH_START,
         )

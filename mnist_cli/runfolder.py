@@ -76,7 +76,7 @@ def checkpoint(run: Run, val_accuracy: float, *, resumable: bool = True) -> Chec
     weights = _finite_weights(run, run.kept)
     raw = _finite_weights(run, run.model) if resumable and run.average else None
     return Checkpoint(
-        architecture=run.config.model,
+        architecture=run.config.architecture,
         arguments=run.arguments,
         state_dict=weights,
         normalization=dict(NORMALIZATION),

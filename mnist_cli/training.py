@@ -35,9 +35,17 @@ class TrainCallback:
     """Hooks the loop calls so that it never prints; override the ones you need."""
 
     def on_start(
-        self, *, config: TrainConfig, device: str, start_epoch: int, start_step: int, steps: int
+        self,
+        *,
+        config: TrainConfig,
+        device: str,
+        where: str,
+        start_epoch: int,
+        start_step: int,
+        steps: int,
     ) -> None:
-        pass
+        """`device` is the torch device's name; `where` says it for people (with torchrun's
+        processes)."""
 
     def on_batch(self, *, epoch: int, step: int, steps: int, loss: float, rate: float) -> None:
         pass
@@ -70,7 +78,8 @@ def train(
     torch_device = resolve_device(device)
     saved = resume_point(out_dir / "last.pt") if resume else None
     config = saved_config(saved, out_dir / "last.pt") if saved else (config or default_config())
-    acceleration = acceleration or default_acceleration(torch_device, config.model, compile=compile)
+    if acceleration is None:
+        acceleration = default_acceleration(torch_device, config.architecture, compile=compile)
     cluster = distributed.SOLO
     if distributed.launched_by_torchrun():
         if config.batch_size % distributed.world_size():

@@ -454,7 +454,7 @@ def test_a_resumed_run_says_where_it_resumes(capsys):
     from mnist_cli.recipes import default_config
 
     with TrainProgress() as progress:
-        progress.on_start(config=default_config("cnn"), device="cpu", start_epoch=2,
+        progress.on_start(config=default_config("cnn"), device="cpu", where="cpu", start_epoch=2,
                           start_step=17, steps=40)  # fmt: skip
     assert "Resuming at epoch 3, step 17 of 40" in capsys.readouterr().err
 

@@ -1,16 +1,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mnist_cli.recipes import default_config, describe_recipe
 
 
 def test_recipes_and_overrides():
-    assert default_config("fc").model == "fc"
+    assert default_config("fc").architecture == "fc"
     assert default_config("cnn", epochs=3, lr=None).epochs == 3
     with pytest.raises(ValueError, match="epochs must be at least 1"):
         default_config("cnn", epochs=0)
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="unknown architecture"):
         default_config("vit")
 
 
@@ -21,8 +22,8 @@ def test_each_device_has_its_recipe_and_the_start_line_says_which():
     line = describe_recipe(default_config("cnn", "cpu", lr=1e-3, epochs=3), "cpu")
     assert line.startswith("cnn recipe for cpu") and "changed from the recipe: epochs, lr" in line
     assert "changed" not in describe_recipe(cuda, "cuda:0")
-    under_torchrun = "2 processes on cuda (nccl): global batch 1024 = 2 x 512 per process"
-    assert describe_recipe(cuda, under_torchrun).startswith("cnn recipe for cuda")
+    assert describe_recipe(cuda, torch.device("cuda", 1)).startswith("cnn recipe for cuda")
+    assert describe_recipe(cpu, torch.device("cpu")).startswith("cnn recipe for cpu")
 
 
 @pytest.mark.parametrize(
