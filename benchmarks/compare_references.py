@@ -33,10 +33,10 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from train_targets import TestEveryEpoch  # beside this script: on sys.path when it runs
 
-from mnist_cli.evaluation import evaluate_model
-from mnist_cli.models import FullyConnected
-from mnist_cli.recipes import default_config, describe_recipe
-from mnist_cli.training import train
+from mnist_cli.infer.evaluation import evaluate_model
+from mnist_cli.train.models import FullyConnected
+from mnist_cli.train.recipes import default_config, describe_recipe
+from mnist_cli.train.training import train
 
 TARGET = 0.99
 

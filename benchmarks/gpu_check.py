@@ -31,16 +31,16 @@ from pathlib import Path
 import torch
 from train_targets import TestEveryEpoch  # beside this script: on sys.path when it runs
 
-from mnist_cli import augmentation
-from mnist_cli.acceleration import default_acceleration
-from mnist_cli.cudagraph import GraphedStep
 from mnist_cli.data import BLANK_PIXEL, INK_PIXEL, load_split
 from mnist_cli.download import import_mnist
-from mnist_cli.evaluation import evaluate_model
-from mnist_cli.models import build_model
-from mnist_cli.recipes import default_config, describe_recipe
-from mnist_cli.step import batch_loss, normalize
-from mnist_cli.training import TrainCallback, train
+from mnist_cli.infer.evaluation import evaluate_model
+from mnist_cli.train import augmentation
+from mnist_cli.train.acceleration import default_acceleration
+from mnist_cli.train.cudagraph import GraphedStep
+from mnist_cli.train.models import build_model
+from mnist_cli.train.recipes import default_config, describe_recipe
+from mnist_cli.train.step import batch_loss, normalize
+from mnist_cli.train.training import TrainCallback, train
 
 
 class EpochTimes(TrainCallback):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cli.backends import open_model
-from mnist_cli.preprocessing import load_digit
+from mnist_cli.infer.backends import open_model
+from mnist_cli.infer.preprocessing import load_digit
 
 SET = Path(__file__).resolve().parent / "handwriting"
 
@@ -76,7 +76,7 @@ def main() -> None:
             + " |"
         )
     if args.data_dir:
-        from mnist_cli.evaluation import evaluate_model
+        from mnist_cli.infer.evaluation import evaluate_model
 
         scores = [
             evaluate_model(p, data_dir=args.data_dir, device="cpu")[0].accuracy for p in models

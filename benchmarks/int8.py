@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cli.backends import open_model
 from mnist_cli.data import load_split
-from mnist_cli.evaluation import evaluate_model
-from mnist_cli.export import export_onnx
-from mnist_cli.recipes import default_config
-from mnist_cli.training import train
+from mnist_cli.infer.backends import open_model
+from mnist_cli.infer.evaluation import evaluate_model
+from mnist_cli.train.export import export_onnx
+from mnist_cli.train.recipes import default_config
+from mnist_cli.train.training import train
 
 
 def images_per_second(path: Path, images: np.ndarray, repeats: int = 3) -> float:

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from mnist_cli.backends import open_model
 from mnist_cli.data import load_split
-from mnist_cli.prediction import predict_paths
+from mnist_cli.infer.backends import open_model
+from mnist_cli.infer.prediction import predict_paths
 
 
 def _place(digit: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:

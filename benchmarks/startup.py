@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mnist_cli.backends import BUNDLED_MODELS, BackendName
+from mnist_cli.infer.backends import BUNDLED_MODELS, BackendName
 
 FLOOR = "import typer, rich.console, PIL.Image, onnxruntime"
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from mnist_cli.checkpoints import EpochRecord
 from mnist_cli.download import import_mnist
-from mnist_cli.evaluation import evaluate_model
-from mnist_cli.recipes import default_config
-from mnist_cli.training import TrainCallback, train
+from mnist_cli.infer.evaluation import evaluate_model
+from mnist_cli.train.checkpoints import EpochRecord
+from mnist_cli.train.recipes import default_config
+from mnist_cli.train.training import TrainCallback, train
 
 TARGET_SECONDS, TARGET_EARLY = 30.0, 0.990
 TARGET_FINAL = {"cnn": 0.995, "fc": 0.980}

@@ -95,9 +95,9 @@ def work(spec: dict) -> dict:
     """Train one candidate with one seed (in this process) and return its validation scores."""
     import torch
 
-    from mnist_cli import training
-    from mnist_cli.recipes import default_config
-    from mnist_cli.training import TrainCallback, train
+    from mnist_cli.train import training
+    from mnist_cli.train.recipes import default_config
+    from mnist_cli.train.training import TrainCallback, train
 
     torch.set_num_threads(1)
     variant = spec["variant"]
@@ -105,7 +105,7 @@ def work(spec: dict) -> dict:
     if "warp" in variant:  # looked up by `augment` at each call, so the patch reaches it
         from functools import partial
 
-        from mnist_cli import augmentation
+        from mnist_cli.train import augmentation
 
         augmentation.random_affine = partial(augmentation.random_affine, **variant["warp"])
     plain_from = spec["epochs"] - variant.get("plain_tail", 0)  # first epoch (0-based) unaugmented
@@ -137,7 +137,7 @@ def work(spec: dict) -> dict:
 
 def _apply_network_variant(variant: dict) -> None:
     """Make every cnn this process builds the candidate's: its keys that are cnn arguments."""
-    from mnist_cli import models, training
+    from mnist_cli.train import models, training
 
     changes = {
         key: value for key, value in variant.items() if key in models.default_arguments("cnn")

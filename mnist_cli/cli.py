@@ -1,17 +1,14 @@
 """The `mnist` command: parses options, calls one core function, shows the result."""
 
 # No `from __future__ import annotations`: Typer would then eval every annotation at start-up.
-import os
-import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mnist_cli import __version__
+from mnist_cli.exits import user_errors
 from mnist_cli.options import (
     DATA_DIR,
     EXPORT_FILE,
@@ -22,7 +19,7 @@ from mnist_cli.options import (
     ExportFormat,
     Quantization,
 )
-from mnist_cli.recipes import recipe_default
+from mnist_cli.train.recipes import recipe_default
 
 app = typer.Typer(
     name="mnist",
@@ -32,53 +29,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-# What `pip install "mnist-cli[train]"` adds: training, export, .pt models, the run's pictures.
-TRAIN_EXTRA = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib"}
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
-
-
-@contextmanager
-def _user_errors(*, quiet: bool = False) -> Iterator[None]:
-    """Turn the core's errors into a message and an exit code instead of a traceback."""
-    from mnist_cli import console
-    from mnist_cli.errors import MnistError
-
-    console.set_quiet(quiet)
-    try:
-        yield
-    except MnistError as error:
-        console.print_error(error)
-        raise typer.Exit(code=error.exit_code) from None
-    except KeyboardInterrupt:
-        console.err.print("Interrupted.")
-        raise typer.Exit(code=EXIT_INTERRUPTED) from None
-    except ModuleNotFoundError as error:
-        missing = (error.name or "").partition(".")[0]
-        if missing not in TRAIN_EXTRA:
-            raise
-        console.print_error(
-            MnistError(
-                f"{missing} is not installed: training, export, .pt models and pictures "
-                "(--plot) need the train extra",
-                hint='pip install "mnist-cli[train]" (from a clone: pip install -e ".[train]")',
-            )
-        )
-        raise typer.Exit(code=1) from None
-    except BrokenPipeError:  # the reader went away (`| head -1`): stop quietly
-        _silence_stdout()
-        raise typer.Exit(code=EXIT_BROKEN_PIPE) from None
-    except OSError as error:  # a file or folder the core could not read or write
-        where = f": {error.filename}" if error.filename else ""
-        console.print_error(MnistError(f"{error.strerror or error}{where}"))
-        raise typer.Exit(code=1) from None
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
-    with suppress(OSError, ValueError, AttributeError):  # no real descriptor under test runners
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _version(value: bool) -> None:
@@ -139,6 +89,11 @@ Quiet = Annotated[
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print results as JSON for scripts.")]
 
 
+def _recipe(field: str, help: str, *names: str) -> object:
+    """An option that replaces one field of the recipe; its help shows the recipes' values."""
+    return typer.Option(*names, help=f"{help} \\[default: {recipe_default(field)}]")
+
+
 def _picture(option: str, what: str) -> object:
     return typer.Option(option, help=f"Save {what} as a PNG picture at this path.")
 
@@ -170,7 +125,7 @@ def download(
     from mnist_cli import console
     from mnist_cli import download as core
 
-    with _user_errors(quiet=quiet):
+    with user_errors(quiet=quiet):
         if source is not None:
             outcomes = core.import_mnist(data_dir, source, verify_md5=verify)
         else:
@@ -191,50 +146,37 @@ def train(
         ),
     ] = None,
     epochs: Annotated[
-        int | None,
-        typer.Option(
-            "--epochs",
-            "-n",
-            help=f"Passes over the training images. \\[default: {recipe_default('epochs')}]",
-        ),
+        int | None, _recipe("epochs", "Passes over the training images.", "--epochs", "-n")
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option(
+        _recipe(
+            "batch_size",
+            "Images per step, across all processes under torchrun.",
             "--batch-size",
             "-b",
-            help="Images per step, across all processes under torchrun. "
-            f"\\[default: {recipe_default('batch_size')}]",
         ),
     ] = None,
     lr: Annotated[
-        float | None,
-        typer.Option(
-            help="Peak learning rate of the one-cycle schedule. "
-            f"\\[default: {recipe_default('lr')}]"
-        ),
+        float | None, _recipe("lr", "Peak learning rate of the one-cycle schedule.", "--lr")
     ] = None,
     seed: Annotated[
         int | None,
-        typer.Option(
-            help="Seed for weights, validation split and batch order. "
-            f"\\[default: {recipe_default('seed')}]"
-        ),
+        _recipe("seed", "Seed for weights, validation split and batch order.", "--seed"),
     ] = None,
     augment: Annotated[
         bool | None,
-        typer.Option(
+        _recipe(
+            "augment",
+            "After the first epoch: style strokes (flagged 1s, crossed 7s, slashed 0s), "
+            "thicker and thinner strokes, rotations, scalings and shifts.",
             "--augment/--no-augment",
-            help="After the first epoch: style strokes (flagged 1s, crossed 7s, slashed 0s), "
-            "thicker and thinner strokes, rotations, scalings and shifts. "
-            f"\\[default: {recipe_default('augment')}]",
         ),
     ] = None,
     validation_size: Annotated[
         int | None,
-        typer.Option(
-            help=f"Training images held out to pick best.pt. \\[default: "
-            f"{recipe_default('validation_size')}]"
+        _recipe(
+            "validation_size", "Training images held out to pick best.pt.", "--validation-size"
         ),
     ] = None,
     device: Device = "auto",
@@ -308,9 +250,9 @@ def train(
         "augment": augment,
         "validation_size": validation_size,
     }
-    with _user_errors(quiet=quiet):
-        from mnist_cli import training
-        from mnist_cli.distributed import is_main_process
+    with user_errors(quiet=quiet):
+        from mnist_cli.train import training
+        from mnist_cli.train.distributed import is_main_process
 
         given = [f"--{k.replace('_', '-')}" for k, v in chosen.items() if v is not None]
         given += ["--arch"] if arch else []
@@ -318,7 +260,7 @@ def train(
         given += ["--print-config"] if print_config else []
         if resume and given:
             raise OptionError(f"--resume continues with the saved options; drop {', '.join(given)}")
-        from mnist_cli.recipes import config_toml, read_config_file
+        from mnist_cli.train.recipes import config_toml, read_config_file
 
         from_file = read_config_file(config_file) if config_file else {}
         name = arch.value if arch else from_file.pop("arch", "cnn")
@@ -386,8 +328,8 @@ def test(
     from mnist_cli import console
     from mnist_cli.errors import MnistError
 
-    with _user_errors(quiet=quiet):
-        from mnist_cli import evaluation
+    with user_errors(quiet=quiet):
+        from mnist_cli.infer import evaluation
 
         for option, path in (("--errors", errors), ("--plot", plot)):
             if path is not None:
@@ -454,8 +396,8 @@ def export(
     """
     from mnist_cli import console
 
-    with _user_errors(quiet=quiet):
-        from mnist_cli import export as core
+    with user_errors(quiet=quiet):
+        from mnist_cli.train import export as core
 
         if out is None:
             out = EXPORT_INT8_FILE if quantize else EXPORT_FILE
@@ -512,10 +454,11 @@ def predict(
 
     Example: mnist predict digits/ img.png --top-k 3 --show
     """
-    from mnist_cli import console, prediction
+    from mnist_cli import console
+    from mnist_cli.infer import prediction
 
-    with _user_errors(quiet=quiet):
-        from mnist_cli.backends import open_model
+    with user_errors(quiet=quiet):
+        from mnist_cli.infer.backends import open_model
 
         model = open_model(model_file, backend=backend, device=device)
         console.show_model(model)
@@ -581,10 +524,10 @@ def serve(
     """
     from mnist_cli import console
 
-    with _user_errors(quiet=quiet):
-        from mnist_cli import server
-        from mnist_cli.backends import open_model
-        from mnist_cli.httpguard import Limits, allowed_hosts_for
+    with user_errors(quiet=quiet):
+        from mnist_cli.infer import server
+        from mnist_cli.infer.backends import open_model
+        from mnist_cli.infer.httpguard import Limits, allowed_hosts_for
 
         model = open_model(model_file, backend=backend, device=device)
         console.show_model(model)

@@ -12,15 +12,15 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from mnist_cli.backends import Backend
-    from mnist_cli.checkpoints import EpochRecord
     from mnist_cli.download import FileOutcome
     from mnist_cli.errors import MnistError
-    from mnist_cli.evaluation import Report
-    from mnist_cli.export import ExportResult
-    from mnist_cli.prediction import Prediction
-    from mnist_cli.recipes import TrainConfig
-    from mnist_cli.training import TrainResult
+    from mnist_cli.infer.backends import Backend
+    from mnist_cli.infer.evaluation import Report
+    from mnist_cli.infer.prediction import Prediction
+    from mnist_cli.train.checkpoints import EpochRecord
+    from mnist_cli.train.export import ExportResult
+    from mnist_cli.train.recipes import TrainConfig
+    from mnist_cli.train.training import TrainResult
 
 out = Console(highlight=False, emoji=False)  # results: tables and JSON
 err = Console(stderr=True, highlight=False, emoji=False)  # progress, notes and errors
@@ -211,7 +211,7 @@ class TrainProgress:
         start_step: int,
         steps: int,
     ) -> None:
-        from mnist_cli.recipes import describe_recipe
+        from mnist_cli.train.recipes import describe_recipe
 
         note(f"Training on {where}")
         for line in describe_recipe(config, device).splitlines():

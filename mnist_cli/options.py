@@ -8,6 +8,9 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
+# The installed package's own files: the bundled models, sample images, the serve page.
+PACKAGE_DIR = Path(__file__).resolve().parent
+
 # Where things go when no option says otherwise, relative to the working folder.
 DATA_DIR = Path("datafiles")  # (folder) MNIST, laid out as torchvision.datasets.MNIST reads it
 RUN_DIR = Path("params")  # (folder) train's last.pt, best.pt, history and config

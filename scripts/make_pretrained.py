@@ -13,11 +13,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mnist_cli.backends import BUNDLED_MODELS, BackendName
-from mnist_cli.evaluation import evaluate_model
-from mnist_cli.export import export_onnx
-from mnist_cli.recipes import default_config
-from mnist_cli.training import train
+from mnist_cli.infer.backends import BUNDLED_MODELS, BackendName
+from mnist_cli.infer.evaluation import evaluate_model
+from mnist_cli.train.export import export_onnx
+from mnist_cli.train.recipes import default_config
+from mnist_cli.train.training import train
 
 
 def main() -> None:

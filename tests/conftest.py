@@ -28,8 +28,8 @@ def data_dir(tmp_path: Path) -> Path:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A cnn trained briefly on the subset, shared by tests that only read it."""
     from mnist_cli.download import import_mnist
-    from mnist_cli.recipes import default_config
-    from mnist_cli.training import train
+    from mnist_cli.train.recipes import default_config
+    from mnist_cli.train.training import train
 
     root = tmp_path_factory.mktemp("trained")
     import_mnist(root / "datafiles", SUBSET, verify_md5=False)

@@ -3,14 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_cli.augmentation import (
+from mnist_cli.data import NORMALIZATION
+from mnist_cli.train.augmentation import (
     NOISE_COLUMNS,
     add_style_strokes,
     augment,
     random_affine,
     random_thickness,
 )
-from mnist_cli.data import NORMALIZATION
 
 BACKGROUND = -NORMALIZATION["mean"] / NORMALIZATION["std"]
 INK = (1 - NORMALIZATION["mean"]) / NORMALIZATION["std"]

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_cli.averaging import WeightAverage
-from mnist_cli.models import build_model
+from mnist_cli.train.averaging import WeightAverage
+from mnist_cli.train.models import build_model
 
 
 def test_the_average_moves_towards_the_network_by_its_weight():

@@ -16,11 +16,11 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
-from mnist_cli.backends import BackendMismatch, ModelError, open_model
-from mnist_cli.checkpoints import load_checkpoint
 from mnist_cli.cli import app
 from mnist_cli.data import load_split
-from mnist_cli.evaluation import evaluate_model
+from mnist_cli.infer.backends import BackendMismatch, ModelError, open_model
+from mnist_cli.infer.evaluation import evaluate_model
+from mnist_cli.train.checkpoints import load_checkpoint
 
 runner = CliRunner()
 
@@ -99,7 +99,7 @@ def test_a_plain_linear_onnx_file_is_accepted(tmp_path):
 @pytest.fixture(scope="module")
 def static_batch(trained, tmp_path_factory):
     """The trained model exported as a beginner would: torch.onnx.export with a batch of one."""
-    from mnist_cli.checkpoints import classifier_from_checkpoint
+    from mnist_cli.train.checkpoints import classifier_from_checkpoint
 
     path = tmp_path_factory.mktemp("static") / "static.onnx"
     classifier = classifier_from_checkpoint(load_checkpoint(trained["checkpoint"]))
@@ -190,7 +190,7 @@ def test_a_cpu_build_shadowing_the_gpu_build_is_named(monkeypatch, installed, pr
 
     import onnxruntime
 
-    from mnist_cli import backends
+    from mnist_cli.infer import backends
 
     def version(name):
         if name not in installed:
@@ -220,7 +220,7 @@ _CUDA_PROVIDER_PROBE = """
 import json
 import sys
 import onnxruntime
-from mnist_cli import backends
+from mnist_cli.infer import backends
 from mnist_cli.options import BackendName
 
 asked = []
@@ -315,7 +315,7 @@ def test_a_run_that_does_not_end_is_stopped_by_its_time_limit(tmp_path):
 
     import onnxruntime
 
-    from mnist_cli.backends import _interruptible
+    from mnist_cli.infer.backends import _interruptible
 
     session = onnxruntime.InferenceSession(str(_loop_file(tmp_path / "loop.onnx")))
     started = time.monotonic()
@@ -331,7 +331,7 @@ def test_ctrl_c_stops_a_run_within_a_second(tmp_path):
 
     code = (
         "import sys, numpy as np, onnxruntime\n"
-        "from mnist_cli.backends import _interruptible\n"
+        "from mnist_cli.infer.backends import _interruptible\n"
         "session = onnxruntime.InferenceSession(sys.argv[1])\n"
         "print('running', flush=True)\n"
         "try:\n"
@@ -368,7 +368,7 @@ def test_scores_that_go_wrong_later_refuse_the_model_not_the_image(tmp_path):
 def test_a_current_export_is_the_default_and_a_stale_one_is_named(
     trained, tmp_path, monkeypatch, fresh_python
 ):
-    from mnist_cli.export import export_onnx
+    from mnist_cli.train.export import export_onnx
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params").mkdir()
@@ -378,7 +378,7 @@ def test_a_current_export_is_the_default_and_a_stale_one_is_named(
     current = open_model()
     assert current.name == "onnxruntime" and current.path == "exported/model.onnx"
     assert current.note is None
-    _, imported = fresh_python("from mnist_cli.backends import open_model\nopen_model()")
+    _, imported = fresh_python("from mnist_cli.infer.backends import open_model\nopen_model()")
     assert imported == []  # the current export needs no torch
     best.write_bytes((trained["out_dir"] / "last.pt").read_bytes())  # trained on, not exported
     stale = open_model()

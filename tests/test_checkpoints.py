@@ -8,17 +8,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mnist_cli.backends import ModelError, open_model
-from mnist_cli.checkpoints import (
+from mnist_cli.cli import app
+from mnist_cli.errors import CheckpointError, OutputError
+from mnist_cli.infer.backends import ModelError, open_model
+from mnist_cli.train.checkpoints import (
     Checkpoint,
     TrainState,
     load_checkpoint,
     network_from_checkpoint,
     save_checkpoint,
 )
-from mnist_cli.cli import app
-from mnist_cli.errors import CheckpointError, OutputError
-from mnist_cli.models import Classifier, build_model, default_arguments
+from mnist_cli.train.models import Classifier, build_model, default_arguments
 
 runner = CliRunner()
 
@@ -192,7 +192,7 @@ def test_absurd_architecture_arguments_are_refused_without_allocating(
     message, grown_mib = memory_growth(
         "try:\n    open_model(sys.argv[1])\nexcept ModelError as error:\n    print(error.message)",
         path,
-        setup="import torch\nfrom mnist_cli.backends import open_model, ModelError",
+        setup="import torch\nfrom mnist_cli.infer.backends import open_model, ModelError",
     )
     assert "features.2.0.weight has shape (64, 32, 3, 3)" in message
     assert "need (60000, 32, 3, 3)" in message

@@ -18,9 +18,9 @@ import typer.main
 from PIL import Image
 from typer.testing import CliRunner
 
-from mnist_cli.backends import BUNDLED_MODELS
 from mnist_cli.cli import app
 from mnist_cli.data import load_split
+from mnist_cli.infer.backends import BUNDLED_MODELS
 
 runner = CliRunner()
 
@@ -184,7 +184,7 @@ def train_command(data_dir, out, *extra):
 
 
 def test_sigint_saves_last_pt_and_resume_ends_with_the_same_weights(data_dir, tmp_path):
-    from mnist_cli.checkpoints import load_checkpoint
+    from mnist_cli.train.checkpoints import load_checkpoint
 
     whole = subprocess.run(train_command(data_dir, tmp_path / "whole"), capture_output=True)
     assert whole.returncode == 0, whole.stderr
@@ -451,7 +451,7 @@ def test_training_says_what_it_does_in_short_lines_and_what_to_run_next(data_dir
 
 def test_a_resumed_run_says_where_it_resumes(capsys):
     from mnist_cli.console import TrainProgress
-    from mnist_cli.recipes import default_config
+    from mnist_cli.train.recipes import default_config
 
     with TrainProgress() as progress:
         progress.on_start(config=default_config("cnn"), device="cpu", where="cpu", start_epoch=2,
@@ -601,8 +601,8 @@ def test_the_bundled_model_works_without_params_and_says_so(trained, tmp_path, m
 def test_the_bundled_model_was_trained_with_the_current_cpu_recipe():
     from dataclasses import asdict
 
-    from mnist_cli.checkpoints import load_checkpoint
-    from mnist_cli.recipes import default_config
+    from mnist_cli.train.checkpoints import load_checkpoint
+    from mnist_cli.train.recipes import default_config
 
     # A recipe change must come with `python scripts/make_pretrained.py`, or the model is stale.
     options = load_checkpoint(BUNDLED_MODELS["torch"]).options
@@ -673,8 +673,8 @@ def test_show_draws_the_digit_the_model_saw(trained, tmp_path):
 
 
 def test_predicted_digit_pixels_are_kept_only_when_asked(trained, tmp_path):
-    from mnist_cli.backends import open_model
-    from mnist_cli.prediction import predict_paths
+    from mnist_cli.infer.backends import open_model
+    from mnist_cli.infer.prediction import predict_paths
 
     _digit_pngs(tmp_path, trained["data_dir"], 2)
     engine = open_model(trained["checkpoint"], device="cpu")

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_cli.checkpoints import load_checkpoint
-from mnist_cli.distributed import SOLO, Cluster
-from mnist_cli.evaluation import evaluate_model
-from mnist_cli.recipes import default_config
-from mnist_cli.training import train
+from mnist_cli.infer.evaluation import evaluate_model
+from mnist_cli.train.checkpoints import load_checkpoint
+from mnist_cli.train.distributed import SOLO, Cluster
+from mnist_cli.train.recipes import default_config
+from mnist_cli.train.training import train
 
 RUN = ["--validation-size", "500", "--batch-size", "64", "--device", "cpu", "--quiet"]
 
@@ -178,7 +178,7 @@ def test_bad_distributed_settings_are_usage_errors(
 
 
 def test_a_lost_peer_suggests_resume_only_when_there_is_a_last_pt(tmp_path):
-    from mnist_cli.training import peer_lost
+    from mnist_cli.train.training import peer_lost
 
     gone = RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer")
     fresh = peer_lost(gone, tmp_path)

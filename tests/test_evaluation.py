@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from mnist_cli.evaluation import build_report, evaluate_model, save_error_grid
+from mnist_cli.infer.evaluation import build_report, evaluate_model, save_error_grid
 
 
 def test_report_counts_from_logits():
@@ -35,8 +35,8 @@ def test_evaluate_and_save_the_errors(trained, tmp_path):
 
 
 def test_history_has_whole_epochs_and_accuracy_stops_at_100(trained):
-    from mnist_cli.checkpoints import load_checkpoint
-    from mnist_cli.plots import history_figure
+    from mnist_cli.train.checkpoints import load_checkpoint
+    from mnist_cli.train.plots import history_figure
 
     history = load_checkpoint(trained["out_dir"] / "last.pt").state.history
     for rows in (history[:1], history):

@@ -10,9 +10,9 @@ import onnxruntime
 import pytest
 import torch
 
-from mnist_cli.checkpoints import classifier_from_checkpoint, load_checkpoint
 from mnist_cli.errors import MnistError
-from mnist_cli.export import ExportError, export_onnx, sha256_of
+from mnist_cli.train.checkpoints import classifier_from_checkpoint, load_checkpoint
+from mnist_cli.train.export import ExportError, export_onnx, sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_random_images_when_no_data(trained, tmp_path):
 
 
 def test_mismatch_leaves_no_file(trained, tmp_path, monkeypatch):
-    import mnist_cli.export as export
+    import mnist_cli.train.export as export
 
     monkeypatch.setattr(
         export.OnnxBackend,
@@ -83,7 +83,7 @@ def test_old_opset_refused(trained, tmp_path):
 
 
 def test_int8_export_keeps_accuracy_and_is_smaller(exported, tmp_path, caplog):
-    from mnist_cli.evaluation import evaluate_model
+    from mnist_cli.infer.evaluation import evaluate_model
 
     result, trained = exported
     with caplog.at_level(logging.WARNING):
@@ -112,7 +112,7 @@ def test_int8_needs_training_images(trained, tmp_path):
 
 
 def test_onnx_is_evaluated_like_its_checkpoint(exported):
-    from mnist_cli.evaluation import evaluate_model
+    from mnist_cli.infer.evaluation import evaluate_model
 
     result, trained = exported
     from_onnx, wrong = evaluate_model(result.path, data_dir=trained["data_dir"], device="cpu")
@@ -133,7 +133,7 @@ def _invoke_export(*args):
 def test_a_nan_checkpoint_never_replaces_a_good_export(exported, tmp_path):
     import dataclasses
 
-    from mnist_cli.checkpoints import save_checkpoint
+    from mnist_cli.train.checkpoints import save_checkpoint
 
     result, trained = exported
     good = tmp_path / "model.onnx"
@@ -236,7 +236,7 @@ def test_a_checkpoint_that_fails_its_check_is_blamed_not_the_file_it_would_repla
 ):
     import dataclasses
 
-    from mnist_cli.checkpoints import save_checkpoint
+    from mnist_cli.train.checkpoints import save_checkpoint
 
     result, trained = exported
     good = tmp_path / "model.onnx"
@@ -266,7 +266,7 @@ def test_damaged_check_data_is_named_not_replaced_by_random_images(trained, tmp_
 
 
 def test_export_never_replaces_a_model_shipped_in_the_package(trained):
-    from mnist_cli.backends import BUNDLED_MODELS
+    from mnist_cli.infer.backends import BUNDLED_MODELS
 
     bundled = BUNDLED_MODELS["onnxruntime"]
     before = bundled.read_bytes()

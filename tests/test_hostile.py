@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from mnist_cli.checkpoints import load_checkpoint
+from mnist_cli.train.checkpoints import load_checkpoint
 
 SUBSET = Path(__file__).parent / "data" / "mnist-subset"
 
@@ -166,7 +166,7 @@ def work(trained, tmp_path_factory) -> Path:
     """A folder of good files (a run, its export, a scan) beside every hostile one."""
     import torch
 
-    from mnist_cli.export import export_onnx
+    from mnist_cli.train.export import export_onnx
 
     work = tmp_path_factory.mktemp("hostile")
     shutil.copytree(trained["data_dir"], work / "data")

@@ -6,7 +6,7 @@ import os
 
 from PIL import Image
 
-from mnist_cli.imagefiles import class_folders, expand_paths
+from mnist_cli.infer.imagefiles import class_folders, expand_paths
 
 
 def _png(path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_cli.prediction import SAMPLES
+from mnist_cli.infer.prediction import SAMPLES
 
 SAMPLE_DIGITS = {"drawn-7.png": 7, "handwritten-2.png": 2, "photo-4.jpg": 4}
 
@@ -63,8 +63,8 @@ def test_serve_reads_a_sample_with_the_bundled_model():
     pytest.importorskip("httpx")  # starlette's test client
     from starlette.testclient import TestClient
 
-    from mnist_cli.backends import open_model
-    from mnist_cli.server import create_app
+    from mnist_cli.infer.backends import open_model
+    from mnist_cli.infer.server import create_app
 
     client = TestClient(create_app(open_model()))
     body = (SAMPLES / "drawn-7.png").read_bytes()
@@ -91,11 +91,31 @@ def test_without_the_train_extra_one_line_says_how_to_get_it(args):
 
 def test_reading_digits_never_imports_the_train_extra(fresh_python):
     _, imported = fresh_python(
-        "from mnist_cli.backends import open_model\n"
-        "from mnist_cli.prediction import SAMPLES, predict_paths\n"
-        "from mnist_cli.server import create_app\n"
+        "from mnist_cli.infer.backends import open_model\n"
+        "from mnist_cli.infer.prediction import SAMPLES, predict_paths\n"
+        "from mnist_cli.infer.server import create_app\n"
         "create_app(open_model())\n"
         "list(predict_paths(open_model(), [str(SAMPLES)]))",
+        ("torch", "onnx", "matplotlib"),
+    )
+    assert imported == []
+
+
+def test_no_module_of_the_light_side_imports_the_train_extra(fresh_python):
+    # The light side: the package's top level and `infer/`, found by walking the folders so
+    # that a new module is checked too. `train/` may import torch; its `recipes` may not (the
+    # CLI's help shows the recipes' defaults).
+    _, imported = fresh_python(
+        "import importlib, pkgutil\n"
+        "import mnist_cli, mnist_cli.infer\n"
+        "names = ['mnist_cli.train.recipes']\n"
+        "for package in (mnist_cli, mnist_cli.infer):\n"
+        "    for found in pkgutil.iter_modules(package.__path__, package.__name__ + '.'):\n"
+        "        skip = found.name in ('mnist_cli.train', 'mnist_cli.__main__')  # runs the CLI\n"
+        "        names += [] if skip else [found.name]\n"
+        "assert {'mnist_cli.cli', 'mnist_cli.infer.server'} <= set(names), names\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n",
         ("torch", "onnx", "matplotlib"),
     )
     assert imported == []

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_cli.models import ModelSpecError, build_model, default_arguments
+from mnist_cli.train.models import ModelSpecError, build_model, default_arguments
 
 
 def test_fc_is_the_tutorial_net():

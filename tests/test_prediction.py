@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mnist_cli.backends import open_model
 from mnist_cli.cli import app
 from mnist_cli.data import load_split
 from mnist_cli.errors import MnistError
-from mnist_cli.export import export_onnx
-from mnist_cli.prediction import predict_paths
+from mnist_cli.infer.backends import open_model
+from mnist_cli.infer.prediction import predict_paths
+from mnist_cli.train.export import export_onnx
 
 runner = CliRunner()
 
@@ -236,7 +236,7 @@ def test_a_large_rgba_canvas_is_reduced_before_it_becomes_arrays(tmp_path, memor
     _, grown_mib = memory_growth(
         "load_digit(sys.argv[1])",
         tmp_path / "big.png",
-        setup="from mnist_cli.preprocessing import load_digit",
+        setup="from mnist_cli.infer.preprocessing import load_digit",
     )
     assert grown_mib < 600  # was 1.8 GB; the decoded canvas alone is 196 MB
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 from PIL import Image, ImageDraw
 
-from mnist_cli.preprocessing import (
+from mnist_cli.infer.preprocessing import (
     ImageError,
     digit_from_array,
     load_digit,
@@ -110,7 +110,7 @@ def test_raw_takes_mnist_style_images_as_they_are(tmp_path):
 
 
 def test_huge_canvas_refused_before_decoding(tmp_path, monkeypatch):
-    import mnist_cli.preprocessing as preprocessing
+    import mnist_cli.infer.preprocessing as preprocessing
 
     Image.new("L", (200, 200)).save(tmp_path / "wide.png")
     monkeypatch.setattr(preprocessing, "MAX_PIXELS", 100 * 100)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_cli.recipes import default_config, describe_recipe
+from mnist_cli.train.recipes import default_config, describe_recipe
 
 
 def test_recipes_and_overrides():

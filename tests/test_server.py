@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from mnist_cli.backends import open_model
 from mnist_cli.data import load_split
-from mnist_cli.export import export_onnx
-from mnist_cli.httpguard import LOOPBACK_HOSTS, Limits
-from mnist_cli.prediction import SAMPLES
-from mnist_cli.server import create_app, listen, uvicorn_server
+from mnist_cli.infer.backends import open_model
+from mnist_cli.infer.httpguard import LOOPBACK_HOSTS, Limits
+from mnist_cli.infer.prediction import SAMPLES
+from mnist_cli.infer.server import create_app, listen, uvicorn_server
+from mnist_cli.train.export import export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +192,8 @@ def test_no_route_reads_a_file_named_by_the_client(served):
 def test_serving_onnx_never_imports_torch(served, fresh_python):
     _, _, _, path = served
     _, imported = fresh_python(
-        "from mnist_cli.backends import open_model\n"
-        "from mnist_cli.server import create_app\n"
+        "from mnist_cli.infer.backends import open_model\n"
+        "from mnist_cli.infer.server import create_app\n"
         f"create_app(open_model({str(path)!r}))"
     )
     assert imported == []
@@ -385,7 +385,7 @@ def test_a_page_of_the_same_origin_may_post(live, served):
 
 
 def test_allowed_hosts_follow_the_address_bound():
-    from mnist_cli.httpguard import allowed_hosts_for
+    from mnist_cli.infer.httpguard import allowed_hosts_for
 
     assert allowed_hosts_for("127.0.0.1") == list(LOOPBACK_HOSTS)
     assert allowed_hosts_for("::1") == list(LOOPBACK_HOSTS)
@@ -457,7 +457,7 @@ class _Broken:
         return getattr(self.inner, name)
 
     def probabilities(self, images):
-        from mnist_cli.backends import ModelError
+        from mnist_cli.infer.backends import ModelError
 
         raise ModelError("m.onnx: gave NaN, infinite or absurd scores; refused")
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mnist_cli.checkpoints import load_checkpoint
 from mnist_cli.cli import app
 from mnist_cli.errors import CheckpointError, OutputError, TrainingInterrupted
-from mnist_cli.evaluation import evaluate_model
-from mnist_cli.recipes import default_config
-from mnist_cli.step import one_cycle_lr
-from mnist_cli.training import TrainCallback, train
+from mnist_cli.infer.evaluation import evaluate_model
+from mnist_cli.train.checkpoints import load_checkpoint
+from mnist_cli.train.recipes import default_config
+from mnist_cli.train.step import one_cycle_lr
+from mnist_cli.train.training import TrainCallback, train
 
 runner = CliRunner()
 
@@ -118,9 +118,9 @@ def test_best_pt_holds_the_average_and_last_pt_also_the_raw_weights(trained):
     # The saved validation scores are the average's: score it again from the file. (The loss
     # tells the two apart; accuracy on 500 images often does not. One image of margin for
     # rounding, which differs between CPUs.)
-    from mnist_cli.checkpoints import network_from_checkpoint
     from mnist_cli.data import load_split, split_train_validation
-    from mnist_cli.step import normalize
+    from mnist_cli.train.checkpoints import network_from_checkpoint
+    from mnist_cli.train.step import normalize
 
     held = split_train_validation(load_split(trained["data_dir"], "train"), 500, 0)[1]
     labels = torch.from_numpy(held.labels)
@@ -205,7 +205,7 @@ def test_a_failed_run_leaves_no_empty_out_folder(tmp_path):
 
 
 def test_the_fused_optimizer_path_trains(data_dir, tmp_path):
-    from mnist_cli.acceleration import Acceleration
+    from mnist_cli.train.acceleration import Acceleration
 
     fused = Acceleration(channels_last=True, compile=False, fused_optimizer=True)
     result = train(
@@ -326,7 +326,7 @@ def test_augmentation_values_out_of_range_are_refused(override, fragment):
 
 
 def test_the_first_epoch_is_plain_and_augmentation_starts_after_it(data_dir, tmp_path, monkeypatch):
-    import mnist_cli.step as step
+    import mnist_cli.train.step as step
 
     calls: list[int] = []
     real = step.augment
@@ -348,8 +348,8 @@ def test_the_first_epoch_is_plain_and_augmentation_starts_after_it(data_dir, tmp
 
 def _resumed_into(optimizer: torch.optim.Optimizer, saved: dict) -> torch.optim.Optimizer:
     """`optimizer` after --resume restored the optimiser state `saved` into it."""
-    from mnist_cli.checkpoints import Checkpoint, TrainState
-    from mnist_cli.resume import restore_optimizer
+    from mnist_cli.train.checkpoints import Checkpoint, TrainState
+    from mnist_cli.train.resume import restore_optimizer
 
     checkpoint = Checkpoint(
         architecture="fc",
@@ -400,7 +400,7 @@ def test_resume_crosses_between_fused_and_looped_adamw(saved_fused, running_fuse
 
 
 def test_graph_warmup_leaves_weights_and_optimiser_state_as_they_were():
-    from mnist_cli.cudagraph import untouched
+    from mnist_cli.train.cudagraph import untouched
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)

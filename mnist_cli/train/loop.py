@@ -11,28 +11,28 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mnist_cli import distributed, runfolder
-from mnist_cli.acceleration import Acceleration
-from mnist_cli.augmentation import NOISE_COLUMNS
-from mnist_cli.averaging import WeightAverage
-from mnist_cli.checkpoints import (
+from mnist_cli.data import Split, load_split, split_train_validation
+from mnist_cli.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
+from mnist_cli.train import distributed, runfolder
+from mnist_cli.train.acceleration import Acceleration
+from mnist_cli.train.augmentation import NOISE_COLUMNS
+from mnist_cli.train.averaging import WeightAverage
+from mnist_cli.train.checkpoints import (
     Checkpoint,
     EpochRecord,
     TrainState,
     network_from_checkpoint,
     save_checkpoint,
 )
-from mnist_cli.cudagraph import GraphedStep
-from mnist_cli.data import Split, load_split, split_train_validation
-from mnist_cli.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
-from mnist_cli.models import build_model, default_arguments
-from mnist_cli.recipes import TrainConfig
-from mnist_cli.resume import FRESH_START, restore_optimizer
-from mnist_cli.step import batch_loss, batch_order, normalize, one_cycle_lr
-from mnist_cli.stopping import StopFlag
+from mnist_cli.train.cudagraph import GraphedStep
+from mnist_cli.train.models import build_model, default_arguments
+from mnist_cli.train.recipes import TrainConfig
+from mnist_cli.train.resume import FRESH_START, restore_optimizer
+from mnist_cli.train.step import batch_loss, batch_order, normalize, one_cycle_lr
+from mnist_cli.train.stopping import StopFlag
 
 if TYPE_CHECKING:
-    from mnist_cli.training import TrainCallback
+    from mnist_cli.train.training import TrainCallback
 
 # Steps between progress callbacks: reading the loss makes the host wait for a GPU.
 _REPORT_EVERY = {"cpu": 10, "cuda": 50}

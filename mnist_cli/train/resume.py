@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from mnist_cli.checkpoints import Checkpoint, TrainState, load_checkpoint
 from mnist_cli.errors import CheckpointError, first_line
-from mnist_cli.recipes import TrainConfig, check_config
+from mnist_cli.train.checkpoints import Checkpoint, TrainState, load_checkpoint
+from mnist_cli.train.recipes import TrainConfig, check_config
 
 
 def resume_point(last_path: Path) -> Checkpoint:

@@ -27,17 +27,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from mnist_cli import __version__
-from mnist_cli.backends import Backend
 from mnist_cli.errors import MnistError, OptionError
-from mnist_cli.httpguard import (
+from mnist_cli.infer.backends import Backend
+from mnist_cli.infer.httpguard import (
     Limits,
     RequestError,
     SameOrigin,
     header_timeout_protocol,
     read_uploads,
 )
-from mnist_cli.prediction import Prediction, read
-from mnist_cli.preprocessing import ImageError, PixelBudget, digit_from_bytes
+from mnist_cli.infer.prediction import Prediction, read
+from mnist_cli.infer.preprocessing import ImageError, PixelBudget, digit_from_bytes
 
 
 class Metrics:

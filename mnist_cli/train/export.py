@@ -13,15 +13,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnist_cli import __version__
-from mnist_cli.backends import (
-    MAX_MODEL_BYTES,
-    PRETRAINED_DIR,
-    BackendName,
-    OnnxBackend,
-    TorchBackend,
-    detect_backend,
-)
-from mnist_cli.checkpoints import load_checkpoint
 from mnist_cli.errors import MnistError, OptionError
 from mnist_cli.files import (
     ONNX_FILE,
@@ -30,10 +21,19 @@ from mnist_cli.files import (
     describe_bytes,
     real_target,
 )
+from mnist_cli.infer.backends import (
+    MAX_MODEL_BYTES,
+    PRETRAINED_DIR,
+    BackendName,
+    OnnxBackend,
+    TorchBackend,
+    detect_backend,
+)
 from mnist_cli.options import DATA_DIR, Quantization
+from mnist_cli.train.checkpoints import load_checkpoint
 
 if TYPE_CHECKING:
-    from mnist_cli.checkpoints import Checkpoint
+    from mnist_cli.train.checkpoints import Checkpoint
 
 CALIBRATION_IMAGES = 1000  # training images that set the int8 activation ranges
 MIN_INT8_AGREEMENT = 0.99  # share of check images on which int8 and float must agree
@@ -179,7 +179,7 @@ def _check_target(out: Path, checkpoint: Path, *, overwrite: bool) -> Path:
 
 def _written_by_us(path: Path) -> bool:
     """An ONNX file that `mnist export` stamped: the source checkpoint's hash and our version."""
-    from mnist_cli.onnxgraph import GraphReadError, metadata
+    from mnist_cli.infer.onnxgraph import GraphReadError, metadata
 
     if path.stat().st_size > MAX_MODEL_BYTES:
         return False

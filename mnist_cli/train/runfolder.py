@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 from mnist_cli import __version__
-from mnist_cli.checkpoints import Checkpoint, EpochRecord, checkpoint_writer
 from mnist_cli.data import CLASS_LABELS, NORMALIZATION
 from mnist_cli.errors import OutputError
 from mnist_cli.files import Writer, atomic_write_all
-from mnist_cli.recipes import CONFIG_FILE, config_toml
+from mnist_cli.train.checkpoints import Checkpoint, EpochRecord, checkpoint_writer
+from mnist_cli.train.recipes import CONFIG_FILE, config_toml
 
 if TYPE_CHECKING:
-    from mnist_cli.loop import Run
+    from mnist_cli.train.loop import Run
 
 
 OUTPUTS = ("last.pt", "best.pt", "history.csv", "history.png", CONFIG_FILE)
@@ -54,7 +54,7 @@ def save_epoch(run: Run, record: EpochRecord, *, improved: bool) -> None:
 
 def save_curves(run: Run) -> None:
     """history.png, its training loss labelled with what the recipe adds to it."""
-    from mnist_cli.plots import save_history_plot
+    from mnist_cli.train.plots import save_history_plot
 
     config = run.config
     shown = [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []

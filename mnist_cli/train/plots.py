@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mnist_cli.files import atomic_write
 
 if TYPE_CHECKING:
-    from mnist_cli.checkpoints import EpochRecord
+    from mnist_cli.train.checkpoints import EpochRecord
 
 
 def _pyplot() -> Any:

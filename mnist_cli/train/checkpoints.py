@@ -20,7 +20,7 @@ from torch import nn
 from mnist_cli.data import CLASS_LABELS
 from mnist_cli.errors import CheckpointError, first_line
 from mnist_cli.files import TORCH_FILE, Writer, atomic_write, describe_bytes
-from mnist_cli.models import (
+from mnist_cli.train.models import (
     Classifier,
     ModelSpecError,
     build_model,

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mnist_cli.augmentation import augment
 from mnist_cli.data import BLANK_PIXEL, INK_PIXEL, NORMALIZATION
-from mnist_cli.recipes import TrainConfig
+from mnist_cli.train.augmentation import augment
+from mnist_cli.train.recipes import TrainConfig
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

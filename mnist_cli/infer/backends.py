@@ -16,17 +16,17 @@ from mnist_cli.data import CLASS_LABELS
 from mnist_cli.devices import check_device_name
 from mnist_cli.errors import DeviceError, MnistError, first_line
 from mnist_cli.files import MISSING, ONNX_FILE, TORCH_FILE, describe_bytes, path_problem
-from mnist_cli.onnxgraph import GraphReadError, control_flow, metadata
-from mnist_cli.options import EXPORT_FILE, RUN_DIR, BackendName
+from mnist_cli.infer.onnxgraph import GraphReadError, control_flow, metadata
+from mnist_cli.options import EXPORT_FILE, PACKAGE_DIR, RUN_DIR, BackendName
 
 if TYPE_CHECKING:
-    from mnist_cli.checkpoints import Checkpoint
+    from mnist_cli.train.checkpoints import Checkpoint
 
 IMAGE_SHAPE = (1, 28, 28)
 MAX_MODEL_BYTES = 256 << 20  # a digit model is ~100 KB; anything this large is not one
 _CHUNK = 1000  # images per call when the model takes any batch size
 MAX_SCORE = 1e4  # a digit model's logits stay within tens; beyond this a file is broken
-SAMPLE_DIGITS = Path(__file__).resolve().parent / "samples" / "digits.npy"  # MNIST test 0-9
+SAMPLE_DIGITS = PACKAGE_DIR / "samples" / "digits.npy"  # MNIST test 0-9
 DRY_RUN_SECONDS = 10.0  # a digit model answers 11 images in milliseconds
 
 
@@ -35,7 +35,7 @@ DEFAULT_MODELS = {
     BackendName.onnxruntime: EXPORT_FILE,
 }
 # The default cnn, trained and exported by scripts/make_pretrained.py, shipped in the package.
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+PRETRAINED_DIR = PACKAGE_DIR / "pretrained"
 BUNDLED_MODELS = {
     BackendName.torch: PRETRAINED_DIR / "cnn.pt",
     BackendName.onnxruntime: PRETRAINED_DIR / "cnn.onnx",
@@ -187,8 +187,8 @@ def open_model(
     if kind is BackendName.onnxruntime:
         opened: Backend = OnnxBackend(str(path), str(path), device)
     else:
-        from mnist_cli.checkpoints import load_checkpoint
         from mnist_cli.errors import CheckpointError
+        from mnist_cli.train.checkpoints import load_checkpoint
 
         try:
             checkpoint = load_checkpoint(path)
@@ -432,7 +432,7 @@ class TorchBackend(Backend):
 
         self.path, self.checkpoint = path, checkpoint
         self.device = resolve_device(device)
-        from mnist_cli.checkpoints import classifier_from_checkpoint
+        from mnist_cli.train.checkpoints import classifier_from_checkpoint
 
         self.module = classifier_from_checkpoint(checkpoint).to(self.device)
         self.provider = str(self.device)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from mnist_cli.backends import Backend
-from mnist_cli.imagefiles import expand_paths
-from mnist_cli.preprocessing import ImageError, load_digit
+from mnist_cli.infer.backends import Backend
+from mnist_cli.infer.imagefiles import expand_paths
+from mnist_cli.infer.preprocessing import ImageError, load_digit
+from mnist_cli.options import PACKAGE_DIR
 
 # A drawing, a photo and a stranger's handwriting: what `mnist predict` reads when given nothing.
-SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLES = PACKAGE_DIR / "samples"
 
 
 @dataclass

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from mnist_cli.backends import Backend, BackendName, log_softmax, open_model, softmax
 from mnist_cli.data import CLASS_LABELS, Split, load_split
 from mnist_cli.errors import DataError
 from mnist_cli.files import atomic_write, check_writable
+from mnist_cli.infer.backends import Backend, BackendName, log_softmax, open_model, softmax
 from mnist_cli.options import DATA_DIR
 
 
@@ -107,8 +107,8 @@ class LabelledImages:
 
 def load_image_folder(folder: Path | str) -> LabelledImages:
     """The user's own digits: FOLDER/0/ ... FOLDER/9/ of image files, preprocessed as `predict`."""
-    from mnist_cli.imagefiles import class_folders
-    from mnist_cli.preprocessing import ImageError, load_digit
+    from mnist_cli.infer.imagefiles import class_folders
+    from mnist_cli.infer.preprocessing import ImageError, load_digit
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -171,7 +171,7 @@ def evaluate_model(
 
 
 def save_confusion_plot(report: Report, path: Path) -> Path:
-    from mnist_cli.plots import save_confusion_plot as draw
+    from mnist_cli.train.plots import save_confusion_plot as draw
 
     title = f"{Path(report.model).name}: accuracy {report.accuracy:.2%} on {report.images}"
     return draw(report.confusion, [c.label for c in report.classes], path, title=title)

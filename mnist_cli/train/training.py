@@ -6,17 +6,17 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from mnist_cli import distributed, runfolder
-from mnist_cli.acceleration import Acceleration, default_acceleration
-from mnist_cli.checkpoints import EpochRecord
 from mnist_cli.devices import resolve_device
 from mnist_cli.errors import OptionError
 from mnist_cli.files import check_writable, exclusive_folder
-from mnist_cli.loop import Run
 from mnist_cli.options import DATA_DIR, RUN_DIR
-from mnist_cli.recipes import TrainConfig, default_config
-from mnist_cli.resume import resume_point, saved_config
-from mnist_cli.stopping import StopFlag
+from mnist_cli.train import distributed, runfolder
+from mnist_cli.train.acceleration import Acceleration, default_acceleration
+from mnist_cli.train.checkpoints import EpochRecord
+from mnist_cli.train.loop import Run
+from mnist_cli.train.recipes import TrainConfig, default_config
+from mnist_cli.train.resume import resume_point, saved_config
+from mnist_cli.train.stopping import StopFlag
 
 
 @dataclass

@@ -1,0 +1,55 @@
+"""How a command ends when something fails: one line and an exit code, never a traceback."""
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import typer
+
+# What `pip install "mnist-cli[train]"` adds: training, export, .pt models, the run's pictures.
+TRAIN_EXTRA = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib"}
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
+
+
+@contextmanager
+def user_errors(*, quiet: bool = False) -> Iterator[None]:
+    """Turn the core's errors into a message and an exit code instead of a traceback."""
+    from mnist_cli import console
+    from mnist_cli.errors import MnistError
+
+    console.set_quiet(quiet)
+    try:
+        yield
+    except MnistError as error:
+        console.print_error(error)
+        raise typer.Exit(code=error.exit_code) from None
+    except KeyboardInterrupt:
+        console.err.print("Interrupted.")
+        raise typer.Exit(code=EXIT_INTERRUPTED) from None
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").partition(".")[0]
+        if missing not in TRAIN_EXTRA:
+            raise
+        console.print_error(
+            MnistError(
+                f"{missing} is not installed: training, export, .pt models and pictures "
+                "(--plot) need the train extra",
+                hint='pip install "mnist-cli[train]" (from a clone: pip install -e ".[train]")',
+            )
+        )
+        raise typer.Exit(code=1) from None
+    except BrokenPipeError:  # the reader went away (`| head -1`): stop quietly
+        _silence_stdout()
+        raise typer.Exit(code=EXIT_BROKEN_PIPE) from None
+    except OSError as error:  # a file or folder the core could not read or write
+        where = f": {error.filename}" if error.filename else ""
+        console.print_error(MnistError(f"{error.strerror or error}{where}"))
+        raise typer.Exit(code=1) from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    with suppress(OSError, ValueError, AttributeError):  # no real descriptor under test runners
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
