@@ -42,6 +42,28 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained cnn's ONNX export, shared by tests that only read it."""
+    from mnist_cli.train.export import export_onnx
+
+    path = tmp_path_factory.mktemp("exported") / "model.onnx"
+    export_onnx(trained["checkpoint"], path, data_dir=trained["data_dir"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def brief():
+    """`brief(**changes)`: the cnn's CPU recipe cut to one epoch and 500 validation images, the
+    run a test trains when it needs one of its own."""
+    from mnist_cli.train.recipes import default_config
+
+    def config(**changes: object):
+        return default_config("cnn", "cpu", **{"epochs": 1, "validation_size": 500, **changes})
+
+    return config
+
+
 _MEASURED = """
 import sys
 def hwm():  # peak resident memory of this process in MiB (VmHWM starts afresh at exec)

@@ -15,17 +15,15 @@ from mnist_cli.data import load_split
 from mnist_cli.errors import MnistError
 from mnist_cli.infer.backends import open_model
 from mnist_cli.infer.prediction import predict_paths
-from mnist_cli.train.export import export_onnx
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def models(trained, tmp_path_factory):
+def models(trained, exported, tmp_path_factory):
     """The trained checkpoint, its ONNX export and 20 real test digits as inverted PNG 'scans'."""
     root = tmp_path_factory.mktemp("predict")
-    onnx_path = root / "model.onnx"
-    export_onnx(trained["checkpoint"], onnx_path, data_dir=trained["data_dir"])
+    onnx_path = exported
     test = load_split(trained["data_dir"], "test")
     images = root / "images"
     (images / "nested").mkdir(parents=True)

@@ -19,13 +19,11 @@ from mnist_cli.infer.backends import open_model
 from mnist_cli.infer.httpguard import LOOPBACK_HOSTS, Limits
 from mnist_cli.infer.prediction import SAMPLES
 from mnist_cli.infer.server import create_app, listen, uvicorn_server
-from mnist_cli.train.export import export_onnx
 
 
 @pytest.fixture(scope="module")
-def served(trained, tmp_path_factory):
-    path = tmp_path_factory.mktemp("serve") / "model.onnx"
-    export_onnx(trained["checkpoint"], path, data_dir=trained["data_dir"])
+def served(trained, exported):
+    path = exported
     app = create_app(open_model(path), Limits(max_upload=200_000, max_images=4, read_timeout=2))
     test = load_split(trained["data_dir"], "test")
     pngs = []

@@ -20,8 +20,6 @@ from mnist_cli.train.training import TrainCallback, train
 
 runner = CliRunner()
 
-TINY = {"epochs": 2, "validation_size": 500, "batch_size": 128}
-
 
 def test_one_cycle_rises_then_decays_to_zero():
     lrs = [one_cycle_lr(step, 100, 1.0, 0.25) for step in range(101)]
@@ -62,15 +60,15 @@ class UsesTheGlobalRng(TrainCallback):
         torch.rand(100)  # as a callback building a model would
 
 
-def test_same_seed_same_weights(data_dir, tmp_path):
-    config = default_config("cnn", **TINY)
+def test_same_seed_same_weights(data_dir, tmp_path, brief):
+    config = brief(epochs=2)
     train(config, data_dir=data_dir, out_dir=tmp_path / "a", device="cpu")
     train(
         config, data_dir=data_dir, out_dir=tmp_path / "b", device="cpu", callback=UsesTheGlobalRng()
     )
     assert _same(_weights(tmp_path / "a/last.pt"), _weights(tmp_path / "b/last.pt"))
     train(
-        default_config("cnn", seed=1, **TINY),
+        brief(epochs=2, seed=1),
         data_dir=data_dir,
         out_dir=tmp_path / "c",
         device="cpu",
@@ -89,8 +87,8 @@ class InterruptAt(TrainCallback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_saves_and_resume_gives_the_same_weights(data_dir, tmp_path):
-    config = default_config("cnn", **TINY)
+def test_ctrl_c_saves_and_resume_gives_the_same_weights(data_dir, tmp_path, brief):
+    config = brief(epochs=2)
     train(config, data_dir=data_dir, out_dir=tmp_path / "whole", device="cpu")
     with pytest.raises(TrainingInterrupted) as caught:
         train(
@@ -132,18 +130,18 @@ def test_best_pt_holds_the_average_and_last_pt_also_the_raw_weights(trained):
     assert accuracy == pytest.approx(last.val_accuracy, abs=1.01 / 500)
 
 
-def test_without_a_weight_average_the_raw_weights_are_saved(data_dir, tmp_path):
-    config = default_config("cnn", weight_average=0.0, epochs=1, validation_size=500)
+def test_without_a_weight_average_the_raw_weights_are_saved(data_dir, tmp_path, brief):
+    config = brief(weight_average=0.0)
     train(config, data_dir=data_dir, out_dir=tmp_path, device="cpu")
     last = load_checkpoint(tmp_path / "last.pt")
     assert last.resumable and last.training_weights is None
 
 
-def test_out_that_is_a_file_fails_before_training(data_dir, tmp_path):
+def test_out_that_is_a_file_fails_before_training(data_dir, tmp_path, brief):
     (tmp_path / "taken").write_text("")
     with pytest.raises(OutputError, match="is a file"):
         train(
-            default_config("cnn", **TINY),
+            brief(epochs=2),
             data_dir=data_dir,
             out_dir=tmp_path / "taken",
             device="cpu",
@@ -160,7 +158,7 @@ time.sleep(30)
 """
 
 
-def test_a_running_train_holds_the_out_folder(data_dir, tmp_path):
+def test_a_running_train_holds_the_out_folder(data_dir, tmp_path, brief):
     out = tmp_path / "params"
     out.mkdir()
     holder = subprocess.Popen(
@@ -169,13 +167,13 @@ def test_a_running_train_holds_the_out_folder(data_dir, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(OutputError, match=f"another `mnist train` \\(process {holder.pid}\\)"):
-            train(default_config("cnn", **TINY), data_dir=data_dir, out_dir=out, device="cpu")
+            train(brief(epochs=2), data_dir=data_dir, out_dir=out, device="cpu")
     finally:
         holder.kill()
         holder.wait()
     # The holder died: the kernel freed its lock, so the folder is free again.
     result = train(
-        default_config("cnn", epochs=1, validation_size=500),
+        brief(),
         data_dir=data_dir,
         out_dir=out,
         device="cpu",
@@ -183,12 +181,12 @@ def test_a_running_train_holds_the_out_folder(data_dir, tmp_path):
     assert result.best_path.is_file() and not (out / ".lock").exists()
 
 
-def test_a_stale_lock_naming_a_live_unrelated_process_does_not_block(data_dir, tmp_path):
+def test_a_stale_lock_naming_a_live_unrelated_process_does_not_block(data_dir, tmp_path, brief):
     out = tmp_path / "params"
     out.mkdir()
     (out / ".lock").write_text(str(os.getppid()))  # alive, but holds no lock
     result = train(
-        default_config("cnn", epochs=1, validation_size=500),
+        brief(),
         data_dir=data_dir,
         out_dir=out,
         device="cpu",
@@ -196,20 +194,20 @@ def test_a_stale_lock_naming_a_live_unrelated_process_does_not_block(data_dir, t
     assert result.best_path.is_file()
 
 
-def test_a_failed_run_leaves_no_empty_out_folder(tmp_path):
+def test_a_failed_run_leaves_no_empty_out_folder(tmp_path, brief):
     from mnist_cli.errors import DataError
 
     with pytest.raises(DataError):
-        train(default_config("cnn", **TINY), data_dir=tmp_path / "none", out_dir=tmp_path / "new")
+        train(brief(epochs=2), data_dir=tmp_path / "none", out_dir=tmp_path / "new")
     assert not (tmp_path / "new").exists()
 
 
-def test_the_fused_optimizer_path_trains(data_dir, tmp_path):
+def test_the_fused_optimizer_path_trains(data_dir, tmp_path, brief):
     from mnist_cli.train.acceleration import Acceleration
 
     fused = Acceleration(channels_last=True, compile=False, fused_optimizer=True)
     result = train(
-        default_config("cnn", epochs=1, validation_size=500),
+        brief(),
         data_dir=data_dir,
         out_dir=tmp_path,
         device="cpu",
@@ -220,11 +218,11 @@ def test_the_fused_optimizer_path_trains(data_dir, tmp_path):
     assert saved.options["acceleration"]["fused_optimizer"] is True
 
 
-def test_a_diverging_run_stops_and_keeps_the_good_best_pt(data_dir, tmp_path):
+def test_a_diverging_run_stops_and_keeps_the_good_best_pt(data_dir, tmp_path, brief):
     from mnist_cli.errors import TrainingDiverged
 
     out = tmp_path / "params"
-    train(default_config("cnn", epochs=1, validation_size=500), data_dir=data_dir, out_dir=out)
+    train(brief(), data_dir=data_dir, out_dir=out)
     before = {name: (out / name).read_bytes() for name in ("best.pt", "last.pt")}
     with pytest.raises(TrainingDiverged) as caught:
         train(
@@ -238,9 +236,9 @@ def test_a_diverging_run_stops_and_keeps_the_good_best_pt(data_dir, tmp_path):
     assert {name: (out / name).read_bytes() for name in before} == before
 
 
-def test_a_new_run_refuses_an_out_that_holds_one(data_dir, tmp_path):
+def test_a_new_run_refuses_an_out_that_holds_one(data_dir, tmp_path, brief):
     out = tmp_path / "params"
-    config = default_config("cnn", epochs=1, validation_size=500)
+    config = brief()
     train(config, data_dir=data_dir, out_dir=out)
     before = (out / "best.pt").read_bytes()
     with pytest.raises(OutputError, match="already holds a run") as caught:
@@ -252,7 +250,7 @@ def test_a_new_run_refuses_an_out_that_holds_one(data_dir, tmp_path):
     with pytest.raises(OptionError):
         train(None, data_dir=data_dir, out_dir=out, resume=True, overwrite=True)
     train(
-        default_config("cnn", epochs=1, validation_size=500, seed=3),
+        brief(seed=3),
         data_dir=data_dir,
         out_dir=out,
         overwrite=True,
@@ -292,9 +290,9 @@ def test_sigterm_saves_last_pt_and_exits_143(data_dir, tmp_path):
     assert load_checkpoint(out / "last.pt").state.epoch >= 1
 
 
-def test_a_full_disk_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypatch):
+def test_a_full_disk_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypatch, brief):
     out = tmp_path / "params"
-    config = default_config("cnn", epochs=1, validation_size=500)
+    config = brief()
     train(config, data_dir=data_dir, out_dir=out)
     before = (out / "last.pt").read_bytes()
 
@@ -325,25 +323,17 @@ def test_augmentation_values_out_of_range_are_refused(override, fragment):
         default_config("cnn", **override)
 
 
-def test_the_first_epoch_is_plain_and_augmentation_starts_after_it(data_dir, tmp_path, monkeypatch):
-    import mnist_cli.train.step as step
+def test_the_first_epoch_is_plain_and_augmentation_starts_after_it(data_dir, tmp_path, brief):
+    def history(**changes):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        return train(brief(**changes), data_dir=data_dir, out_dir=out, device="cpu").history
 
-    calls: list[int] = []
-    real = step.augment
-
-    def counting(images, *args, **kwargs):
-        calls.append(len(images))
-        return real(images, *args, **kwargs)
-
-    monkeypatch.setattr(step, "augment", counting)  # what each step's loss augments with
-    config = default_config("cnn", **TINY)
-    steps = -(-(4000 - 500) // TINY["batch_size"])
-    train(config, data_dir=data_dir, out_dir=tmp_path, device="cpu")
-    assert len(calls) == steps  # the second epoch only
-    calls.clear()
-    plain = default_config("cnn", **TINY, plain_epochs=0)
-    train(plain, data_dir=data_dir, out_dir=tmp_path / "all", device="cpu")
-    assert len(calls) == 2 * steps
+    never = history(epochs=2, augment=False)
+    after_one = history(epochs=2)  # the recipe: plain_epochs=1
+    from_start = history(epochs=1, plain_epochs=0)
+    assert after_one[0].val_loss == never[0].val_loss  # epoch 1: the same steps exactly
+    assert after_one[1].val_loss != never[1].val_loss  # epoch 2: augmented
+    assert from_start[0].val_loss != never[0].val_loss
 
 
 def _resumed_into(optimizer: torch.optim.Optimizer, saved: dict) -> torch.optim.Optimizer:
@@ -425,7 +415,7 @@ def _old_run(trained, folder):
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_overwrite_stopped_in_its_first_epoch_leaves_the_old_run_whole(
-    trained, tmp_path, sig, code
+    trained, tmp_path, sig, code, brief
 ):
     out = tmp_path / "run"
     before = _old_run(trained, out)
@@ -435,7 +425,7 @@ def test_overwrite_stopped_in_its_first_epoch_leaves_the_old_run_whole(
             if step == 10:
                 os.kill(os.getpid(), sig)
 
-    config = default_config("cnn", **TINY)
+    config = brief(epochs=2)
     with pytest.raises(TrainingInterrupted) as caught:
         train(config, data_dir=trained["data_dir"], out_dir=out, overwrite=True, callback=StopAt())
     assert caught.value.exit_code == code
@@ -444,7 +434,7 @@ def test_overwrite_stopped_in_its_first_epoch_leaves_the_old_run_whole(
     assert after == before
 
 
-def test_a_write_failing_mid_set_leaves_every_file_as_it_was(trained, tmp_path, monkeypatch):
+def test_a_write_failing_mid_set_leaves_every_file_as_it_was(trained, tmp_path, monkeypatch, brief):
     out = tmp_path / "run"
     before = _old_run(trained, out)
     real_save, calls = torch.save, []
@@ -456,7 +446,7 @@ def test_a_write_failing_mid_set_leaves_every_file_as_it_was(trained, tmp_path, 
         real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", second_fails)
-    config = default_config("cnn", **{**TINY, "epochs": 1})
+    config = brief()
     with pytest.raises(OutputError, match="best.pt: cannot be written"):
         train(config, data_dir=trained["data_dir"], out_dir=out, overwrite=True)
     after = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
@@ -512,11 +502,13 @@ def test_resume_refuses_damaged_progress(trained, tmp_path, change, fragment):
     assert fragment in caught.value.message and "last.pt" in caught.value.message
 
 
-def test_an_output_that_cannot_be_written_stops_train_before_the_first_epoch(data_dir, tmp_path):
+def test_an_output_that_cannot_be_written_stops_train_before_the_first_epoch(
+    data_dir, tmp_path, brief
+):
     out = tmp_path / "run"
     (out / "history.png").mkdir(parents=True)
     with pytest.raises(OutputError, match="history.png: a folder; cannot write a file there"):
-        train(default_config("cnn", **TINY), data_dir=data_dir, out_dir=out)
+        train(brief(epochs=2), data_dir=data_dir, out_dir=out)
     assert [p.name for p in out.iterdir()] == ["history.png"]
 
 
