@@ -10,34 +10,14 @@ shows that predictions stream in batches.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from _common import peak_and_seconds
 from PIL import Image
 
 from mnist_cli.data import load_split
-
-_MEASURE = (
-    "import resource, subprocess, sys\n"
-    "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
-    "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-)
-
-
-def peak_and_seconds(command: list[str]) -> tuple[float, float]:
-    """Peak RSS in MiB of `command` (run in a fresh measuring parent) and its wall time."""
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *command], capture_output=True, text=True, check=True
-    )
-    seconds = time.perf_counter() - started
-    code, kib = done.stdout.split()
-    if code != "0":
-        raise SystemExit(f"{' '.join(command)} exited {code}: {done.stderr}")
-    return int(kib) / 1024, seconds
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ import io
 import json
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,22 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import free_port, memory_mib
 from PIL import Image
 
 DEADLINE_S = 300  # the whole load stops by itself after this
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def memory_mib(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def digit_png(seed: int) -> bytes:
