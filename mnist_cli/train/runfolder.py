@@ -13,7 +13,7 @@ from torch import nn
 from mnist_cli import __version__
 from mnist_cli.data import CLASS_LABELS, NORMALIZATION
 from mnist_cli.errors import OutputError
-from mnist_cli.files import Writer, atomic_write_all
+from mnist_cli.files import Writer, atomic_write_all, check_writable
 from mnist_cli.train.checkpoints import Checkpoint, EpochRecord, checkpoint_writer
 from mnist_cli.train.recipes import CONFIG_FILE, config_toml
 
@@ -36,6 +36,15 @@ def refuse_existing_run(out_dir: Path) -> None:
             hint="continue it with --resume, start again with --overwrite, "
             "or choose another --out-dir",
         )
+
+
+def check_folder(out_dir: Path, *, continuing: bool) -> None:
+    """Before a run starts: refuse a folder holding another run unless `continuing` it (resume
+    or overwrite), and any output that could not be written."""
+    if not continuing:
+        refuse_existing_run(out_dir)
+    for name in OUTPUTS:
+        check_writable(out_dir / name, option="--out-dir")
 
 
 def save_epoch(run: Run, record: EpochRecord, *, improved: bool) -> None:

@@ -6,13 +6,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from mnist_cli.devices import resolve_device
 from mnist_cli.errors import OptionError
-from mnist_cli.files import check_writable, exclusive_folder
+from mnist_cli.files import exclusive_folder
 from mnist_cli.options import DATA_DIR, RUN_DIR
 from mnist_cli.train import distributed, runfolder
 from mnist_cli.train.acceleration import Acceleration, default_acceleration
-from mnist_cli.train.checkpoints import EpochRecord
+from mnist_cli.train.checkpoints import EpochRecord, TrainState
 from mnist_cli.train.loop import Run
 from mnist_cli.train.recipes import TrainConfig, default_config
 from mnist_cli.train.resume import resume_point, saved_config
@@ -29,6 +31,12 @@ class TrainResult:
     best_val_accuracy: float
     device: str
     history: list[EpochRecord] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, out_dir: Path, device: str, state: TrainState) -> TrainResult:
+        """The result of the run in `out_dir` that ended with `state`."""
+        best, last = out_dir / "best.pt", out_dir / "last.pt"
+        return cls(best, last, state.best_epoch, state.best_val_accuracy, device, state.history)
 
 
 class TrainCallback:
@@ -82,24 +90,13 @@ def train(
         acceleration = default_acceleration(torch_device, config.architecture, compile=compile)
     cluster = distributed.SOLO
     if distributed.launched_by_torchrun():
-        if config.batch_size % distributed.world_size():
-            raise OptionError(
-                f"--batch-size {config.batch_size} is the global batch: it must split evenly "
-                f"over the {distributed.world_size()} processes"
-            )
-        cluster, torch_device = distributed.join(torch_device)
-        # DDP's gradient hooks run outside a captured graph: distributed steps run eagerly.
-        acceleration = replace(acceleration, cuda_graphs=False, compile=False)
+        cluster, torch_device, acceleration = _join(config, torch_device, acceleration)
     try:
         owned = exclusive_folder(out_dir) if cluster.main else nullcontext()  # rank 0 writes
         with owned, StopFlag() as stop:
-            main = cluster.main
-            old_run = main and runfolder.holds_a_run(out_dir)
-            if old_run and not (resume or overwrite):
-                runfolder.refuse_existing_run(out_dir)
-            if main:
-                for name in runfolder.OUTPUTS:
-                    check_writable(out_dir / name, option="--out-dir")
+            old_run = cluster.main and runfolder.holds_a_run(out_dir)
+            if cluster.main:
+                runfolder.check_folder(out_dir, continuing=resume or overwrite)
             run = Run(
                 config,
                 acceleration,
@@ -114,20 +111,27 @@ def train(
             )
             cluster.barrier()  # rank 0 has checked the folder before anyone trains
             state = run.loop()
-            return TrainResult(
-                out_dir / "best.pt",
-                out_dir / "last.pt",
-                state.best_epoch,
-                state.best_val_accuracy,
-                str(run.device),
-                state.history,
-            )
+            return TrainResult.of(out_dir, str(run.device), state)
     except (RuntimeError, distributed.RankFailed) as error:
         if cluster.alone:
             raise
         raise peer_lost(error, out_dir) from None
     finally:
         cluster.leave()
+
+
+def _join(
+    config: TrainConfig, device: torch.device, acceleration: Acceleration
+) -> tuple[distributed.Cluster, torch.device, Acceleration]:
+    """This process's place among torchrun's, its device, and what acceleration it keeps."""
+    if config.batch_size % distributed.world_size():
+        raise OptionError(
+            f"--batch-size {config.batch_size} is the global batch: it must split evenly "
+            f"over the {distributed.world_size()} processes"
+        )
+    cluster, device = distributed.join(device)
+    # DDP's gradient hooks run outside a captured graph: distributed steps run eagerly.
+    return cluster, device, replace(acceleration, cuda_graphs=False, compile=False)
 
 
 def peer_lost(error: Exception, out_dir: Path) -> distributed.RankFailed:
