@@ -82,14 +82,7 @@ class Run:
         self.model = model.to(device)
         if accel.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            # A graph reads the learning rate from a tensor; a float would be frozen into it.
-            lr=torch.tensor(config.lr, device=device) if accel.cuda_graphs else config.lr,
-            weight_decay=config.weight_decay,
-            fused=accel.fused_optimizer or None,
-            capturable=accel.cuda_graphs,
-        )
+        self.optimizer = _optimizer(self.model, config, accel, device)
         # Augmentation draws from its own generator, saved with last.pt: nothing else shifts
         # it. Under torchrun each rank draws its own numbers.
         self.augment_rng = torch.Generator(device=device).manual_seed(self._seed(0))
@@ -347,6 +340,19 @@ class Run:
             f"saved, {self.out_dir}/best.pt and last.pt are {kept}",
             hint=f"lower the learning rate (--lr, now {self.config.lr:g})",
         )
+
+
+def _optimizer(
+    model: nn.Module, config: TrainConfig, accel: Acceleration, device: torch.device
+) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        model.parameters(),
+        # A graph reads the learning rate from a tensor; a float would be frozen into it.
+        lr=torch.tensor(config.lr, device=device) if accel.cuda_graphs else config.lr,
+        weight_decay=config.weight_decay,
+        fused=accel.fused_optimizer or None,
+        capturable=accel.cuda_graphs,
+    )
 
 
 def _to_device(split: Split, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
