@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -221,3 +222,55 @@ def test_translation_does_not_change_the_result(dx, dy):
     reference = digit_from_array(np.asarray(drawn_seven(size=(500, 400))) / 255)
     moved = digit_from_array(np.asarray(drawn_seven(size=(500, 400), offset=(dx, dy))) / 255)
     assert np.abs(moved - reference).max() < 0.05
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    width=st.integers(1, 300),
+    height=st.integers(1, 300),
+    noise=st.floats(0, 0.2),
+    seed=st.integers(0, 2**16),
+)
+def test_levels_and_floats_read_the_same(width, height, noise, seed):
+    # 8-bit images are read as uint8 levels (counted, not sorted): the same digit as floats.
+    rng = np.random.default_rng(seed)
+    levels = np.asarray(drawn_seven().resize((width, height)), dtype=np.uint8)
+    specks = rng.random(levels.shape) < noise
+    levels = np.where(specks, rng.integers(0, 256, levels.shape), levels).astype(np.uint8)
+    try:
+        expected = digit_from_array(levels.astype(np.float32) / 255)
+    except ImageError as error:
+        with pytest.raises(ImageError, match=re.escape(error.message)):
+            digit_from_array(levels)
+        return
+    assert np.array_equal(digit_from_array(levels), expected)
+
+
+def test_specks_far_from_a_large_digit_do_not_move_it():
+    clean = np.asarray(drawn_seven(size=(600, 500)), dtype=np.uint8)
+    speckled = clean.copy()
+    for row, col in [(10, 10), (580, 20), (300, 480), (590, 490)]:
+        speckled[row : row + 2, col : col + 2] = 0  # dark specks on the light paper
+    assert np.array_equal(digit_from_array(speckled), digit_from_array(clean))
+
+
+def test_an_opaque_canvas_reads_as_its_luminance(tmp_path):
+    # The serve page sends opaque RGBA: read as gray, the same as the same drawing in RGB.
+    drawing = drawn_seven(size=(280, 280), ink=255, paper=0)
+    drawing.convert("RGBA").save(tmp_path / "canvas.png")
+    drawing.convert("RGB").save(tmp_path / "rgb.png")
+    assert np.array_equal(load_digit(tmp_path / "canvas.png"), load_digit(tmp_path / "rgb.png"))
+
+
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.5, 0.7])
+def test_the_speck_filter_is_a_5x5_median_filter(density):
+    # Running sums give what Pillow's MedianFilter(5) gives, 15x faster on a 280x280 canvas.
+    from PIL import ImageFilter
+
+    from mnist_cli.infer.preprocessing import _median_filter
+
+    rng = np.random.default_rng(int(density * 100))
+    for height, width in [(57, 57), (90, 200), (281, 263)]:
+        mask = rng.random((height, width)) < density
+        pillow = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MedianFilter(5))
+        assert np.array_equal(_median_filter(mask), np.asarray(pillow) > 127)
