@@ -1,7 +1,10 @@
 """Start-up cost of `mnist predict` through onnxruntime and of `mnist --help`, against a floor.
 
 The floor is a bare Python process that imports only what that path needs: Typer, Rich,
-Pillow and onnxruntime. Medians of whole-process runs, all measured in this one run.
+Pillow and onnxruntime. Medians of whole-process runs, all measured in this one run. The
+runs may write bytecode (PYTHONDONTWRITEBYTECODE is dropped for them), as an installed package
+has it: without it mnist_cli's modules would be compiled anew on every start, and the floor's
+libraries would not.
 
 python benchmarks/startup.py [--runs 9] [--model mnist_cli/pretrained/cnn.onnx]
 """
@@ -9,6 +12,7 @@ python benchmarks/startup.py [--runs 9] [--model mnist_cli/pretrained/cnn.onnx]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -24,13 +28,16 @@ from mnist_cli.infer.backends import BUNDLED_MODELS, BackendName
 FLOOR = "import typer, rich.console, PIL.Image, onnxruntime"
 
 
+_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def median_seconds(commands: dict[str, list[str]], runs: int) -> dict[str, float]:
     """Median wall time of each command; rounds interleave them so that drift hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in commands}
     for round_ in range(runs + 1):
         for name, command in commands.items():
             started = time.perf_counter()
-            subprocess.run(command, capture_output=True, check=False)
+            subprocess.run(command, capture_output=True, check=False, env=_ENV)
             if round_:  # the first round only warms the file cache
                 times[name].append(time.perf_counter() - started)
     return {name: statistics.median(values) for name, values in times.items()}

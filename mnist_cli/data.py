@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import math
 import zlib
 from dataclasses import dataclass
@@ -61,6 +59,8 @@ def raw_dir(data_dir: Path | str) -> Path:
 
 
 def md5_of(data: bytes) -> str:
+    import hashlib  # here, not on every start of `mnist predict`
+
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
@@ -90,6 +90,8 @@ def read_idx_bytes(path: Path, *, kind: str) -> bytes:
     `kind` is the official file name: its size bounds what a header may promise, so a small
     gzip bomb or a huge sparse file costs no more memory than the real file.
     """
+    import gzip  # here, not on every start of `mnist predict`
+
     labels = "labels" in kind
     try:
         with open(path, "rb") as plain:

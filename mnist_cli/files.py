@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +53,8 @@ def _write_beside(path: Path, write: Writer) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A short name: the longest name the folder takes must still have room for the suffix.
         prefix = f".{path.name[:40]}."
+        import tempfile  # here, not on every start of `mnist predict`
+
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".partial")
     except OSError as error:
         raise _cannot_write(path, error) from None
@@ -97,6 +98,8 @@ def check_writable(path: Path, *, option: str) -> None:
     if not folder.is_dir():
         raise OutputError(f"{option} {path}: {folder} is not a folder")
     try:
+        import tempfile
+
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".mnist-probe.")
     except OSError as error:
         raise OutputError(
