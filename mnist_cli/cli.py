@@ -512,6 +512,17 @@ def serve(
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log one line per request (uvicorn's access log).")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            max=64,
+            help="Processes answering on the one port, for machines with more cores; each "
+            "opens the model itself. /metrics counts the process that answers.",
+        ),
+    ] = 1,
     quiet: Quiet = False,
 ) -> None:
     """Serve a draw-a-digit page and an HTTP API for the model.
@@ -533,11 +544,13 @@ def serve(
         console.show_model(model)
         sock = server.listen(host, port)
         console.note(f"Serving on http://{host}:{port} (Ctrl-C to stop)")
-        server.serve(
-            model,
-            sock,
-            limits=Limits(max_upload=max_upload, max_images=max_images, max_pixels=max_pixels),
-            log_level="warning" if quiet else "info",
-            allowed_hosts=allowed_hosts_for(host, allowed_host or ()),
-            access_log=access_log,
-        )
+        settings = {
+            "limits": Limits(max_upload=max_upload, max_images=max_images, max_pixels=max_pixels),
+            "log_level": "warning" if quiet else "info",
+            "allowed_hosts": allowed_hosts_for(host, allowed_host or ()),
+            "access_log": access_log,
+        }
+        if workers > 1:
+            server.serve_workers(model, sock, workers, device=device, **settings)
+        else:
+            server.serve(model, sock, **settings)

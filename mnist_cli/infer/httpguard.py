@@ -18,6 +18,7 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
@@ -191,51 +192,56 @@ def allowed_hosts_for(host: str, extra: Collection[str] = ()) -> list[str] | Non
     return [*LOOPBACK_HOSTS, *extra, *([] if loopback else [host])]
 
 
-def header_timeout_protocol(header_timeout: float) -> type:
+class HeaderDeadline(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with a deadline for a request's headers.
 
     uvicorn times out a connection only between requests; one that sends nothing, or its
     headers a byte at a time, would hold its place for ever. Each connection gets
     `header_timeout` seconds, from connecting or from its last answer, to send whole headers.
     """
-    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class Protocol(H11Protocol):
-        _deadline: asyncio.TimerHandle | None = None
+    header_timeout: float = Limits.header_timeout
+    _deadline: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._arm()
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-            super().connection_lost(exc)
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
 
-        def _arm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-            self._deadline = self.loop.call_later(header_timeout, self._drop_if_waiting)
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(self.header_timeout, self._drop_if_waiting)
 
-        def _drop_if_waiting(self) -> None:
-            if self.cycle is None or self.cycle.response_complete:  # no request under way
-                self.transport.close()
-
-        def send_400_response(self, msg: str) -> None:  # JSON, like every other answer
-            import h11
-
-            body = json.dumps({"error": f"not a readable HTTP request ({msg.rstrip('.')})"})
-            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-            for event in (
-                h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
-                h11.Data(data=body.encode()),
-                h11.EndOfMessage(),
-            ):
-                self.transport.write(self.conn.send(event))
+    def _drop_if_waiting(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:  # no request under way
             self.transport.close()
 
-    return Protocol
+    def send_400_response(self, msg: str) -> None:  # JSON, like every other answer
+        import h11
+
+        body = json.dumps({"error": f"not a readable HTTP request ({msg.rstrip('.')})"})
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body.encode()),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+
+def header_timeout_protocol(header_timeout: float) -> type[HeaderDeadline]:
+    """HeaderDeadline with another deadline (the module's own class for the default one, which
+    `serve --workers` hands to its processes by name)."""
+    if header_timeout == HeaderDeadline.header_timeout:
+        return HeaderDeadline
+    return type("HeaderDeadline", (HeaderDeadline,), {"header_timeout": header_timeout})
