@@ -678,5 +678,5 @@ def test_workers_answer_from_several_processes_and_stop_together(served):
     log = server.stderr.read()
     assert status == 200 and json.loads(body)["results"][0]["digit"] == labels[0]
     assert len(workers) == 2
-    assert code in (0, -signal.SIGTERM) and "Traceback" not in log
+    assert code == -signal.SIGTERM and "Traceback" not in log  # 143 in a shell, as one process
     assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")]  # none left behind

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -330,7 +331,25 @@ def serve_workers(
         http=header_timeout_protocol(limits.header_timeout),
         lifespan="off",
     )
-    Multiprocess(config, sockets=[sock]).run()
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    class Supervisor(Multiprocess):
+        stopped_by: int | None = None  # the signal that stopped the workers
+
+        def handle_int(self) -> None:
+            self.stopped_by = signal.SIGINT
+            super().handle_int()
+
+        def handle_term(self) -> None:
+            self.stopped_by = signal.SIGTERM
+            super().handle_term()
+
+    supervisor = Supervisor(config, sockets=[sock])
+    supervisor.run()
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+    if supervisor.stopped_by is not None:  # end by it, as one process does: exit 130 or 143
+        signal.raise_signal(supervisor.stopped_by)
 
 
 _WORKER_SETTINGS = "MNIST_SERVE_WORKER"  # how serve_workers hands its settings to each process
