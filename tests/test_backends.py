@@ -177,37 +177,6 @@ def test_the_model_is_checked_before_any_image_is_read(tmp_path):
     assert "bad.onnx" in result.output and "missing.png" not in result.output
 
 
-@pytest.mark.parametrize(
-    "installed, providers, warned",
-    [
-        ({"onnxruntime": "1.22.0", "onnxruntime-gpu": "1.22.0"}, ["CPUExecutionProvider"], True),
-        ({"onnxruntime-gpu": "1.22.0"}, ["CUDAExecutionProvider", "CPUExecutionProvider"], False),
-        ({"onnxruntime": "1.22.0"}, ["CPUExecutionProvider"], False),
-    ],
-)
-def test_a_cpu_build_shadowing_the_gpu_build_is_named(monkeypatch, installed, providers, warned):
-    import onnxruntime
-
-    from mnist_cli.infer import backends
-
-    monkeypatch.setattr(backends, "_installed_version", installed.get)
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
-    note = backends._shadowed_gpu_build()
-    assert (note is not None) == warned
-    if warned:
-        assert "onnxruntime-gpu 1.22.0" in note and "pip uninstall" in note
-
-
-def test_installed_versions_are_those_importlib_metadata_reads():
-    from importlib import metadata
-
-    from mnist_cli.infer.backends import _installed_version
-
-    for name in ("onnxruntime", "numpy", "pillow"):
-        assert _installed_version(name) == metadata.version(name)
-    assert _installed_version("no-such-distribution") is None
-
-
 def test_the_provider_that_ran_is_reported(tmp_path):
     image = np.zeros((28, 28), np.uint8)
     image[5:23, 13:15] = 255

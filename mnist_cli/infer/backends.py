@@ -6,7 +6,6 @@ in [0, 1] and returns logits and probabilities. The onnxruntime path never impor
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,9 +14,10 @@ import numpy as np
 
 from mnist_cli.data import CLASS_LABELS
 from mnist_cli.devices import check_device_name
-from mnist_cli.errors import DeviceError, MnistError, first_line
+from mnist_cli.errors import MnistError, first_line
 from mnist_cli.files import MISSING, ONNX_FILE, TORCH_FILE, describe_bytes, path_problem
 from mnist_cli.infer.onnxgraph import GraphReadError, control_flow, metadata
+from mnist_cli.infer.providers import providers_for, shadowed_gpu_build
 from mnist_cli.options import EXPORT_FILE, PACKAGE_DIR, RUN_DIR, BackendName
 
 if TYPE_CHECKING:
@@ -225,59 +225,6 @@ def detect_backend(path: Path) -> BackendName:
     raise ModelError(f"{path}: {kind}; expected a .pt checkpoint or an .onnx model")
 
 
-def _shadowed_gpu_build() -> str | None:
-    """A warning when onnxruntime-gpu is installed but the CPU build's files took its place."""
-    import onnxruntime
-
-    installed = [(name, _installed_version(name)) for name in ("onnxruntime", "onnxruntime-gpu")]
-    if not all(version for _, version in installed):
-        return None
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        return None
-    both = " and ".join(f"{name} {version}" for name, version in installed)
-    return (
-        f"{both} are installed and the CPU build answers, so onnxruntime runs on the CPU; "
-        "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu` "
-        "keeps only the CUDA build"
-    )
-
-
-def _installed_version(name: str) -> str | None:
-    """The version of a distribution installed beside onnxruntime, read from its .dist-info
-    folder's name: importlib.metadata would add ~20 ms to every start of `mnist predict`."""
-    import onnxruntime
-
-    prefix = name.replace("-", "_").lower() + "-"
-    folder = os.path.dirname(os.path.dirname(onnxruntime.__file__))  # site-packages
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return None
-    for entry in entries:
-        if entry.lower().startswith(prefix) and entry.endswith(".dist-info"):
-            return entry[len(prefix) : -len(".dist-info")]
-    return None
-
-
-def _cuda_provider(device: str) -> tuple[str, dict[str, int]]:
-    """onnxruntime's CUDA provider on the GPU that `device` names ("auto" and "cuda": the first).
-
-    torch is imported first: onnxruntime-gpu's CUDA provider needs the CUDA and cuDNN libraries,
-    and where they are not installed system-wide it finds torch's copies only once torch has
-    loaded them (onnxruntime's documentation: import torch before the session). Without them it
-    falls back to the CPU, and `provider` says so.
-    """
-    import torch  # loads libcudart, libcublas and libcudnn into the process
-
-    from mnist_cli.devices import resolve_device
-
-    name = check_device_name(device)
-    index = int(name.partition(":")[2] or 0) if name.startswith("cuda") else 0
-    if index and torch.cuda.is_available():
-        resolve_device(name)  # "only 1 CUDA device(s) here", as for a checkpoint, not an EP Error
-    return "CUDAExecutionProvider", {"device_id": index}
-
-
 class OnnxBackend(Backend):
     """An ONNX graph in onnxruntime, checked on open: input, outputs, labels and a dry run."""
 
@@ -303,23 +250,14 @@ class OnnxBackend(Backend):
         # `serve`) a spinning thread burned a second core for nothing; big batches lose nothing.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         onnxruntime.set_default_logger_severity(3)  # the same for warnings before the session's
-        available = onnxruntime.get_available_providers()
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if device != "cpu" and "CUDAExecutionProvider" in available:
-            providers.insert(0, _cuda_provider(device))
-        elif device.startswith("cuda"):  # asked for by name: not a quiet run on the CPU
-            raise DeviceError(
-                f"--device {device}: this onnxruntime has no CUDA provider",
-                hint="install onnxruntime-gpu in place of onnxruntime (see the README), or use "
-                "--device auto or cpu",
-            )
+        providers = providers_for(device)
         try:
             # From its path when it has one: weights may lie beside it (external data).
             self.session = onnxruntime.InferenceSession(model, options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: not a usable ONNX model ({first_line(error)})") from None
         self.provider = self.session.get_providers()[0]
-        self.note = _shadowed_gpu_build() if device != "cpu" else None
+        self.note = shadowed_gpu_build() if device != "cpu" else None
         self.input_name, self.batch = self._check_input()
         self.output_name = self._check_output()
         self.labels = self._labels()
