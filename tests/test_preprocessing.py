@@ -274,3 +274,15 @@ def test_the_speck_filter_is_a_5x5_median_filter(density):
         mask = rng.random((height, width)) < density
         pillow = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MedianFilter(5))
         assert np.array_equal(_median_filter(mask), np.asarray(pillow) > 127)
+
+
+@pytest.mark.parametrize("side", [1000, 1100])  # under and over MAX_SIDE: shrunk or not
+def test_a_16_bit_image_reads_the_same_at_any_size(tmp_path, side):
+    # A 12-bit digit (0-4080) in a 16-bit PNG is on the 16-bit scale whether shrunk or not.
+    seven = np.asarray(drawn_seven(size=(side, side), ink=255, paper=0).convert("L"))
+    path = tmp_path / "twelve-bit.png"
+    Image.fromarray(seven.astype(np.uint16) * 16).save(path)
+    with Image.open(path) as image:
+        assert image.mode.startswith("I;16")
+    with pytest.raises(ImageError, match="no digit found"):  # 4080 of 65535: too faint
+        load_digit(path)

@@ -101,8 +101,8 @@ def _shrink(image: Image.Image) -> Image.Image:
         return image
     if image.mode in _CHANNEL_OF:
         image = image.getchannel(_CHANNEL_OF[image.mode])
-    elif image.mode.startswith("I;16"):
-        image = image.convert("I")
+    elif image.mode.startswith("I;16"):  # reduced as 32-bit, read back on the 16-bit scale
+        return image.convert("I").reduce(factor).convert("I;16")
     elif image.mode not in _REDUCIBLE:
         alpha = "A" in image.mode or "transparency" in image.info
         image = image.convert("RGBA" if alpha else "RGB")
