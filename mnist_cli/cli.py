@@ -551,6 +551,8 @@ def serve(
             "access_log": access_log,
         }
         if workers > 1:
-            server.serve_workers(model, sock, workers, device=device, **settings)
+            from mnist_cli.infer.workers import serve_workers
+
+            serve_workers(model, sock, workers, device=device, **settings)
         else:
             server.serve(model, sock, **settings)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -638,45 +637,3 @@ def test_postscript_never_reaches_ghostscript(served):
     assert response.status_code == 422
     assert "not one of the formats read here" in response.json()["error"]
     assert "Ghostscript" not in response.text
-
-
-def _workers(pid: int) -> list[int]:
-    """The worker processes `pid` has spawned (multiprocessing's spawn_main), from /proc."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                spawned = b"spawn_main" in handle.read()
-        except (OSError, IndexError):
-            continue
-        if parent == pid and spawned:
-            found.append(int(entry))
-    return found
-
-
-def test_workers_answer_from_several_processes_and_stop_together(served):
-    import http.client
-    import signal
-
-    _, pngs, labels, path = served
-    port = free_port()
-    server = _start_serve(path, port, "--workers", "2")
-    try:
-        _wait_for_health(port, server)
-        workers = _workers(server.pid)
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        connection.request("POST", "/predict", pngs[0], {"content-type": "image/png"})
-        response = connection.getresponse()
-        status, body = response.status, response.read()
-        server.send_signal(signal.SIGTERM)
-        code = server.wait(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
-    log = server.stderr.read()
-    assert status == 200 and json.loads(body)["results"][0]["digit"] == labels[0]
-    assert len(workers) == 2
-    assert code == -signal.SIGTERM and "Traceback" not in log  # 143 in a shell, as one process
-    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")]  # none left behind

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
-import os
-import signal
 import socket
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Collection
-from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
@@ -291,76 +287,3 @@ def uvicorn_server(
 
 
 GRACE_SECONDS = 10  # after Ctrl-C or SIGTERM, requests in flight have this long to finish
-
-
-def serve_workers(
-    model: Backend,
-    sock: socket.socket,
-    workers: int,
-    *,
-    device: str = "auto",
-    limits: Limits | None = None,
-    log_level: str = "info",
-    allowed_hosts: Collection[str] | None = None,
-    access_log: bool = False,
-) -> None:
-    """`serve` in `workers` processes sharing one listening socket (uvicorn's supervisor:
-    it restarts a worker that dies, and stops them all on Ctrl-C or SIGTERM). Each process
-    opens and checks the model file itself; `model` names it and has been checked here."""
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    limits = limits or Limits()
-    os.environ[_WORKER_SETTINGS] = json.dumps(
-        {
-            "model": model.path,
-            "backend": model.name.value,
-            "device": device,
-            "limits": asdict(limits),
-            "allowed_hosts": None if allowed_hosts is None else list(allowed_hosts),
-        }
-    )
-    config = uvicorn.Config(
-        f"{__name__}:worker_app",
-        factory=True,
-        workers=workers,
-        log_level=log_level,
-        access_log=access_log,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=GRACE_SECONDS,
-        http=header_timeout_protocol(limits.header_timeout),
-        lifespan="off",
-    )
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    class Supervisor(Multiprocess):
-        stopped_by: int | None = None  # the signal that stopped the workers
-
-        def handle_int(self) -> None:
-            self.stopped_by = signal.SIGINT
-            super().handle_int()
-
-        def handle_term(self) -> None:
-            self.stopped_by = signal.SIGTERM
-            super().handle_term()
-
-    supervisor = Supervisor(config, sockets=[sock])
-    supervisor.run()
-    for sig, handler in before.items():
-        signal.signal(sig, handler)
-    if supervisor.stopped_by is not None:  # end by it, as one process does: exit 130 or 143
-        signal.raise_signal(supervisor.stopped_by)
-
-
-_WORKER_SETTINGS = "MNIST_SERVE_WORKER"  # how serve_workers hands its settings to each process
-
-
-def worker_app() -> ASGIApp:
-    """The app of one `serve --workers` process, from the settings serve_workers left in the
-    environment."""
-    from mnist_cli.infer.backends import open_model
-
-    settings = json.loads(os.environ[_WORKER_SETTINGS])
-    model = open_model(settings["model"], backend=settings["backend"], device=settings["device"])
-    limits = Limits(**settings["limits"])
-    return create_app(model, limits, allowed_hosts=settings["allowed_hosts"])
