@@ -286,3 +286,12 @@ def test_a_16_bit_image_reads_the_same_at_any_size(tmp_path, side):
         assert image.mode.startswith("I;16")
     with pytest.raises(ImageError, match="no digit found"):  # 4080 of 65535: too faint
         load_digit(path)
+
+
+@pytest.mark.parametrize("side", [200, 2000])  # under and over MAX_SIDE: shrunk or not
+def test_float_pixels_near_the_float32_limit_read_at_any_size(tmp_path, side):
+    seven = np.asarray(drawn_seven(size=(side, side), ink=255, paper=0).convert("L"))
+    values = np.where(seven > 127, 3e38, -3e38).astype(np.float32)  # finite, no NaN
+    Image.fromarray(values, mode="F").save(tmp_path / "huge.tif")
+    digit = load_digit(tmp_path / "huge.tif")
+    assert digit.shape == (28, 28) and digit.max() == pytest.approx(1.0)

@@ -103,6 +103,10 @@ def _shrink(image: Image.Image) -> Image.Image:
         image = image.getchannel(_CHANNEL_OF[image.mode])
     elif image.mode.startswith("I;16"):  # reduced as 32-bit, read back on the 16-bit scale
         return image.convert("I").reduce(factor).convert("I;16")
+    elif image.mode == "F":  # sums of values near float32's limit would overflow to inf
+        largest = max(abs(value) for value in image.getextrema())
+        if largest > _FLOAT_HEADROOM:  # float pixels are stretched to [0, 1] later anyway
+            image = image.point(lambda value: value / largest)
     elif image.mode not in _REDUCIBLE:
         alpha = "A" in image.mode or "transparency" in image.info
         image = image.convert("RGBA" if alpha else "RGB")
@@ -110,6 +114,7 @@ def _shrink(image: Image.Image) -> Image.Image:
 
 
 _REDUCIBLE = {"L", "LA", "RGB", "RGBA", "I", "F"}
+_FLOAT_HEADROOM = 1e30  # well below float32's 3.4e38: a box of pixels sums without overflow
 
 
 def _reason(error: BaseException) -> str:
