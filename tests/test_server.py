@@ -637,3 +637,13 @@ def test_postscript_never_reaches_ghostscript(served):
     assert response.status_code == 422
     assert "not one of the formats read here" in response.json()["error"]
     assert "Ghostscript" not in response.text
+
+
+def test_a_broken_form_is_a_400_and_no_line_in_the_servers_log(served, caplog):
+    client = served[0]
+    body = b"--XYQ\r\nContent-Disposition: form-data; name=a; filename=a.png\r\n\r\nabc\r\n"
+    headers = {"content-type": "multipart/form-data; boundary=XYZ"}
+    with caplog.at_level("WARNING"):
+        response = client.post("/predict", content=body, headers=headers)
+    assert response.status_code == 400 and "multipart" in response.json()["error"]
+    assert not [r for r in caplog.records if r.name.startswith("python_multipart")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import threading
 import time
@@ -82,6 +83,8 @@ def create_app(
     """
     limits = limits or Limits()
     metrics = Metrics()
+    # A client's broken form is its own 400, not a line in the server's log (even with -q).
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     page = resources.files("mnist_cli").joinpath("static/index.html").read_text("utf-8")
 
     async def index(request: Request) -> Response:
