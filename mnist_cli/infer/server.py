@@ -277,16 +277,20 @@ def uvicorn_server(
     import uvicorn
 
     limits = limits or Limits()
-    config = uvicorn.Config(
-        create_app(model, limits, allowed_hosts=allowed_hosts),
-        log_level=log_level,
-        access_log=access_log,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=GRACE_SECONDS,
-        http=header_timeout_protocol(limits.header_timeout),
-        lifespan="off",
-    )
-    return uvicorn.Server(config)
+    app = create_app(model, limits, allowed_hosts=allowed_hosts)
+    return uvicorn.Server(uvicorn.Config(app, **uvicorn_settings(limits, log_level, access_log)))
+
+
+def uvicorn_settings(limits: Limits, log_level: str, access_log: bool) -> dict[str, Any]:
+    """What uvicorn is told, by one server or by `serve --workers`."""
+    return {
+        "log_level": log_level,
+        "access_log": access_log,
+        "timeout_keep_alive": 5,
+        "timeout_graceful_shutdown": GRACE_SECONDS,
+        "http": header_timeout_protocol(limits.header_timeout),
+        "lifespan": "off",
+    }
 
 
 GRACE_SECONDS = 10  # after Ctrl-C or SIGTERM, requests in flight have this long to finish

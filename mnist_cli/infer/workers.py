@@ -22,8 +22,8 @@ from uvicorn.supervisors import Multiprocess
 
 from mnist_cli.errors import MnistError
 from mnist_cli.infer.backends import Backend
-from mnist_cli.infer.httpguard import Limits, header_timeout_protocol
-from mnist_cli.infer.server import GRACE_SECONDS, ServeError, create_app
+from mnist_cli.infer.httpguard import Limits
+from mnist_cli.infer.server import ServeError, create_app, uvicorn_settings
 
 _SETTINGS = "MNIST_SERVE_WORKER"  # the environment variable that carries them to each process
 
@@ -57,19 +57,11 @@ def serve_workers(
             "device": device,
             "limits": asdict(limits),
             "allowed_hosts": None if allowed_hosts is None else list(allowed_hosts),
+            "supervisor": os.getpid(),
         }
     )
-    config = uvicorn.Config(
-        f"{__name__}:worker_app",
-        factory=True,
-        workers=workers,
-        log_level=log_level,
-        access_log=access_log,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=GRACE_SECONDS,
-        http=header_timeout_protocol(limits.header_timeout),
-        lifespan="off",
-    )
+    settings = uvicorn_settings(limits, log_level, access_log)
+    config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=workers, **settings)
     before = {sig: signal.getsignal(sig) for sig in _STOPPING}
     supervisor = _Supervisor(config, sockets=[sock])
     supervisor.run()
@@ -119,19 +111,31 @@ def worker_app() -> Any:
     except MnistError as error:
         console.print_error(error)
         sys.exit(STARTUP_FAILURE)
-    _end_with_the_parent()
+    _end_with_the_parent(settings["supervisor"])
     limits = Limits(**settings["limits"])
     return create_app(model, limits, allowed_hosts=settings["allowed_hosts"])
 
 
-def _end_with_the_parent() -> None:
+def _end_with_the_parent(supervisor: int) -> None:
     """A worker whose supervisor was killed (SIGKILL gives it no chance to stop them) stops
-    itself, gracefully, instead of holding the port for ever."""
-    parent = os.getppid()
+    itself, gracefully, instead of holding the port for ever: on Linux the kernel sends it
+    SIGTERM (PR_SET_PDEATHSIG), elsewhere a thread watches for a new parent. A supervisor
+    killed while the worker was still starting is seen by its pid."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # gone already, before the kernel could be asked
+        os.kill(os.getpid(), signal.SIGTERM)
+    if sys.platform == "linux":
+        return
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == supervisor:
             time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent watch", daemon=True).start()
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
