@@ -268,7 +268,8 @@ def show_report(report: Report, *, json_output: bool = False) -> None:
             (printable(report.model), "bold"),
             ": accuracy ",
             (f"{report.accuracy:.2%}", "bold"),
-            f" ({report.images - report.errors}/{report.images}), mean loss {report.loss:.4f}",
+            f" ({report.images - report.errors}/{report.images}), mean loss {report.loss:.4f}, "
+            f"calibration error {report.ece:.2%}",
         ),
         soft_wrap=True,
     )

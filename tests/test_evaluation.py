@@ -1,9 +1,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from mnist_cli.infer.evaluation import build_report, evaluate_model, save_error_grid
+from mnist_cli.infer.evaluation import (
+    build_report,
+    calibration_error,
+    evaluate_model,
+    save_error_grid,
+)
 
 
 def test_report_counts_from_logits():
@@ -17,6 +23,21 @@ def test_report_counts_from_logits():
     assert (one.precision, one.recall, one.support) == (2 / 3, 1.0, 2)
     assert report.classes[0].recall == 0.5
     assert report.to_dict()["classes"][2]["f1"] == 1.0
+
+
+def test_calibration_error_is_the_weighted_gap_between_confidence_and_accuracy():
+    def top(p: float, digit: int) -> list[float]:  # digit with probability p, the rest shared
+        row = [(1 - p) / 9] * 10
+        row[digit] = p
+        return row
+
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    # Four answers at 0.95 (three right: accuracy 0.75), two at 0.5 (both right).
+    probabilities = np.array([top(0.95, 0)] * 3 + [top(0.95, 3)] + [top(0.5, 1)] * 2)
+    expected = 4 / 6 * abs(0.75 - 0.95) + 2 / 6 * abs(1.0 - 0.5)
+    assert calibration_error(probabilities, labels) == pytest.approx(expected)
+    calibrated = np.array([top(0.75, 0)] * 3 + [top(0.75, 3)])  # 75% sure, 75% right
+    assert calibration_error(calibrated, labels[:4]) == pytest.approx(0.0)
 
 
 def test_evaluate_and_save_the_errors(trained, tmp_path):

@@ -40,6 +40,7 @@ class Report:
     classes: list[ClassScore]
     confusion: list[list[int]]  # rows: true label, columns: predicted label
     errors: int
+    ece: float  # expected calibration error of the top probability (CALIBRATION_BINS bins)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable files (--images)
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def build_report(
     provider: str = "",
     skipped: list[tuple[str, str]] | None = None,
 ) -> Report:
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix from logits."""
+    """Accuracy, per-class precision/recall/F1, calibration and the confusion matrix."""
     predicted = logits.argmax(1)
     classes = len(CLASS_LABELS)
     confusion = np.bincount(labels * classes + predicted, minlength=classes * classes)
@@ -78,8 +79,24 @@ def build_report(
         classes=scores,
         confusion=confusion.tolist(),
         errors=int((predicted != labels).sum()),
+        ece=calibration_error(softmax(logits), labels) if len(labels) else 0.0,
         skipped=list(skipped or []),
     )
+
+
+CALIBRATION_BINS = 15  # equal-width bins of the top probability, as the calibration literature
+
+
+def calibration_error(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Expected calibration error: the gap between confidence and accuracy in each bin of the
+    top probability, weighted by the bin's share of the images. 0 when "90% sure" is right 90%
+    of the time."""
+    confidence = probabilities.max(1).astype(np.float64)
+    right = (probabilities.argmax(1) == labels).astype(np.float64)
+    # Bins (0, 1/15], (1/15, 2/15], ... (14/15, 1]: a top probability is never below 1/10.
+    index = np.clip(np.ceil(confidence * CALIBRATION_BINS).astype(int) - 1, 0, None)
+    gaps = np.bincount(index, weights=right) - np.bincount(index, weights=confidence)
+    return float(np.abs(gaps).sum() / len(labels))
 
 
 @dataclass
