@@ -212,7 +212,8 @@ def test_a_checkpoint_of_an_older_cnn_layout_opens_and_runs(trained, tmp_path, l
     path = _damaged(trained, tmp_path, arguments=legacy_arguments, state_dict=legacy.state_dict())
     backend = open_model(path, device="cpu")
     images = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
-    classifier = Classifier(legacy, **load_checkpoint(path).normalization)
+    saved = load_checkpoint(path)
+    classifier = Classifier(legacy, **saved.normalization, temperature=saved.temperature)
     with torch.no_grad():
         expected = classifier(torch.from_numpy(images))[0].numpy()
     np.testing.assert_allclose(backend.logits(images), expected, rtol=1e-4, atol=1e-5)

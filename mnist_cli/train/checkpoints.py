@@ -74,6 +74,7 @@ class Checkpoint:
     augment_rng: torch.Tensor | None = None  # last.pt only
     # last.pt only, when state_dict holds the weights' moving average: the raw weights it follows
     training_weights: dict[str, torch.Tensor] | None = None
+    temperature: float = 1.0  # the logits' divisor fitted on the validation split (calibration)
 
     @property
     def resumable(self) -> bool:
@@ -242,6 +243,7 @@ def checkpoint_from_dict(payload: Any) -> Checkpoint:
         optimizer=optimizer,
         augment_rng=augment_rng,
         training_weights=training_weights,
+        temperature=read.number("temperature", low=0.05, high=20.0, optional_default=1.0),
     )
 
 
@@ -326,7 +328,8 @@ def network_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
 def classifier_from_checkpoint(checkpoint: Checkpoint) -> Classifier:
     """The checkpoint's network behind its own normalisation: takes pixels in [0, 1]."""
     norm = checkpoint.normalization
-    return Classifier(network_from_checkpoint(checkpoint), norm["mean"], norm["std"]).eval()
+    network = network_from_checkpoint(checkpoint)
+    return Classifier(network, norm["mean"], norm["std"], checkpoint.temperature).eval()
 
 
 def _current_keys(options: dict[str, Any]) -> dict[str, Any]:

@@ -231,6 +231,7 @@ def _metadata(saved: Checkpoint, checkpoint: Path) -> dict[str, str]:
         "normalization": json.dumps(saved.normalization),
         "source_checkpoint_sha256": sha256_of(checkpoint),
         "val_accuracy": str(saved.val_accuracy),
+        "temperature": str(saved.temperature),
         "epochs_trained": str(len(saved.state.history)),
         "mnist_cli_version": __version__,
     }

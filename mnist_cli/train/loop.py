@@ -17,6 +17,7 @@ from mnist_cli.train import distributed, runfolder
 from mnist_cli.train.acceleration import Acceleration
 from mnist_cli.train.augmentation import NOISE_COLUMNS
 from mnist_cli.train.averaging import WeightAverage
+from mnist_cli.train.calibration import calibrate
 from mnist_cli.train.checkpoints import (
     Checkpoint,
     EpochRecord,
@@ -64,6 +65,7 @@ class Run:
         self.replacing = replacing  # --overwrite on an old run whose files stay until epoch 1
         self.graph: GraphedStep | None = None  # captured at the first full batch, when enabled
         self.plotted_at = -math.inf  # perf_counter() of the last history.png
+        self.temperature = 1.0  # best.pt's, once the run has ended and calibrated it
         self.state = TrainState()
         train_split, val_split = split_train_validation(
             load_split(data_dir, "train"), config.validation_size, config.seed
@@ -193,6 +195,8 @@ class Run:
         best_path = self.out_dir / "best.pt"
         if self.main and not best_path.is_file():  # removed meanwhile: the last weights
             save_checkpoint(self.checkpoint(resumable=False), best_path)
+        if self.main:  # best.pt's confidence made to mean what it says, on validation images
+            self.temperature = calibrate(best_path, self.data[2], self.data[3])
         return state
 
     def checkpoint(self, *, resumable: bool = True) -> Checkpoint:

@@ -31,12 +31,14 @@ class TrainResult:
     best_val_accuracy: float
     device: str
     history: list[EpochRecord] = field(default_factory=list)
+    temperature: float = 1.0  # best.pt's calibration (1: none)
 
     @classmethod
-    def of(cls, out_dir: Path, device: str, state: TrainState) -> TrainResult:
+    def of(cls, out_dir: Path, device: str, state: TrainState, temperature: float) -> TrainResult:
         """The result of the run in `out_dir` that ended with `state`."""
         best, last = out_dir / "best.pt", out_dir / "last.pt"
-        return cls(best, last, state.best_epoch, state.best_val_accuracy, device, state.history)
+        accuracy = state.best_val_accuracy
+        return cls(best, last, state.best_epoch, accuracy, device, state.history, temperature)
 
 
 class TrainCallback:
@@ -111,7 +113,7 @@ def train(
             )
             cluster.barrier()  # rank 0 has checked the folder before anyone trains
             state = run.loop()
-            return TrainResult.of(out_dir, str(run.device), state)
+            return TrainResult.of(out_dir, str(run.device), state, run.temperature)
     except (RuntimeError, distributed.RankFailed) as error:
         if cluster.alone:
             raise

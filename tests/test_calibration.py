@@ -1,0 +1,31 @@
+"""Calibration: the temperature fitted on validation makes confidence match accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_cli.infer.backends import softmax
+from mnist_cli.infer.evaluation import calibration_error
+from mnist_cli.train.calibration import fit_temperature
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 1.0, 2.0])
+def test_the_fitted_temperature_undoes_a_known_one(true_temperature):
+    # Labels drawn from softmax(z); the same scores shown as z * T are fitted back to T.
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (20_000, 10))
+    probabilities = softmax(logits)
+    labels = np.array([rng.choice(10, p=row) for row in probabilities])
+    fitted = fit_temperature(logits * true_temperature, labels)
+    assert fitted == pytest.approx(true_temperature, rel=0.05)
+    calibrated = softmax(logits * true_temperature / fitted)
+    assert calibration_error(calibrated, labels) < 0.02
+
+
+def test_training_ends_with_a_calibrated_best_pt(trained):
+    from mnist_cli.train.checkpoints import load_checkpoint
+
+    best = load_checkpoint(trained["checkpoint"])
+    assert best.temperature != 1.0 and 0.05 <= best.temperature <= 20
+    assert load_checkpoint(trained["out_dir"] / "last.pt").temperature == 1.0  # only best.pt
