@@ -217,3 +217,12 @@ def test_a_checkpoint_of_an_older_cnn_layout_opens_and_runs(trained, tmp_path, l
     with torch.no_grad():
         expected = classifier(torch.from_numpy(images))[0].numpy()
     np.testing.assert_allclose(backend.logits(images), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_training_options_saved_under_the_old_name_are_read_under_the_new_one(trained, tmp_path):
+    # Checkpoints written before TrainConfig.model became `architecture` still resume and test.
+    options = dict(load_checkpoint(trained["checkpoint"]).options)
+    options["model"] = options.pop("architecture")
+    path = _raw_damaged(trained, tmp_path, options=options)
+    read = load_checkpoint(path).options
+    assert read["architecture"] == "cnn" and "model" not in read
