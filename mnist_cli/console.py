@@ -99,7 +99,13 @@ def show_training(result: TrainResult) -> None:
         soft_wrap=True,
     )
     folder, best = result.best_path.parent, result.best_path
-    note(f"Calibrated best.pt on the validation images: logits / {result.temperature:g}")
+    if result.temperature is None:
+        note(
+            "best.pt is not calibrated: its validation images held too few wrong answers to "
+            "fit a temperature on (a larger --validation-size gives more)"
+        )
+    else:
+        note(f"Calibrated best.pt on the validation images: logits / {result.temperature:g}")
     note(f"In {folder}: best.pt, last.pt, history.csv, history.png (curves), config.toml (recipe)")
     note(f"Next: mnist test -m {best}   then   mnist export -m {best}")
 

@@ -29,3 +29,16 @@ def test_training_ends_with_a_calibrated_best_pt(trained):
     best = load_checkpoint(trained["checkpoint"])
     assert best.temperature != 1.0 and 0.05 <= best.temperature <= 20
     assert load_checkpoint(trained["out_dir"] / "last.pt").temperature == 1.0  # only best.pt
+
+
+def test_no_temperature_is_fitted_where_the_images_cannot_pin_one_down():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 2000)
+    logits = rng.normal(0, 1, (2000, 10))
+    logits[np.arange(2000), labels] += 8  # all right: the likelihood only rises as T falls
+    assert fit_temperature(logits, labels) is None
+    few_wrong = logits.copy()
+    few_wrong[:3, (labels[:3] + 1) % 10] += 20  # three wrong answers: still too few
+    assert fit_temperature(few_wrong, labels) is None
+    assert fit_temperature(logits[:0], labels[:0]) is None  # no images
+    assert fit_temperature(np.full((2000, 10), np.nan), labels) is None

@@ -14,12 +14,17 @@ import torch
 from mnist_cli.train.checkpoints import load_checkpoint, network_from_checkpoint, save_checkpoint
 
 _RANGE = (0.05, 20.0)  # the temperatures a checkpoint may hold
+# With fewer wrong answers than this the fit is mostly noise, and with none there is no minimum.
+MIN_ERRORS = 5
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float | None:
     """The temperature that minimises the mean negative log-likelihood of `labels`, by golden-
-    section search over log T (the likelihood is unimodal in it)."""
+    section search over log T (the likelihood is unimodal in it); None where the images cannot
+    pin one down: non-finite scores, under MIN_ERRORS wrong answers, or a fit at a bound."""
     logits = logits.astype(np.float64)
+    if not np.isfinite(logits).all() or (logits.argmax(1) != labels).sum() < MIN_ERRORS:
+        return None
     rows = np.arange(len(labels))
 
     def loss(log_t: float) -> float:
@@ -35,17 +40,20 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             high = b
         else:
             low = a
-    return round(math.exp((low + high) / 2), 4)
+    temperature = round(math.exp((low + high) / 2), 4)
+    at_a_bound = not _RANGE[0] * 1.01 < temperature < _RANGE[1] / 1.01
+    return None if at_a_bound else temperature
 
 
-def calibrate(path: Path, images: torch.Tensor, labels: torch.Tensor) -> float:
+def calibrate(path: Path, images: torch.Tensor, labels: torch.Tensor) -> float | None:
     """Fit best.pt's temperature on the validation images (normalised, on their device) and
-    write it into the file; return it."""
+    write it into the file; return it, or None (the file unchanged) where none can be fitted."""
     saved = load_checkpoint(path)
     network = network_from_checkpoint(saved).to(images.device)
     with torch.no_grad():
         chunks = [network(images[i : i + 1000]) for i in range(0, len(images), 1000)]
     logits = torch.cat(chunks).float().cpu().numpy()
     temperature = fit_temperature(logits, labels.cpu().numpy())
-    save_checkpoint(replace(saved, temperature=temperature), path)
+    if temperature is not None:
+        save_checkpoint(replace(saved, temperature=temperature), path)
     return temperature

@@ -65,7 +65,8 @@ class Run:
         self.replacing = replacing  # --overwrite on an old run whose files stay until epoch 1
         self.graph: GraphedStep | None = None  # captured at the first full batch, when enabled
         self.plotted_at = -math.inf  # perf_counter() of the last history.png
-        self.temperature = 1.0  # best.pt's, once the run has ended and calibrated it
+        # best.pt's, once the run has ended and calibrated it (None: too few errors to fit one)
+        self.temperature: float | None = 1.0
         self.state = TrainState()
         train_split, val_split = split_train_validation(
             load_split(data_dir, "train"), config.validation_size, config.seed

@@ -31,10 +31,12 @@ class TrainResult:
     best_val_accuracy: float
     device: str
     history: list[EpochRecord] = field(default_factory=list)
-    temperature: float = 1.0  # best.pt's calibration (1: none)
+    temperature: float | None = 1.0  # best.pt's calibration (None: none could be fitted)
 
     @classmethod
-    def of(cls, out_dir: Path, device: str, state: TrainState, temperature: float) -> TrainResult:
+    def of(
+        cls, out_dir: Path, device: str, state: TrainState, temperature: float | None
+    ) -> TrainResult:
         """The result of the run in `out_dir` that ended with `state`."""
         best, last = out_dir / "best.pt", out_dir / "last.pt"
         accuracy = state.best_val_accuracy
