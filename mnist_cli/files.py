@@ -6,7 +6,7 @@ import fcntl
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -155,11 +155,13 @@ def exclusive_folder(out_dir: Path) -> Iterator[None]:
     fd = _take_lock(lock, out_dir)
     try:
         yield
-    finally:
-        lock.unlink(missing_ok=True)
+    finally:  # tidying up never hides what went wrong in the block
+        with suppress(OSError):
+            lock.unlink(missing_ok=True)  # a lock file left behind is free: flock holds none
         os.close(fd)
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+        with suppress(OSError):
+            if created and not any(out_dir.iterdir()):
+                out_dir.rmdir()
 
 
 def _take_lock(lock: Path, out_dir: Path) -> int:

@@ -103,3 +103,16 @@ def test_the_longest_name_a_folder_takes_is_written_and_a_longer_one_refused_ear
     assert longest.read_bytes() == b"ok"
     with pytest.raises(OutputError, match="the file name is longer than 255 bytes"):
         check_writable(tmp_path / ("b" * 256), option="--out")
+
+
+def test_tidying_the_lock_never_hides_the_error_of_the_block(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from mnist_cli.files import exclusive_folder
+
+    def refused(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    with pytest.raises(ValueError, match="the real error"), exclusive_folder(tmp_path / "run"):
+        monkeypatch.setattr(Path, "unlink", refused)  # the folder turned read-only
+        raise ValueError("the real error")
