@@ -67,3 +67,18 @@ def test_history_has_whole_epochs_and_accuracy_stops_at_100(trained):
             assert ticks and all(float(t).is_integer() for t in ticks), ticks
         assert accuracy.get_ylim()[1] == 100.0
         assert [t.get_text() for t in losses.get_legend().get_texts()][0] == "train (smoothed)"
+
+
+def test_a_loss_of_zero_is_not_shown_as_minus_zero():
+    from mnist_cli.infer.evaluation import LabelledImages, evaluate
+    from mnist_cli.options import BackendName
+
+    class Certain:  # a model whose answers are certain and right
+        name, path, provider = BackendName.onnxruntime, "certain.onnx", "CPUExecutionProvider"
+
+        def logits(self, images):
+            return np.eye(10, dtype=np.float32)[[3] * len(images)] * 1e4
+
+    data = LabelledImages(np.zeros((2, 28, 28), np.float32), np.array([3, 3]), [])
+    report, _ = evaluate(Certain(), data)
+    assert report.loss == 0.0 and str(report.loss) == "0.0"

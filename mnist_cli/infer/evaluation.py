@@ -155,7 +155,8 @@ def evaluate(model: Backend, data: LabelledImages) -> tuple[Report, Misclassifie
     if len(data.labels) == 0:
         raise DataError("the test set holds no images", hint="run `mnist download`")
     logits = model.logits(data.pixels[:, None].astype(np.float32))
-    loss = float(-log_softmax(logits)[np.arange(len(data.labels)), data.labels].mean())
+    # + 0.0: a loss of exactly zero prints as 0, not -0
+    loss = float(-log_softmax(logits)[np.arange(len(data.labels)), data.labels].mean()) + 0.0
     report = build_report(
         model.path,
         data.labels,
