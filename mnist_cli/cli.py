@@ -86,6 +86,24 @@ ModelFile = Annotated[
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print results and errors only: no notes, no bars.")
 ]
+
+
+def _probability(value: float) -> float:
+    if not 0.0 <= value <= 1.0:  # also NaN, which a range check lets through
+        raise typer.BadParameter(f"{value} is not a probability from 0 to 1")
+    return value
+
+
+MinConfidence = Annotated[
+    float,
+    typer.Option(
+        "--min-confidence",
+        callback=_probability,
+        help="Also refuse a digit read with less than this probability (0 to 1), for more "
+        "caution. \\[default: refuse only what the model calls no digit]",
+        show_default=False,
+    ),
+]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print results as JSON for scripts.")]
 
 
@@ -437,6 +455,13 @@ def predict(
         bool,
         typer.Option("--raw", help="Images are MNIST-style 28x28 already: skip preprocessing."),
     ] = False,
+    single: Annotated[
+        bool,
+        typer.Option(
+            "--single", help="Each image holds one digit: read it whole, find no number in it."
+        ),
+    ] = False,
+    min_confidence: MinConfidence = 0.0,
     show: Annotated[
         bool,
         typer.Option(
@@ -448,11 +473,14 @@ def predict(
     ] = 256,
     quiet: Quiet = False,
 ) -> None:
-    """Read the digit in each image: photos, scans or drawings, any size and position.
+    """Read the digits in each image: a digit or a number, photographed, scanned or drawn.
+
+    Digits are found left to right (lines top to bottom); what is no digit, such as a letter
+    or a scribble, is refused ("-" and "not a digit"), never guessed.
 
     A bad image costs one line on stderr; the others are still read, and the exit code is 1.
 
-    Example: mnist predict digits/ img.png --top-k 3 --show
+    Example: mnist predict digits/ number.png --top-k 3 --show
     """
     from mnist_cli import console
     from mnist_cli.infer import prediction
@@ -468,7 +496,13 @@ def predict(
         failures = 0
         with console.PredictionOutput(json_output=json_output, top_k=top_k, show=show) as output:
             for result in prediction.predict_paths(
-                model, [str(p) for p in paths], raw=raw, batch_size=batch_size, keep_digits=show
+                model,
+                [str(p) for p in paths],
+                raw=raw,
+                single=single,
+                min_confidence=min_confidence,
+                batch_size=batch_size,
+                keep_digits=show,
             ):
                 failures += result.error is not None
                 output.add(result)

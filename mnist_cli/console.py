@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from mnist_cli.errors import MnistError
     from mnist_cli.infer.backends import Backend
     from mnist_cli.infer.evaluation import Report
-    from mnist_cli.infer.prediction import Prediction
+    from mnist_cli.infer.prediction import Prediction, Reading
     from mnist_cli.train.checkpoints import EpochRecord
     from mnist_cli.train.export import ExportResult
     from mnist_cli.train.recipes import TrainConfig
@@ -280,6 +280,12 @@ def show_report(report: Report, *, json_output: bool = False) -> None:
         ),
         soft_wrap=True,
     )
+    if report.coverage < 1:  # a model with a "none" class refused some
+        out.print(
+            f"refused as no digit: {1 - report.coverage:.2%} of the images; "
+            f"accuracy on the rest {report.answered_accuracy:.2%}",
+            soft_wrap=True,
+        )
     scores = Table(title="Per class", title_justify="left")
     for column in ("digit", "precision", "recall", "F1", "support"):
         scores.add_column(column, justify="right")
@@ -321,12 +327,12 @@ class PredictionOutput:
         self.json_output, self.top_k, self.show = json_output, top_k, show
         self.table = Table()
         self.table.add_column("file", overflow="fold")
-        self.table.add_column("digit", justify="right")
+        self.table.add_column("digits", justify="right")
         self.table.add_column("confidence", justify="right")
         if top_k > 1:
             self.table.add_column(f"top {top_k}")
         self.rows = 0
-        self.read = self.unsure = self.failed = 0
+        self.read = self.unsure = self.failed = self.refused = 0
 
     def __enter__(self) -> PredictionOutput:
         return self
@@ -334,21 +340,26 @@ class PredictionOutput:
     def add(self, result: Prediction) -> None:
         self.failed += result.error is not None
         self.read += result.error is None
-        self.unsure += result.error is None and result.confidence < UNSURE
+        self.refused += result.reason is not None
+        self.unsure += result.reason is None and result.confidence < UNSURE
         if result.error is not None:
             message = Text.assemble((printable(result.path), "red"), f": {printable(result.error)}")
             err.print(message, soft_wrap=True)
             return
-        if self.show:  # beside JSON the picture goes to stderr, so stdout stays parseable
-            (err if self.json_output else out).print(digit_picture(result, max(self.top_k, 3)))
+        if self.show:  # beside JSON the pictures go to stderr, so stdout stays parseable
+            for reading in result.readings:
+                picture = digit_picture(result.path, reading, max(self.top_k, 3))
+                (err if self.json_output else out).print(picture)
         if self.json_output:
-            print_json(
-                {"path": result.path, "digit": result.digit, "probabilities": result.probabilities}
-            )
+            print_json(result.to_dict())
             return
-        cells = [Text(printable(result.path)), str(result.digit), f"{result.confidence:.2%}"]
+        if result.reason is not None:
+            cells = [Text(printable(result.path)), "-", Text(result.reason, "yellow")]
+        else:
+            cells = [Text(printable(result.path)), result.text, f"{result.confidence:.2%}"]
         if self.top_k > 1:
-            cells.append("  ".join(f"{d}: {p:.1%}" for d, p in result.top(self.top_k)))
+            top = result.top(self.top_k) if result.one else []
+            cells.append("  ".join(f"{d}: {p:.1%}" for d, p in top))
         self.table.add_row(*cells)
         self.rows += 1
 
@@ -360,26 +371,32 @@ class PredictionOutput:
         if self.read + self.failed > 1:
             note(
                 f"{self.read + self.failed} images: {self.read} read ({self.unsure} below "
-                f"{UNSURE:.0%} confidence), {self.failed} could not be read"
+                f"{UNSURE:.0%} confidence, {self.refused} not a digit), "
+                f"{self.failed} could not be read"
             )
 
 
 _HALF_BLOCKS = " ▄▀█"  # (top pixel, bottom pixel): neither, bottom, top, both
 
 
-def digit_picture(result: Prediction, top: int) -> Table:
+def digit_picture(path: str, reading: Reading, top: int) -> Table:
     """The 28x28 digit the model saw, in half-block characters, beside its top guesses.
 
     Plain characters, no colour: it reads the same over SSH, in a pipe and in a log.
     """
-    ink = result.image >= 0.35
+    ink = reading.image >= 0.35
     rows = []
     for upper, lower in zip(ink[0::2], ink[1::2], strict=True):  # a cell holds two pixel rows
         cells = zip(upper, lower, strict=True)
         rows.append("".join(_HALF_BLOCKS[2 * bool(a) + bool(b)] for a, b in cells))
     lines = Text("\n".join(rows))
-    guesses = Text.assemble((printable(result.path), "bold"), "\n")
-    for digit, probability in result.top(top):
+    where = " ".join(map(str, reading.box))
+    guesses = Text.assemble((printable(path), "bold"), f"  [{where}]\n")
+    if reading.digit is None:
+        guesses.append("not a digit\n", "yellow")
+    probabilities = reading.probabilities
+    for digit in sorted(range(len(probabilities)), key=lambda d: -probabilities[d])[:top]:
+        probability = probabilities[digit]
         bar = "█" * round(probability * 20)
         guesses.append(f"{digit}  {bar:<20} {probability:6.1%}\n")
     grid = Table.grid(padding=(0, 2))

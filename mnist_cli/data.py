@@ -13,6 +13,9 @@ from mnist_cli.errors import DataError, DataMissing, OptionError
 from mnist_cli.files import MISSING, path_problem
 
 CLASS_LABELS = [str(digit) for digit in range(10)]
+NONE_LABEL = "none"  # the class of what is no digit (letters, symbols, scribbles, paper)
+# The two class lists a model of this project has: the digits, with or without "none".
+MODEL_LABELS = (CLASS_LABELS, [*CLASS_LABELS, NONE_LABEL])
 IMAGE_SIZE = 28
 NORMALIZATION = {"mean": 0.1307, "std": 0.3081}  # pixel mean and std of the training images
 BLANK_PIXEL = -NORMALIZATION["mean"] / NORMALIZATION["std"]  # a blank pixel, normalised

@@ -1,6 +1,6 @@
 """Reproduce the bundled model: train the default cnn on MNIST, export it, copy both in.
 
-python scripts/make_pretrained.py --data-dir datafiles [--device cuda --recipe cpu]
+python scripts/make_pretrained.py --data-dir datafiles [--epochs 30] [--device cuda --recipe cpu]
 
 Writes mnist_cli/pretrained/cnn.pt (best.pt of `mnist train` with the default recipe, without
 optimiser state) and mnist_cli/pretrained/cnn.onnx (its checked `mnist export`).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from mnist_cli.infer.backends import BUNDLED_MODELS, BackendName
@@ -29,10 +30,14 @@ def main() -> None:
         choices=["cpu", "cuda"],
         help="the recipe to train with (default: the device's); the CPU recipe runs on a GPU too",
     )
+    parser.add_argument("--epochs", type=int, help="passes over the data (default: the recipe's)")
     args = parser.parse_args()
+    config = default_config("cnn", args.recipe or args.device)
+    if args.epochs:
+        config = replace(config, epochs=args.epochs)
     with tempfile.TemporaryDirectory() as scratch:
         run = train(
-            default_config("cnn", args.recipe or args.device),
+            config,
             data_dir=args.data_dir,
             out_dir=scratch,
             device=args.device,

@@ -98,7 +98,8 @@ def test_a_plain_linear_onnx_file_is_accepted(tmp_path):
 
 @pytest.fixture(scope="module")
 def static_batch(trained, tmp_path_factory):
-    """The trained model exported as a beginner would: torch.onnx.export with a batch of one."""
+    """The trained model exported as a beginner would: torch.onnx.export with a batch of one,
+    then its classes named in the metadata (an 11th output is "none" only where it says so)."""
     from mnist_cli.train.checkpoints import classifier_from_checkpoint
 
     path = tmp_path_factory.mktemp("static") / "static.onnx"
@@ -106,7 +107,18 @@ def static_batch(trained, tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(classifier, torch.zeros(1, 1, 28, 28), path, verbose=False)
+    graph = onnx.load(path)
+    onnx.helper.set_model_props(graph, {"class_labels": json.dumps([*map(str, range(10)), "none"])})
+    onnx.save(graph, path)
     return path
+
+
+def test_an_eleventh_output_without_class_names_is_refused(static_batch, tmp_path):
+    graph = onnx.load(static_batch)
+    del graph.metadata_props[:]
+    onnx.save(graph, tmp_path / "unnamed.onnx")
+    with pytest.raises(ModelError, match=r"scores of shape \[1, 11\].*not \[1, 10\]"):
+        open_model(tmp_path / "unnamed.onnx")
 
 
 def test_static_batch_onnx_predicts_and_tests_like_its_checkpoint(static_batch, trained, tmp_path):

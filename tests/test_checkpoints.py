@@ -187,7 +187,9 @@ def test_absurd_architecture_arguments_are_refused_without_allocating(
     trained, tmp_path, memory_growth
 ):
     path = _raw_damaged(
-        trained, tmp_path, arguments={**default_arguments("cnn"), "channels": [16, 32, 60000]}
+        trained,
+        tmp_path,
+        arguments={**default_arguments("cnn"), "classes": 11, "channels": [16, 32, 60000]},
     )
     message, grown_mib = memory_growth(
         "try:\n    open_model(sys.argv[1])\nexcept ModelError as error:\n    print(error.message)",
@@ -209,7 +211,13 @@ def test_absurd_architecture_arguments_are_refused_without_allocating(
 def test_a_checkpoint_of_an_older_cnn_layout_opens_and_runs(trained, tmp_path, legacy_arguments):
     torch.manual_seed(0)
     legacy = build_model("cnn", legacy_arguments).eval()
-    path = _damaged(trained, tmp_path, arguments=legacy_arguments, state_dict=legacy.state_dict())
+    path = _damaged(
+        trained,
+        tmp_path,
+        arguments=legacy_arguments,
+        state_dict=legacy.state_dict(),
+        class_labels=[str(digit) for digit in range(10)],  # before the "none" class
+    )
     backend = open_model(path, device="cpu")
     images = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
     saved = load_checkpoint(path)

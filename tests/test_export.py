@@ -41,7 +41,7 @@ def test_dynamic_batch_matches_torch(exported, batch):
     classifier = classifier_from_checkpoint(load_checkpoint(trained["checkpoint"]))
     with torch.no_grad():
         expected_logits, expected = classifier(torch.from_numpy(images))
-    assert logits.shape == (batch, 10)
+    assert logits.shape == (batch, 11)  # the ten digits and "none"
     assert np.abs(probabilities - expected.numpy()).max() <= 1e-5
     assert np.abs(logits - expected_logits.numpy()).max() <= 1e-3
 
@@ -49,7 +49,7 @@ def test_dynamic_batch_matches_torch(exported, batch):
 def test_metadata_describes_the_model(exported):
     result, trained = exported
     meta = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
-    assert json.loads(meta["class_labels"]) == [str(d) for d in range(10)]
+    assert json.loads(meta["class_labels"]) == [*(str(d) for d in range(10)), "none"]
     assert "[0, 1]" in meta["input"]
     assert json.loads(meta["architecture"])["name"] == "cnn"
     assert meta["source_checkpoint_sha256"] == sha256_of(trained["checkpoint"])
@@ -69,7 +69,7 @@ def test_mismatch_leaves_no_file(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(
         export.OnnxBackend,
         "probabilities",
-        lambda self, images: np.full((len(images), 10), 0.1, np.float32),
+        lambda self, images: np.full((len(images), 11), 1 / 11, np.float32),
     )
     with pytest.raises(ExportError, match="disagrees"):
         export_onnx(trained["checkpoint"], tmp_path / "m.onnx", data_dir=trained["data_dir"])

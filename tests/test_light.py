@@ -42,9 +42,11 @@ def test_predict_with_no_paths_reads_the_shipped_samples():
     done = mnist("predict", "--json")
     assert done.returncode == 0, done.stderr
     read = {
-        Path(line["path"]).name: line["digit"] for line in map(json.loads, done.stdout.splitlines())
+        Path(line["path"]).name: line["text"] for line in map(json.loads, done.stdout.splitlines())
     }
-    assert read == SAMPLE_DIGITS
+    # three digits, a number, and a letter that is refused
+    expected = {name: str(digit) for name, digit in SAMPLE_DIGITS.items()}
+    assert read == {**expected, "number-2024.jpg": "2024", "drawn-A.png": ""}
     assert "reading the samples shipped in" in done.stderr and "bundled model" in done.stderr
 
 

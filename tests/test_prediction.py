@@ -48,7 +48,8 @@ def test_both_backends_read_the_digits(models, backend):
     truth = [int(r.path.split("label")[1][0]) for r in results]
     correct = sum(r.digit == t for r, t in zip(results, truth, strict=True))
     assert correct >= 17
-    assert all(abs(sum(r.probabilities) - 1) < 1e-4 for r in results)
+    # the ten digits' share of the probability; what is left is the "none" class's
+    assert all(0.5 < sum(r.probabilities) <= 1 + 1e-4 for r in results if r.digit is not None)
 
 
 def test_backends_agree(models):
@@ -88,10 +89,19 @@ def test_cli_json_lines_and_bad_files(models, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["path"] for line in lines] == [str(p) for p in good]
-    assert all(len(line["probabilities"]) == 10 for line in lines)
+    assert [line["path"] for line in lines] == [*map(str, good), str(tmp_path / "blank.png")]
+    assert all(len(line["probabilities"]) == 10 for line in lines[:3])
+    for line in lines[:3]:
+        assert line["text"] == str(line["digit"]) and len(line["digits"]) == 1, line
+    # a blank page is no error: it holds no digit, and says so
+    assert lines[3] == {
+        "path": str(tmp_path / "blank.png"),
+        "text": "",
+        "digits": [],
+        "digit": None,
+        "reason": "not a digit (blank)",
+    }
     assert "broken.png: not a readable image" in result.stderr
-    assert "blank.png: no digit found" in result.stderr
     assert "missing.png: no such file or folder" in result.stderr
     assert "Traceback" not in result.output
 
@@ -259,3 +269,97 @@ def test_a_closed_output_pipe_exits_quietly(models):
     assert process.wait(timeout=60) == 141
     assert "Error" not in stderr and "Traceback" not in stderr
     assert "images:" not in stderr  # no summary of the part that was read before the pipe closed
+
+
+def _number(images: np.ndarray, gaps: list[int], scale: int = 3) -> Image.Image:
+    """MNIST digits cropped to their ink, side by side `gaps` pixels apart (at 28 px a digit;
+    0 or less: touching), dark on white."""
+    columns = [np.flatnonzero(image.max(0) > 50) for image in images]
+    crops = [image[:, c[0] : c[-1] + 1] for image, c in zip(images, columns, strict=True)]
+    width = sum(crop.shape[1] for crop in crops) + sum(gaps) + 20
+    row = np.zeros((48, width), np.uint8)
+    x = 10
+    for crop, gap in zip(crops, [*gaps, 0], strict=True):
+        row[10:38, x : x + crop.shape[1]] = np.maximum(row[10:38, x : x + crop.shape[1]], crop)
+        x += crop.shape[1] + gap
+    ink = Image.fromarray(255 - row)
+    return ink.resize((ink.width * scale, ink.height * scale), Image.BILINEAR)
+
+
+@pytest.fixture(scope="module")
+def numbers(trained, tmp_path_factory):
+    """Ten numbers of 2 to 5 MNIST test digits from the shipped subset, and their texts."""
+    root = tmp_path_factory.mktemp("numbers")
+    test = load_split(trained["data_dir"], "test")
+    rng = np.random.default_rng(7)
+    texts = []
+    for index in range(10):
+        picks = rng.choice(len(test.labels), size=2 + index % 4, replace=False)
+        gaps = [int(g) for g in rng.integers(-1, 6, size=len(picks) - 1)]  # some touch
+        _number(test.images[picks], gaps).save(root / f"{index}.png")
+        texts.append("".join(str(test.labels[i]) for i in picks))
+    return root, texts
+
+
+def test_a_number_is_read_left_to_right_with_a_box_per_digit(numbers):
+    folder, texts = numbers
+    result = runner.invoke(app, ["predict", str(folder), "--json"])  # the bundled model
+    assert result.exit_code == 0, result.output
+    lines = sorted(map(json.loads, result.stdout.splitlines()), key=lambda r: r["path"])
+    read = [line["text"] for line in lines]
+    assert sum(a == b for a, b in zip(read, texts, strict=True)) >= 8, (read, texts)
+    for line in lines:
+        width, height = Image.open(line["path"]).size
+        lefts = [digit["box"][0] for digit in line["digits"]]
+        assert lefts == sorted(lefts)
+        for digit in line["digits"]:
+            x0, y0, x1, y1 = digit["box"]
+            assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+            assert len(digit["probabilities"]) == 10
+        if len(line["text"]) > 1:  # a number has no one "digit"
+            assert line["digit"] is None and "probabilities" not in line
+
+
+def test_single_reads_the_whole_image_as_one_digit(numbers):
+    folder, _ = numbers
+    result = runner.invoke(app, ["predict", str(folder / "9.png"), "--json", "--single"])
+    (line,) = map(json.loads, result.stdout.splitlines())
+    assert len(line["text"]) <= 1 and len(line["digits"]) == 1
+    width, height = Image.open(folder / "9.png").size
+    assert line["digits"][0]["box"] == [0, 0, width, height]
+
+
+def test_a_lone_digit_reads_exactly_as_a_single_one(models):
+    engine = open_model(models["onnx"], device="cpu")
+    paths = [str(models["images"])]
+    found = list(predict_paths(engine, paths))
+    whole = list(predict_paths(engine, paths, single=True))
+    assert [r.probabilities for r in found] == [r.probabilities for r in whole]
+    assert all(len(r.readings) == 1 for r in found)
+
+
+def test_what_is_no_digit_is_refused_not_guessed(tmp_path):
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=90)
+    for letter in "AEFHKMNPRWXY":
+        page = Image.new("L", (140, 140), 255)
+        ImageDraw.Draw(page).text((25, 15), letter, fill=0, font=font)
+        page.save(tmp_path / f"{letter}.png")
+    result = runner.invoke(app, ["predict", str(tmp_path), "--json"])  # the bundled model
+    assert result.exit_code == 0, result.output
+    lines = list(map(json.loads, result.stdout.splitlines()))
+    refused = [line for line in lines if line["reason"] == "not a digit"] if lines else []
+    assert len(refused) >= 8, [(line["path"][-5:], line["text"]) for line in lines]
+    assert all(line["text"] == "" and line["digit"] is None for line in refused)
+    table = runner.invoke(app, ["predict", str(tmp_path / "X.png")])
+    assert "not a digit" in table.stdout
+
+
+def test_min_confidence_asks_for_more_caution(models):
+    sure = runner.invoke(app, ["predict", str(models["images"]), "--json", "--min-confidence", "1"])
+    assert sure.exit_code == 0
+    assert all(json.loads(line)["text"] == "" for line in sure.stdout.splitlines())
+    for bad in ("nan", "1.5", "-0.1", "x"):
+        result = runner.invoke(app, ["predict", "--min-confidence", bad])
+        assert result.exit_code == 2 and "--min-confidence" in result.output

@@ -267,13 +267,13 @@ def test_the_speck_filter_is_a_5x5_median_filter(density):
     # Running sums give what Pillow's MedianFilter(5) gives, 15x faster on a 280x280 canvas.
     from PIL import ImageFilter
 
-    from mnist_cli.infer.preprocessing import _median_filter
+    from mnist_cli.infer.preprocessing import despeckle
 
     rng = np.random.default_rng(int(density * 100))
     for height, width in [(57, 57), (90, 200), (281, 263)]:
         mask = rng.random((height, width)) < density
         pillow = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MedianFilter(5))
-        assert np.array_equal(_median_filter(mask), np.asarray(pillow) > 127)
+        assert np.array_equal(despeckle(mask), np.asarray(pillow) > 127)
 
 
 @pytest.mark.parametrize("side", [1000, 1100])  # under and over MAX_SIDE: shrunk or not

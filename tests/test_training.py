@@ -36,7 +36,7 @@ def test_trained_model_is_far_above_chance(trained):
 def test_checkpoint_describes_itself(trained):
     saved = load_checkpoint(trained["checkpoint"])
     assert saved.architecture == "cnn"
-    assert saved.class_labels == [str(d) for d in range(10)]
+    assert saved.class_labels == [*(str(d) for d in range(10)), "none"]
     assert saved.normalization == {"mean": 0.1307, "std": 0.3081}
     assert saved.options["epochs"] == 3 and saved.options["seed"] == 0
     assert saved.val_accuracy == max(row.val_accuracy for row in saved.state.history)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnist_cli.data import CLASS_LABELS
+from mnist_cli.data import CLASS_LABELS, MODEL_LABELS, NONE_LABEL
 from mnist_cli.devices import check_device_name
 from mnist_cli.errors import MnistError, first_line
 from mnist_cli.files import MISSING, ONNX_FILE, TORCH_FILE, describe_bytes, path_problem
@@ -63,6 +63,11 @@ class Backend:
     labels: list[str]
     note: str | None = None  # a warning about how it runs, for the user
     batch: int | None = None  # a fixed batch size the model was exported with, if any
+
+    @property
+    def refuses(self) -> bool:
+        """Whether the model has a "none" class: it can answer that an image holds no digit."""
+        return self.labels[-1] == NONE_LABEL
 
     @property
     def bundled(self) -> bool:
@@ -306,8 +311,10 @@ class OnnxBackend(Backend):
             labels = None
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise self._fail("its class_labels metadata is not a JSON list of strings")
-        if labels != CLASS_LABELS:
-            raise self._fail(f"its classes are {labels[:12]!r}; mnist reads the digits 0-9")
+        if labels not in MODEL_LABELS:
+            raise self._fail(
+                f"its classes are {labels[:12]!r}; mnist reads the digits 0-9 (and 'none')"
+            )
         return labels
 
     def _run(self, images: np.ndarray) -> np.ndarray:
@@ -372,7 +379,8 @@ _STOP_SECONDS = 2.0  # onnxruntime checks the flag between operators: millisecon
 
 _MODEL_HINT = (
     "mnist runs ONNX models that take float32 N x 1 x 28 x 28 pixels in [0, 1] and give "
-    "N x 10 scores; `mnist export` writes such a file"
+    "N x 10 scores (11 with a 'none' class named in its metadata); `mnist export` writes such "
+    "a file"
 )
 
 

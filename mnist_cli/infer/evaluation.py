@@ -41,6 +41,10 @@ class Report:
     confusion: list[list[int]]  # rows: true label, columns: predicted label
     errors: int
     ece: float  # expected calibration error of the top probability (CALIBRATION_BINS bins)
+    # At the default refusal (a "none" answer, for models that have the class): the share of
+    # images answered, and the accuracy on those.
+    coverage: float = 1.0
+    answered_accuracy: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable files (--images)
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,8 +61,15 @@ def build_report(
     provider: str = "",
     skipped: list[tuple[str, str]] | None = None,
 ) -> Report:
-    """Accuracy, per-class precision/recall/F1, calibration and the confusion matrix."""
-    predicted = logits.argmax(1)
+    """Accuracy, per-class precision/recall/F1, calibration and the confusion matrix.
+
+    `logits` may have an 11th column, "none": the scores then count the digit each image would
+    be read as if it had to be one, and `coverage` says how many were not refused.
+    """
+    from mnist_cli.infer.prediction import answers
+
+    probabilities = softmax(logits)
+    predicted, _, refused = answers(probabilities)
     classes = len(CLASS_LABELS)
     confusion = np.bincount(labels * classes + predicted, minlength=classes * classes)
     confusion = confusion.reshape(classes, classes)
@@ -79,8 +90,12 @@ def build_report(
         classes=scores,
         confusion=confusion.tolist(),
         errors=int((predicted != labels).sum()),
-        ece=calibration_error(softmax(logits), labels) if len(labels) else 0.0,
+        ece=calibration_error(probabilities[:, :classes], labels) if len(labels) else 0.0,
         skipped=list(skipped or []),
+        coverage=float(1 - refused.mean()) if len(labels) else 0.0,
+        answered_accuracy=float((predicted == labels)[~refused].mean())
+        if (~refused).any()
+        else 0.0,
     )
 
 
@@ -93,7 +108,7 @@ def calibration_error(probabilities: np.ndarray, labels: np.ndarray) -> float:
     of the time."""
     confidence = probabilities.max(1).astype(np.float64)
     right = (probabilities.argmax(1) == labels).astype(np.float64)
-    # Bins (0, 1/15], (1/15, 2/15], ... (14/15, 1]: a top probability is never below 1/10.
+    # Bins (0, 1/15], (1/15, 2/15], ... (14/15, 1]; a probability of 0 counts in the first.
     index = np.clip(np.ceil(confidence * CALIBRATION_BINS).astype(int) - 1, 0, None)
     gaps = np.bincount(index, weights=right) - np.bincount(index, weights=confidence)
     return float(np.abs(gaps).sum() / len(labels))
@@ -166,10 +181,12 @@ def evaluate(model: Backend, data: LabelledImages) -> tuple[Report, Misclassifie
         provider=model.provider,
         skipped=data.skipped,
     )
-    wrong = logits.argmax(1) != data.labels
+    from mnist_cli.infer.prediction import answers
+
+    predicted, confidence, _ = answers(softmax(logits))
+    wrong = predicted != data.labels
     shown = (data.pixels[wrong] * 255).round().astype(np.uint8)
-    confidence = softmax(logits[wrong]).max(1) if wrong.any() else np.zeros(0, np.float32)
-    return report, Misclassified(shown, data.labels[wrong], logits.argmax(1)[wrong], confidence)
+    return report, Misclassified(shown, data.labels[wrong], predicted[wrong], confidence[wrong])
 
 
 def evaluate_model(

@@ -7,32 +7,136 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mnist_cli.data import CLASS_LABELS
 from mnist_cli.infer.backends import Backend
 from mnist_cli.infer.imagefiles import expand_paths
-from mnist_cli.infer.preprocessing import ImageError, load_digit
+from mnist_cli.infer.preprocessing import BlankImage, ImageError, Page, load_page
+from mnist_cli.infer.segmentation import (
+    Piece,
+    Scorer,
+    find_pieces,
+    join_by_recognition,
+    split_touching,
+)
 from mnist_cli.options import PACKAGE_DIR
 
 # A drawing, a photo and a stranger's handwriting: what `mnist predict` reads when given nothing.
 SAMPLES = PACKAGE_DIR / "samples"
 
 
-@dataclass
-class Prediction:
-    """The digit read from one file, or why it could not be read."""
+NOT_A_DIGIT = "not a digit"  # the reason given where no digit was read
 
-    path: str
-    digit: int | None = None
-    probabilities: list[float] = field(default_factory=list)
-    error: str | None = None
+
+@dataclass
+class Reading:
+    """One digit found in an image, or a part of it that is no digit (`digit` None)."""
+
+    digit: int | None
+    probabilities: list[float]  # of the ten digits
+    box: tuple[int, int, int, int]  # left, top, right, bottom in the image file's pixels
+    line: int = 0  # which line of writing, from the top
     image: np.ndarray | None = None  # the 28x28 digit the model saw, with keep_digits=True
 
     @property
     def confidence(self) -> float:
         return max(self.probabilities) if self.probabilities else 0.0
 
+
+@dataclass
+class Prediction:
+    """What was read in one file: its digits in reading order, or why none, or why the file
+    could not be read."""
+
+    path: str
+    readings: list[Reading] = field(default_factory=list)
+    error: str | None = None
+    blank: bool = False  # no ink at all
+
+    @property
+    def digits(self) -> list[Reading]:
+        """The readings that are digits (not refused)."""
+        return [reading for reading in self.readings if reading.digit is not None]
+
+    @property
+    def text(self) -> str:
+        """The digits read, lines apart by a space: "2024", "" when none."""
+        lines: dict[int, str] = {}
+        for reading in self.digits:
+            lines[reading.line] = lines.get(reading.line, "") + str(reading.digit)
+        return " ".join(lines[line] for line in sorted(lines))
+
+    @property
+    def reason(self) -> str | None:
+        """Why no digit was read, where none was."""
+        if self.error is not None or self.digits:
+            return None
+        return f"{NOT_A_DIGIT} (blank)" if self.blank else NOT_A_DIGIT
+
+    @property
+    def one(self) -> Reading | None:
+        """The digit, where exactly one was read."""
+        digits = self.digits
+        return digits[0] if len(digits) == 1 else None
+
+    @property
+    def digit(self) -> int | None:
+        return self.one.digit if self.one else None
+
+    @property
+    def probabilities(self) -> list[float]:
+        return self.one.probabilities if self.one else []
+
+    @property
+    def image(self) -> np.ndarray | None:
+        return self.one.image if self.one else None
+
+    @property
+    def confidence(self) -> float:
+        """How sure the reading is: that of its least sure digit (0 when none was read)."""
+        return min((reading.confidence for reading in self.digits), default=0.0)
+
     def top(self, k: int) -> list[tuple[int, float]]:
+        """The k likeliest digits of a one-digit reading."""
         order = np.argsort(self.probabilities)[::-1][:k]
         return [(int(d), self.probabilities[d]) for d in order]
+
+    def to_dict(self) -> dict:
+        """The JSON of `mnist predict --json` and of serve's /predict."""
+        result: dict = {"path": self.path, "text": self.text}
+        result["digits"] = [
+            {
+                "digit": reading.digit,
+                "confidence": reading.confidence,
+                "box": list(reading.box),
+                "probabilities": reading.probabilities,
+            }
+            for reading in self.readings
+        ]
+        result["digit"] = self.digit
+        if self.one:
+            result["probabilities"] = self.probabilities
+        if self.reason:
+            result["reason"] = self.reason
+        return result
+
+
+def answers(
+    probabilities: np.ndarray, min_confidence: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of a model's probabilities: the most likely digit, its probability, and whether
+    the answer is refused: the model is sure it is no digit (NONE_SURE), or the digit is under
+    `min_confidence`."""
+    digits = probabilities[:, : len(CLASS_LABELS)]
+    best, confidence = digits.argmax(1), digits.max(1)
+    refused = confidence < min_confidence
+    if probabilities.shape[1] > len(CLASS_LABELS):  # the "none" column
+        refused |= probabilities[:, len(CLASS_LABELS)] > NONE_SURE
+    return best, confidence, refused
+
+
+# How sure of "none" the model must be to refuse an image: the default refuses about 1% of the
+# real digits in benchmarks/handwriting, and most letters, symbols, scribbles and paper.
+NONE_SURE = 0.9
 
 
 def _batches(items: Iterable[tuple[str, str | None]], size: int) -> Iterator[list]:
@@ -46,15 +150,168 @@ def _batches(items: Iterable[tuple[str, str | None]], size: int) -> Iterator[lis
         yield batch
 
 
-def read(model: Backend, digits: Sequence[np.ndarray], names: Sequence[str]) -> list[Prediction]:
-    """The Prediction for each preprocessed 28x28 digit, run as one batch; each keeps its digit."""
+def read_pages(
+    model: Backend,
+    pages: Sequence[Page],
+    *,
+    single: bool = False,
+    min_confidence: float = 0.0,
+    keep_digits: bool = False,
+) -> list[Prediction]:
+    """Read each page's digits, all pages' digits run through the model as one batch.
+
+    `single=True` reads each page as one digit, as a page that holds one digit is read anyway.
+    A piece refused as no digit that could be two touching digits is tried cut, on its own.
+    """
+    score = _scorer(model)
+    found = [_segments(page, score, single=single) for page in pages]
+    segments = [segment for page_segments in found for segment in page_segments or []]
+    probabilities = _probabilities(model, [segment.digit for segment in segments])
+    best, _, refused = answers(probabilities, min_confidence)
+    results, k = [], 0
+    for page, page_segments in zip(pages, found, strict=True):
+        if page_segments is None:
+            results.append(Prediction(page.name, blank=True))
+            continue
+        readings = []
+        for segment in page_segments:
+            if refused[k] and segment.piece is not None:
+                parts = split_touching(
+                    segment.piece,
+                    segment.ink,
+                    score,
+                    page.name,
+                    wide=_MAYBE_TWO,
+                    none_weight=_REFUSED_NONE_WEIGHT,
+                )
+                if len(parts) > 1:
+                    cut = [
+                        _Segment(part.box, segment.line, part.digit(segment.ink, page.name))
+                        for part in parts
+                    ]
+                    readings += _readings(model, cut, page.scale, min_confidence, keep_digits)
+                    k += 1
+                    continue
+            digit = None if refused[k] else int(best[k])
+            readings.append(_reading(digit, probabilities[k], segment, page.scale, keep_digits))
+            k += 1
+        results.append(Prediction(page.name, readings))
+    return results
+
+
+# A piece refused as no digit is tried cut when this wide for its height: two touching digits
+# can be narrower than the wide pieces tried always (segmentation.split_touching).
+_MAYBE_TWO = 0.7
+_REFUSED_NONE_WEIGHT = 1.0
+
+
+@dataclass
+class _Segment:
+    """A digit's place in the page and what the model is shown; with the piece of ink it came
+    from, and the page's ink, where it may be cut further."""
+
+    box: tuple[int, int, int, int]
+    line: int
+    digit: np.ndarray
+    piece: Piece | None = None
+    ink: np.ndarray | None = None
+
+
+def _probabilities(model: Backend, digits: list[np.ndarray]) -> np.ndarray:
     if not digits:
-        return []
-    probabilities = model.probabilities(np.stack(digits)[:, None])
+        return np.zeros((0, len(model.labels)), np.float32)
+    return model.probabilities(np.stack(digits)[:, None])
+
+
+def _readings(
+    model: Backend,
+    segments: list[_Segment],
+    scale: tuple[float, float],
+    min_confidence: float,
+    keep_digits: bool,
+) -> list[Reading]:
+    probabilities = _probabilities(model, [segment.digit for segment in segments])
+    best, _, refused = answers(probabilities, min_confidence)
     return [
-        Prediction(name, int(p.argmax()), [float(x) for x in p], image=digit)
-        for name, digit, p in zip(names, digits, probabilities, strict=True)
+        _reading(None if no else int(digit), p, segment, scale, keep_digits)
+        for digit, no, p, segment in zip(best, refused, probabilities, segments, strict=True)
     ]
+
+
+def _reading(
+    digit: int | None,
+    probabilities: np.ndarray,
+    segment: _Segment,
+    scale: tuple[float, float],
+    keep_digits: bool,
+) -> Reading:
+    return Reading(
+        digit,
+        [float(x) for x in probabilities[: len(CLASS_LABELS)]],
+        _stored(segment.box, scale),
+        segment.line,
+        segment.digit if keep_digits else None,
+    )
+
+
+def _segments(page: Page, score: Scorer, *, single: bool) -> list[_Segment] | None:
+    """Where the page's digits are and what each looks like to the model; None when the page
+    holds no ink. A page of one digit gives exactly the lone-digit reading."""
+    whole = (0, 0, *_size(page.gray))
+    try:
+        if single or page.raw:
+            return [_Segment(whole, 0, page.digit())]
+        ink = page.ink()
+    except BlankImage:
+        return None
+    lines = find_pieces(ink)
+    if sum(map(len, lines)) > 1:
+        lines = [join_by_recognition(line, ink, score, page.name) for line in lines]
+    found = [
+        (number, part)
+        for number, line in enumerate(lines)
+        for piece in line
+        for part in split_touching(piece, ink, score, page.name)
+    ]
+    if len(found) == 1:
+        piece = found[0][1]
+        return [_Segment(piece.box, 0, page.digit(), piece, ink)]
+    segments = []
+    for number, part in found:
+        try:
+            segments.append(_Segment(part.box, number, part.digit(ink, page.name), part, ink))
+        except ImageError:  # a sliver with no ink left once faint edges are dropped
+            continue
+    return segments or None
+
+
+def _scorer(model: Backend) -> Scorer:
+    """How sure the model is that each 28x28 image is a digit (0 where it refuses it), and
+    that it is none."""
+
+    def score(digits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        probabilities = model.probabilities(np.stack(digits)[:, None])
+        _, confidence, refused = answers(probabilities)
+        none = probabilities[:, -1] if model.refuses else np.zeros(len(digits))
+        return np.where(refused, 0.0, confidence), none
+
+    return score
+
+
+def _size(gray) -> tuple[int, int]:
+    return (
+        gray.size
+        if hasattr(gray, "size") and not isinstance(gray, np.ndarray)
+        else gray.shape[::-1]
+    )
+
+
+def _stored(
+    box: tuple[int, int, int, int], scale: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """A box in the decoded image's pixels, in the stored image's."""
+    x, y = scale
+    return (round(box[0] * x), round(box[1] * y), round(box[2] * x), round(box[3] * y))
 
 
 def predict_paths(
@@ -62,30 +319,31 @@ def predict_paths(
     paths: Sequence[str],
     *,
     raw: bool = False,
+    single: bool = False,
+    min_confidence: float = 0.0,
     batch_size: int = 256,
     keep_digits: bool = False,
 ) -> Iterator[Prediction]:
     """Yield one Prediction per image file (or per bad path), reading and running in batches.
 
-    `keep_digits=True` keeps each preprocessed 28x28 digit on its Prediction (`image`).
+    `keep_digits=True` keeps each preprocessed 28x28 digit on its Reading (`image`).
     """
     for chunk in _batches(expand_paths(paths), batch_size):
-        ready: list[tuple[str, np.ndarray]] = []
+        ready: list[Page] = []
         failed: dict[int, Prediction] = {}
         for position, (path, problem) in enumerate(chunk):
             if problem is not None:
                 failed[position] = Prediction(path, error=problem)
                 continue
             try:
-                ready.append((path, load_digit(path, raw=raw)))
+                ready.append(load_page(path, raw=raw))
             except (ImageError, OSError) as error:
                 message = getattr(error, "message", None) or f"{path}: {error}"
                 failed[position] = Prediction(path, error=message.removeprefix(f"{path}: "))
-        results = iter(read(model, [d for _, d in ready], [path for path, _ in ready]))
+        results = iter(
+            read_pages(
+                model, ready, single=single, min_confidence=min_confidence, keep_digits=keep_digits
+            )
+        )
         for position in range(len(chunk)):
-            if position in failed:
-                yield failed[position]
-                continue
-            result = next(results)
-            result.image = result.image if keep_digits else None
-            yield result
+            yield failed[position] if position in failed else next(results)

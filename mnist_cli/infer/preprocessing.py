@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,13 +24,17 @@ FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 MAX_PIXELS = 50_000_000  # larger canvases are refused before decoding (decompression bombs)
 MAX_SIDE = 1024  # larger images are reduced first: the digit ends up 20 px tall anyway
 _BOX = 20  # MNIST scaled each digit to fit a 20x20 box...
-_SIZE = 28  # ...then centred it by mass in a 28x28 field
-_INK = 0.3  # share of the ink's peak above which a pixel counts for the bounding box
+SIZE = 28  # ...then centred it by mass in a 28x28 field
+INK = 0.3  # share of the ink's peak above which a pixel counts for the bounding box
 _MIN_CONTRAST = 0.08  # peak ink above the paper, as a share of full scale: below, it is blank
 
 
 class ImageError(MnistError):
     """One image cannot be used; `mnist predict` reports it and goes on with the others."""
+
+
+class BlankImage(ImageError):
+    """The image holds no ink: nothing to read (not a digit), though the file itself is fine."""
 
 
 def open_image(path: Path | str) -> Image.Image:
@@ -41,7 +46,7 @@ def open_image(path: Path | str) -> Image.Image:
     problem = path_problem(path)
     if problem is not None:
         raise ImageError(f"{path}: {problem}; skipped")
-    return _decode(path, str(path))
+    return _decode(path, str(path))[0]
 
 
 class PixelBudget:
@@ -61,8 +66,10 @@ class PixelBudget:
         self.left -= width * height
 
 
-def _decode(source: Path | BinaryIO, name: str, budget: PixelBudget | None = None) -> Image.Image:
-    """Decode a file or an in-memory upload with the same limits."""
+def _decode(
+    source: Path | BinaryIO, name: str, budget: PixelBudget | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode a file or an in-memory upload with the same limits; also its size as stored."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -87,7 +94,7 @@ def _decode(source: Path | BinaryIO, name: str, budget: PixelBudget | None = Non
             if budget is not None:
                 budget.take(image, name)
             image.load()
-            return _shrink(image)
+            return _shrink(image), (width, height)
     except ImageError:
         raise
     except Exception as error:  # Pillow's decoders raise many types on damaged files
@@ -190,11 +197,11 @@ def _ink_box(mask: Image.Image) -> tuple[int, int, int, int] | None:
     scans, isolated specks of noise are dropped first (when anything is left): nothing outside
     the mask's box can pass a 5x5 median, so only the box and 2 px around it are filtered."""
     box = mask.getbbox()
-    if box is None or min(mask.size) <= 2 * _SIZE:
+    if box is None or min(mask.size) <= 2 * SIZE:
         return box
     left, top = max(box[0] - 2, 0), max(box[1] - 2, 0)
     right, bottom = min(box[2] + 2, mask.width), min(box[3] + 2, mask.height)
-    kept = _median_filter(np.asarray(mask.crop((left, top, right, bottom))) > 127)
+    kept = despeckle(np.asarray(mask.crop((left, top, right, bottom))) > 127)
     rows, cols = np.flatnonzero(kept.any(1)), np.flatnonzero(kept.any(0))
     if not len(rows):
         return box
@@ -207,16 +214,16 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
     total = digit.sum()
     rows, cols = np.indices(digit.shape)
     centre_row, centre_col = (rows * digit).sum() / total, (cols * digit).sum() / total
-    top = int(round(_SIZE / 2 - centre_row))
-    left = int(round(_SIZE / 2 - centre_col))
-    top = min(max(top, 0), _SIZE - height)  # a lopsided digit may not fit: keep all its ink
-    left = min(max(left, 0), _SIZE - width)
-    field = np.zeros((_SIZE, _SIZE), dtype=np.float32)
+    top = int(round(SIZE / 2 - centre_row))
+    left = int(round(SIZE / 2 - centre_col))
+    top = min(max(top, 0), SIZE - height)  # a lopsided digit may not fit: keep all its ink
+    left = min(max(left, 0), SIZE - width)
+    field = np.zeros((SIZE, SIZE), dtype=np.float32)
     field[top : top + height, left : left + width] = digit
     return field
 
 
-def _median_filter(mask: np.ndarray) -> np.ndarray:
+def despeckle(mask: np.ndarray) -> np.ndarray:
     """A 5x5 median filter of a boolean mask, edges repeated outward (what Pillow's
     MedianFilter(5) gives, ~15x faster): on a 0/255 image a 5x5 box blur above 127 is the
     median, a pixel kept where 13 or more of its 25 are set."""
@@ -234,13 +241,8 @@ def _median(values: np.ndarray) -> float:
     return (float(low) + float(high)) / 2
 
 
-def digit_from_array(gray: np.ndarray, *, name: str = "image") -> np.ndarray:
-    """Grayscale array of any size (float in [0, 1], or uint8 levels) -> 28x28 float32
-    MNIST-style digit, or ImageError."""
-    gray = np.asarray(gray)
-    if gray.dtype == np.uint8 and gray.ndim == 2 and gray.size > 0:
-        return _digit_from_levels(Image.fromarray(gray), name)
-    gray = gray.astype(np.float32, copy=False)
+def _array_ink(gray: np.ndarray, name: str) -> np.ndarray:
+    """Float32 grayscale -> ink over the paper's median, light on dark, peak 1 (or ImageError)."""
     if gray.ndim != 2 or gray.size == 0 or not np.isfinite(gray).all():
         raise ImageError(f"{name}: no digit found (not a finite 2-D image)")
     paper = _median(gray)
@@ -249,19 +251,14 @@ def digit_from_array(gray: np.ndarray, *, name: str = "image") -> np.ndarray:
     ink = np.clip(gray - paper, 0, None)
     peak = float(ink.max())
     if peak < _MIN_CONTRAST:
-        raise ImageError(f"{name}: no digit found (blank image)")
+        raise BlankImage(f"{name}: no digit found (blank image)")
     ink /= peak
-    box = _ink_box(Image.fromarray((ink > _INK).astype(np.uint8) * 255))
-    if box is None:
-        raise ImageError(f"{name}: no digit found (blank image)")
-    left, top, right, bottom = box
-    return _fitted(ink[top:bottom, left:right], name)
+    return ink
 
 
-def _digit_from_levels(image: Image.Image, name: str) -> np.ndarray:
-    """`digit_from_array` for an 8-bit "L" image, to the last bit: each step is worked out once
-    per level (256 values, the same float32 arithmetic), then applied to the pixels by Pillow
-    (histogram, lookup table, bounding box), in C and outside the GIL."""
+def _level_ink(image: Image.Image, name: str) -> np.ndarray:
+    """`_array_ink` worked out once per level of an 8-bit "L" image: the ink of each of the 256
+    levels (the same float32 arithmetic), for Pillow to apply to the pixels."""
     counts = np.array(image.histogram())
     below = np.cumsum(counts)
     low, high = np.searchsorted(below, [(below[-1] - 1) // 2 + 1, below[-1] // 2 + 1])
@@ -272,12 +269,34 @@ def _digit_from_levels(image: Image.Image, name: str) -> np.ndarray:
     ink = np.clip(gray - paper, 0, None)
     peak = float(ink[counts > 0].max())
     if peak < _MIN_CONTRAST:
-        raise ImageError(f"{name}: no digit found (blank image)")
+        raise BlankImage(f"{name}: no digit found (blank image)")
     ink /= peak
-    box = _ink_box(image.point(_table(ink > _INK)))
+    return ink
+
+
+def digit_from_array(gray: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """Grayscale array of any size (float in [0, 1], or uint8 levels) -> 28x28 float32
+    MNIST-style digit, or ImageError."""
+    gray = np.asarray(gray)
+    if gray.dtype == np.uint8 and gray.ndim == 2 and gray.size > 0:
+        return _digit_from_levels(Image.fromarray(gray), name)
+    ink = _array_ink(gray.astype(np.float32, copy=False), name)
+    box = _ink_box(Image.fromarray((ink > INK).astype(np.uint8) * 255))
     if box is None:
-        raise ImageError(f"{name}: no digit found (blank image)")
-    return _fitted(ink[np.asarray(image.crop(box))], name)
+        raise BlankImage(f"{name}: no digit found (blank image)")
+    left, top, right, bottom = box
+    return fit_digit(ink[top:bottom, left:right], name)
+
+
+def _digit_from_levels(image: Image.Image, name: str) -> np.ndarray:
+    """`digit_from_array` for an 8-bit "L" image, to the last bit: each step is worked out once
+    per level (256 values, the same float32 arithmetic), then applied to the pixels by Pillow
+    (histogram, lookup table, bounding box), in C and outside the GIL."""
+    ink = _level_ink(image, name)
+    box = _ink_box(image.point(_table(ink > INK)))
+    if box is None:
+        raise BlankImage(f"{name}: no digit found (blank image)")
+    return fit_digit(ink[np.asarray(image.crop(box))], name)
 
 
 def _table(levels: np.ndarray) -> list[int]:
@@ -285,9 +304,9 @@ def _table(levels: np.ndarray) -> list[int]:
     return [255 if value else 0 for value in levels]
 
 
-def _fitted(ink: np.ndarray, name: str) -> np.ndarray:
+def fit_digit(ink: np.ndarray, name: str) -> np.ndarray:
     """The ink inside its box (float32, peak 1) scaled to fit 20x20 and centred by mass."""
-    crop = np.where(ink > _INK / 2, ink, 0)
+    crop = np.where(ink > INK / 2, ink, 0)
     height, width = crop.shape
     scale = _BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -295,7 +314,7 @@ def _fitted(ink: np.ndarray, name: str) -> np.ndarray:
     digit = np.asarray(Image.fromarray(crop.astype(np.float32)).resize(size, resample))
     digit = np.clip(digit, 0, 1)
     if digit.sum() <= 0:
-        raise ImageError(f"{name}: no digit found (blank image)")
+        raise BlankImage(f"{name}: no digit found (blank image)")
     return _centre_by_mass(digit / digit.max())
 
 
@@ -304,30 +323,79 @@ def load_digit(path: Path | str, *, raw: bool = False) -> np.ndarray:
 
     `raw=True` takes an image that is MNIST-style already: 28x28, light on dark, unchanged.
     """
-    return _digit(open_image(path), str(path), raw=raw)
+    return load_page(path, raw=raw).digit()
 
 
 def digit_from_bytes(
     data: bytes, *, name: str = "upload", raw: bool = False, budget: PixelBudget | None = None
 ) -> np.ndarray:
     """The same as `load_digit`, for an image held in memory (an HTTP upload)."""
-    return _digit(_decode(io.BytesIO(data), name, budget), name, raw=raw)
+    return page_from_bytes(data, name=name, raw=raw, budget=budget).digit()
 
 
-def _digit(image: Image.Image, name: str, *, raw: bool) -> np.ndarray:
-    if raw and image.size != (_SIZE, _SIZE):
+def load_page(path: Path | str, *, raw: bool = False) -> Page:
+    """An image file, decoded and ready to be read as one digit or as a number."""
+    path = Path(path)
+    problem = path_problem(path)
+    if problem is not None:
+        raise ImageError(f"{path}: {problem}; skipped")
+    return _page(*_decode(path, str(path)), str(path), raw=raw)
+
+
+def page_from_bytes(
+    data: bytes, *, name: str = "upload", raw: bool = False, budget: PixelBudget | None = None
+) -> Page:
+    """The same as `load_page`, for an image held in memory (an HTTP upload)."""
+    return _page(*_decode(io.BytesIO(data), name, budget), name, raw=raw)
+
+
+@dataclass
+class Page:
+    """A decoded image in grayscale: `digit()` reads it as one digit, `ink()` gives what
+    segmentation looks at; `scale` turns its pixels into the stored image's (x, y)."""
+
+    name: str
+    gray: Image.Image | np.ndarray  # an 8-bit "L" image, or float32 in [0, 1]
+    scale: tuple[float, float] = (1.0, 1.0)
+    raw: bool = False
+
+    def digit(self) -> np.ndarray:
+        """The whole image as one 28x28 digit (the preprocessing MNIST's digits had)."""
+        if isinstance(self.gray, Image.Image):
+            return (
+                _LEVELS[np.asarray(self.gray)]
+                if self.raw
+                else _digit_from_levels(self.gray, self.name)
+            )
+        return self.gray if self.raw else digit_from_array(self.gray, name=self.name)
+
+    def ink(self) -> np.ndarray:
+        """Ink over the paper, float32 in [0, 1] with its peak at 1, light on dark; ImageError
+        when there is none (a blank page)."""
+        if isinstance(self.gray, Image.Image):
+            ink = _level_ink(self.gray, self.name)
+            return ink[np.asarray(self.gray)]
+        return _array_ink(self.gray.astype(np.float32, copy=False), self.name)
+
+
+def _page(image: Image.Image, stored: tuple[int, int], name: str, *, raw: bool) -> Page:
+    if raw and image.size != (SIZE, SIZE):
         raise ImageError(
             f"{name}: --raw needs a 28x28 image, this one is {image.size[0]}x{image.size[1]}"
         )
     try:
-        gray = _luminance(image if raw else _upright(image))
+        shrunk = image.size
+        if not raw:
+            image = _upright(image)
+            if image.size != shrunk:  # turned a quarter: the stored size turns with it
+                stored, shrunk = stored[::-1], shrunk[::-1]
+        gray = _luminance(image)
     except Exception as error:  # Pillow raises ValueError, OSError, ... for modes it cannot map
         raise ImageError(f"{name}: unsupported image ({_reason(error)})") from error
-    if isinstance(gray, Image.Image):
-        return _LEVELS[np.asarray(gray)] if raw else _digit_from_levels(gray, name)
-    if not np.isfinite(gray).all():
+    if not isinstance(gray, Image.Image) and not np.isfinite(gray).all():
         raise ImageError(f"{name}: holds NaN or infinite pixel values")
-    return gray if raw else digit_from_array(gray, name=name)
+    scale = (stored[0] / shrunk[0], stored[1] / shrunk[1])
+    return Page(name, gray, scale, raw)
 
 
 def _upright(image: Image.Image) -> Image.Image:

@@ -37,8 +37,8 @@ from mnist_cli.infer.httpguard import (
     header_timeout_protocol,
     read_uploads,
 )
-from mnist_cli.infer.prediction import Prediction, read
-from mnist_cli.infer.preprocessing import ImageError, PixelBudget, digit_from_bytes
+from mnist_cli.infer.prediction import Prediction, read_pages
+from mnist_cli.infer.preprocessing import ImageError, PixelBudget, page_from_bytes
 
 
 class Metrics:
@@ -184,17 +184,17 @@ def _answer(results: list[dict]) -> Response:
 
 
 def _predict(model: Backend, uploads: list[tuple[str, bytes]], limits: Limits) -> list[dict]:
-    """One result per upload, in order: the digit, probabilities, top-k and the 28x28 input."""
-    digits, names, results = [], [], []
+    """One result per upload, in order: what `mnist predict --json` prints for a file, and for
+    a one-digit reading its top-k and the 28x28 input the model saw."""
+    pages, results = [], []
     budget = PixelBudget(limits.max_pixels)
     for name, data in uploads:
         try:
-            digits.append(digit_from_bytes(data, name=name, budget=budget))
-            names.append(name)
+            pages.append(page_from_bytes(data, name=name, budget=budget))
             results.append({"name": name})
         except ImageError as error:
             results.append({"name": name, "error": error.message.removeprefix(f"{name}: ")})
-    predictions = iter(read(model, digits, names))
+    predictions = iter(read_pages(model, pages, keep_digits=True))
     for result in results:
         if "error" not in result:
             result.update(_answer_for(next(predictions), limits.top_k))
@@ -202,14 +202,15 @@ def _predict(model: Backend, uploads: list[tuple[str, bytes]], limits: Limits) -
 
 
 def _answer_for(prediction: Prediction, top_k: int) -> dict[str, Any]:
-    """A Prediction as /predict answers it: `mnist predict --json`'s fields, top-k, the input."""
-    assert prediction.image is not None
-    return {
-        "digit": prediction.digit,
-        "probabilities": prediction.probabilities,
-        "top": [[digit, p] for digit, p in prediction.top(top_k)],
-        "input": (prediction.image * 255).round().astype(int).tolist(),  # 28x28, what it saw
-    }
+    """A Prediction as /predict answers it: `mnist predict --json`'s fields (but the path), and
+    where one digit was read its top-k and the input the model saw."""
+    answer = prediction.to_dict()
+    del answer["path"]
+    if prediction.one is not None:
+        assert prediction.image is not None
+        answer["top"] = [[digit, p] for digit, p in prediction.top(top_k)]
+        answer["input"] = (prediction.image * 255).round().astype(int).tolist()  # 28x28
+    return answer
 
 
 class ServeError(MnistError):

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from mnist_cli.data import CLASS_LABELS
+from mnist_cli.data import MODEL_LABELS
 from mnist_cli.errors import CheckpointError, first_line
 from mnist_cli.files import TORCH_FILE, Writer, atomic_write, describe_bytes
 from mnist_cli.train.models import (
@@ -218,8 +218,10 @@ def checkpoint_from_dict(payload: Any) -> Checkpoint:
         )
     architecture, arguments = read.get("architecture", str), read.get("arguments", dict)
     labels = read.get("class_labels", list)
-    if labels != CLASS_LABELS:
-        raise CheckpointError(f"its classes are {labels[:12]!r}; mnist works with the digits 0-9")
+    if labels not in MODEL_LABELS:
+        raise CheckpointError(
+            f"its classes are {labels[:12]!r}; mnist works with the digits 0-9 (and 'none')"
+        )
     state_dict = read.get("state_dict", dict)
     _check_weights(architecture, arguments, state_dict, len(labels))
     optimizer = read.get("optimizer", dict, optional=True)
@@ -333,7 +335,10 @@ def classifier_from_checkpoint(checkpoint: Checkpoint) -> Classifier:
 
 
 def _current_keys(options: dict[str, Any]) -> dict[str, Any]:
-    """Training options under today's names: files saved before 0.1.0 call the network `model`."""
+    """Training options under today's names: files saved before 0.1.0 call the network `model`,
+    and runs from before the "none" class trained on no negatives."""
     if "model" in options and "architecture" not in options:
         options = {("architecture" if k == "model" else k): v for k, v in options.items()}
+    if options and "negatives" not in options:
+        options = {**options, "negatives": 0.0}
     return options

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mnist_cli.data import Split, load_split, split_train_validation
+from mnist_cli.data import CLASS_LABELS, MODEL_LABELS, Split, load_split, split_train_validation
 from mnist_cli.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from mnist_cli.train import distributed, runfolder
 from mnist_cli.train.acceleration import Acceleration
@@ -27,6 +27,7 @@ from mnist_cli.train.checkpoints import (
 )
 from mnist_cli.train.cudagraph import GraphedStep
 from mnist_cli.train.models import build_model, default_arguments
+from mnist_cli.train.negatives import with_negatives
 from mnist_cli.train.recipes import TrainConfig
 from mnist_cli.train.resume import FRESH_START, restore_optimizer
 from mnist_cli.train.step import batch_loss, batch_order, normalize, one_cycle_lr
@@ -71,6 +72,9 @@ class Run:
         train_split, val_split = split_train_validation(
             load_split(data_dir, "train"), config.validation_size, config.seed
         )
+        # Validation stays digits only: a digit refused as "none" counts as a mistake there.
+        train_split = with_negatives(train_split, config.negatives, config.seed)
+        self.labels = list(MODEL_LABELS[1] if config.negatives else CLASS_LABELS)
         # train images, train labels, validation images, validation labels
         self.data = (
             *_to_device(train_split, device, accel.channels_last),
@@ -80,7 +84,10 @@ class Run:
         if saved:
             self.arguments, model = saved.arguments, network_from_checkpoint(saved)
         else:
-            self.arguments: dict[str, Any] = default_arguments(config.architecture)
+            self.arguments: dict[str, Any] = {
+                **default_arguments(config.architecture),
+                "classes": len(self.labels),
+            }
             model = build_model(config.architecture, self.arguments)
         self.model = model.to(device)
         if accel.channels_last:

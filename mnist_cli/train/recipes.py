@@ -29,6 +29,7 @@ class TrainConfig:
     plain_epochs: int = 1  # (int) first epochs without augmentation: a raw net learns faster
     thickness: float = 0.15  # (float) share of a batch drawn thicker or thinner (pens)
     styles: float = 0.15  # (float) share of 0s, 1s and 7s given a slash, dot, flag, foot or bar
+    negatives: float = 0.1  # (float) no-digit images per digit image, learnt as class "none"
     label_smoothing: float = 0.1  # (float) share of each target spread over the other digits
     warmup: float = 0.25  # (float) share of all steps spent rising to the peak learning rate
     weight_average: float = 0.999  # (float) decay of the weights' moving average; 0: none
@@ -107,6 +108,8 @@ def describe_recipe(config: TrainConfig, device: str | torch.device) -> str:
         f"peak lr {config.lr:g}, seed {config.seed}",
         f"  {augmentation}{average}",
     ]
+    if config.negatives:
+        lines.append(f'  class "none": {config.negatives:g} images of no digit per digit image')
     if changed:
         lines.append(f"  changed from the recipe: {', '.join(map(_option, changed))}")
     return "\n".join(lines)
@@ -133,6 +136,7 @@ def check_config(config: TrainConfig) -> None:
         "warmup": (0, 1),
         "thickness": (0, 1),
         "styles": (0, 1),
+        "negatives": (0, 1),
         "weight_average": (0, 0.999999),
     }
     for name, (low, high) in limits.items():

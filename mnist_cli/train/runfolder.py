@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mnist_cli import __version__
-from mnist_cli.data import CLASS_LABELS, NORMALIZATION
+from mnist_cli.data import NORMALIZATION
 from mnist_cli.errors import OutputError
 from mnist_cli.files import Writer, atomic_write_all, check_writable
 from mnist_cli.train.checkpoints import Checkpoint, EpochRecord, checkpoint_writer
@@ -89,7 +89,7 @@ def checkpoint(run: Run, val_accuracy: float, *, resumable: bool = True) -> Chec
         arguments=run.arguments,
         state_dict=weights,
         normalization=dict(NORMALIZATION),
-        class_labels=list(CLASS_LABELS),
+        class_labels=list(run.labels),
         val_accuracy=val_accuracy,
         options={
             **asdict(run.config),

@@ -1,0 +1,335 @@
+"""Finding each digit of a written number: the ink's connected parts, the parts of one digit
+put back together, specks dropped, touching digits split where the model reads the halves
+best, and the digits ordered in lines, left to right.
+
+numpy and Pillow only, like the rest of the reading side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from mnist_cli.infer.preprocessing import INK, fit_digit
+
+# A part is another's piece (a 5's bar, a 9's loose tail, half of a broken 4) when it lies over
+# at least this share of the narrower one's width...
+_OVERLAP = 0.5
+# ...and is shorter than this share of the taller one's height, or lies almost wholly over it,
+_PART_HEIGHT = 0.75
+_INSIDE = 0.8
+# ...and the gap between them is under this share of the taller's height; or their boxes share
+# this much of the smaller one's area.
+_GAP = 0.25
+_SHARED = 0.3
+# A piece under this share of the tallest's height is a stray part of the digit it touches or
+# nearly touches (within _NEAR of that height), or else dust, a dot or a dash: never a digit.
+_SMALL, _NEAR = 0.5, 0.1
+_SPECK = 0.01  # a part with under this share of the largest part's pixels is noise
+_JOINED = 0.9  # how sure the model must be of two pieces read together to join them
+_WIDE = 1.1  # width over height from which a piece may be two touching digits
+_CUTS = 7  # candidate columns per piece: up to eight touching digits
+# A cut must make the reading this many times likelier than the whole read as one digit (the
+# product of the parts' confidences): a wide 0 or 2, which the whole reads surely, stays whole.
+_SPLIT_GAIN = 1.5
+_ONE_WIDE, _WIDTH_PENALTY = 1.3, 4.0  # a digit is rarely wider than 1.3 x its height
+# How much a reading as no digit weighs against a cut: two touching digits that the model
+# calls "none" are cut, a letter whose strokes look like 1s is not.
+_NONE_WEIGHT = 0.5
+
+
+@dataclass(eq=False)  # pieces are told apart by identity, not by their pixels
+class Piece:
+    """Ink that is read as one digit: its box in the image (left, top, right, bottom) and which
+    of the box's pixels are its own."""
+
+    box: tuple[int, int, int, int]
+    mask: np.ndarray  # bool, the box's shape
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> int:
+        return self.box[3] - self.box[1]
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    def digit(self, ink: np.ndarray, name: str) -> np.ndarray:
+        """This piece as a 28x28 digit: its own ink (and the faint edge around it) in its box,
+        scaled and centred as a lone digit is."""
+        left, top, right, bottom = self.box
+        near = Image.fromarray(self.mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(5))
+        return fit_digit(np.where(np.asarray(near) > 0, ink[top:bottom, left:right], 0), name)
+
+
+def find_pieces(ink: np.ndarray) -> list[list[Piece]]:
+    """The pieces of ink that look like digits, as lines from top to bottom, each left to
+    right; touching digits are still one piece (see `split_touching`).
+
+    Pieces are the parts of the ink over half the lone reading's threshold, so that a thin
+    pen's faint stroke holds together; specks, dots and dashes are dropped (_SMALL).
+    """
+    pieces = _components(ink > INK)
+    if not pieces:
+        return []
+    largest = max(piece.area for piece in pieces)
+    pieces = _join_parts([piece for piece in pieces if piece.area >= _SPECK * largest])
+    tallest = max(piece.height for piece in pieces)
+    kept = [piece for piece in pieces if piece.height >= _SMALL * tallest]
+    for stray in (piece for piece in pieces if piece.height < _SMALL * tallest):
+        near = [(_gap(stray, piece), i) for i, piece in enumerate(kept)]
+        gap, nearest = min(near)
+        if gap <= _NEAR * tallest:
+            kept[nearest] = _merged(kept[nearest], stray)
+    return _lines(kept)
+
+
+def _gap(a: Piece, b: Piece) -> float:
+    """Pixels between two pieces, across and down (0 where their boxes meet or overlap)."""
+    across = max(a.box[0] - b.box[2], b.box[0] - a.box[2], 0)
+    down = max(a.box[1] - b.box[3], b.box[1] - a.box[3], 0)
+    return float(np.hypot(across, down))
+
+
+def _components(mask: np.ndarray) -> list[Piece]:
+    """The 8-connected parts of a mask, found over its runs of set pixels (union-find)."""
+    height, width = mask.shape
+    padded = np.zeros((height, width + 2), np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    ends = np.nonzero(edges == -1)[1]
+    count = len(rows)
+    parent = list(range(count))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first = np.searchsorted(rows, np.arange(height + 1)).tolist()
+    starts_l, ends_l = starts.tolist(), ends.tolist()
+    for row in range(1, height):
+        above, here = first[row - 1], first[row]
+        above_end, here_end = here, first[row + 1]
+        while above < above_end and here < here_end:
+            # runs [s, e) touch, diagonals included, when each starts at or before the other's end
+            if starts_l[above] <= ends_l[here] and starts_l[here] <= ends_l[above]:
+                a, b = root(above), root(here)
+                if a != b:
+                    parent[b] = a
+            if ends_l[above] < ends_l[here]:
+                above += 1
+            else:
+                here += 1
+    labels = np.array([root(i) for i in range(count)], dtype=np.int64)
+    pieces = []
+    for label in np.unique(labels):
+        which = labels == label
+        pieces.append(_piece(rows[which], starts[which], ends[which]))
+    return pieces
+
+
+def _piece(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Piece:
+    top, bottom = int(rows.min()), int(rows.max()) + 1
+    left, right = int(starts.min()), int(ends.max())
+    mask = np.zeros((bottom - top, right - left), bool)
+    for row, start, end in zip(
+        (rows - top).tolist(), (starts - left).tolist(), (ends - left).tolist(), strict=True
+    ):
+        mask[row, start:end] = True
+    return Piece((left, top, right, bottom), mask)
+
+
+def _merged(a: Piece, b: Piece) -> Piece:
+    left, top = min(a.box[0], b.box[0]), min(a.box[1], b.box[1])
+    right, bottom = max(a.box[2], b.box[2]), max(a.box[3], b.box[3])
+    mask = np.zeros((bottom - top, right - left), bool)
+    for piece in (a, b):
+        x, y = piece.box[0] - left, piece.box[1] - top
+        mask[y : y + piece.height, x : x + piece.width] |= piece.mask
+    return Piece((left, top, right, bottom), mask)
+
+
+def _belong_together(a: Piece, b: Piece) -> bool:
+    """Whether two pieces are parts of one digit: one lies over the other, close above or
+    below it, and is a part (shorter), or nearly inside its columns."""
+    overlap = min(a.box[2], b.box[2]) - max(a.box[0], b.box[0])
+    narrower = min(a.width, b.width)
+    if overlap < _OVERLAP * narrower:
+        return False
+    shared = overlap * (min(a.box[3], b.box[3]) - max(a.box[1], b.box[1]))
+    if shared >= _SHARED * min(a.width * a.height, b.width * b.height):
+        return True  # tangled in one another, as the strokes of one shape
+    taller = max(a.height, b.height)
+    gap = max(a.box[1], b.box[1]) - min(a.box[3], b.box[3])
+    if gap > _GAP * taller:
+        return False
+    return min(a.height, b.height) < _PART_HEIGHT * taller or overlap >= _INSIDE * narrower
+
+
+def _join_parts(pieces: list[Piece]) -> list[Piece]:
+    """Put the parts of each digit together, until no two belong together."""
+    pieces = sorted(pieces, key=lambda piece: -piece.area)
+    joined = True
+    while joined:
+        joined = False
+        for i, a in enumerate(pieces):
+            for j in range(i + 1, len(pieces)):
+                if _belong_together(a, pieces[j]):
+                    pieces[i] = _merged(a, pieces.pop(j))
+                    joined = True
+                    break
+            if joined:
+                break
+    return pieces
+
+
+def _lines(pieces: list[Piece]) -> list[list[Piece]]:
+    """Pieces grouped in lines (those that share most of their height), top to bottom; each
+    line left to right. Baselines may wander and digits differ in size within a line."""
+    lines: list[list[Piece]] = []
+    for piece in sorted(pieces, key=lambda piece: piece.box[1] + piece.box[3]):
+        for line in lines:
+            top, bottom = min(p.box[1] for p in line), max(p.box[3] for p in line)
+            shared = min(bottom, piece.box[3]) - max(top, piece.box[1])
+            if shared >= 0.5 * min(piece.height, bottom - top):
+                line.append(piece)
+                break
+        else:
+            lines.append([piece])
+    lines.sort(key=lambda line: min(p.box[1] for p in line))
+    return [sorted(line, key=lambda piece: piece.box[0] + piece.box[2]) for line in lines]
+
+
+def _span(piece: Piece, start: int, end: int) -> Piece | None:
+    """The piece's columns [start, end) as a piece trimmed to its ink; None if they hold none."""
+    mask = piece.mask[:, start:end]
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return None
+    trimmed = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    left, top = piece.box[0] + start + int(cols[0]), piece.box[1] + int(rows[0])
+    return Piece((left, top, left + trimmed.shape[1], top + trimmed.shape[0]), trimmed)
+
+
+def _candidate_columns(piece: Piece) -> list[int]:
+    """Where touching digits most likely meet: the columns of least ink, a few apart, leaving
+    each side at least a thin 1's width."""
+    profile = np.convolve(piece.mask.sum(0).astype(float), np.ones(3) / 3, mode="same")
+    margin = max(2, round(0.1 * piece.height))
+    inner = np.arange(margin, piece.width - margin)
+    chosen: list[int] = []
+    for column in inner[np.argsort(profile[inner], kind="stable")].tolist():
+        if all(abs(column - other) >= margin for other in chosen):
+            chosen.append(column)
+        if len(chosen) == _CUTS:
+            break
+    return sorted(chosen)
+
+
+def _shape_odds(part: Piece) -> float:
+    """How likely a piece this wide is one digit: 1 up to a little wider than tall, falling
+    fast beyond (two digits side by side are about twice as wide as tall)."""
+    return float(np.exp(-_WIDTH_PENALTY * max(0.0, part.width / part.height - _ONE_WIDE)))
+
+
+# 28x28 images -> how sure the model is that each is a digit (0 where it refuses it), and
+# that each is none (0 for a model without the class)
+Scorer = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
+
+
+def join_by_recognition(
+    line: list[Piece], ink: np.ndarray, score: Scorer, name: str
+) -> list[Piece]:
+    """A line's pieces, each that the model calls no digit joined to the neighbour it touches
+    or nearly touches where the two read together as a sure digit (a 9 whose tail came
+    apart, a broken 0)."""
+    if len(line) < 2:
+        return line
+    sure, _ = score([piece.digit(ink, name) for piece in line])
+    tallest = max(piece.height for piece in line)
+    pieces, sure = list(line), list(sure)
+    index = 0
+    while index < len(pieces):
+        if sure[index] > 0:
+            index += 1
+            continue
+        options = [
+            other
+            for other in (index - 1, index + 1)
+            if 0 <= other < len(pieces) and _gap(pieces[index], pieces[other]) <= _NEAR * tallest
+        ]
+        unions = [_merged(pieces[index], pieces[other]) for other in options]
+        if unions:
+            together, _ = score([union.digit(ink, name) for union in unions])
+            best = int(np.argmax(together))
+            if together[best] >= _JOINED:
+                low = min(index, options[best])
+                pieces[low : low + 2] = [unions[best]]
+                sure[low : low + 2] = [float(together[best])]
+                index = low + 1
+                continue
+        index += 1
+    return pieces
+
+
+def split_touching(
+    piece: Piece,
+    ink: np.ndarray,
+    score: Scorer,
+    name: str,
+    *,
+    wide: float = _WIDE,
+    none_weight: float = _NONE_WEIGHT,
+) -> list[Piece]:
+    """A piece at least `wide` times as wide as tall cut into the digits the model reads best
+    (segmentation by recognition). Of all ways to cut it at its likeliest columns, the one
+    whose parts' confidences (times how likely each part's width is) multiply highest, each
+    part after the first costing _SPLIT_GAIN; it is taken if it beats reading the piece whole
+    as one digit, and as no digit at all (weighed by `none_weight`, and even with a cut in two
+    parts: a scribble cut into six "digits" loses)."""
+    if piece.width < wide * piece.height:
+        return [piece]
+    cuts = [0, *_candidate_columns(piece), piece.width]
+    last = len(cuts) - 1
+    spans = {}
+    for i in range(len(cuts)):
+        for j in range(i + 1, len(cuts)):
+            part = _span(piece, cuts[i], cuts[j])
+            if part is not None and part.height >= _SMALL * piece.height:  # else no digit
+                spans[i, j] = part
+    if (0, last) not in spans:
+        return [piece]
+    sure, none = score([part.digit(ink, name) for part in spans.values()])
+    odds = {
+        span: max(float(p), 1e-9) * _shape_odds(part)
+        for (span, part), p in zip(spans.items(), sure, strict=True)
+    }
+    whole = list(spans).index((0, last))
+    gain = np.log(_SPLIT_GAIN)
+    # cut index -> (log likelihood, each part after the first costing `gain`; parts so far),
+    # over two parts or more at the end
+    best: dict[int, tuple[float, list[Piece]]] = {0: (gain, [])}
+    for j in range(1, len(cuts)):
+        options = [
+            (best[i][0] + np.log(odds[i, j]) - gain, [*best[i][1], spans[i, j]])
+            for i in range(j)
+            if i in best and (i, j) in odds and (i, j) != (0, last)
+        ]
+        if options:
+            best[j] = max(options, key=lambda option: option[0])
+    if last not in best:
+        return [piece]
+    cut, parts = best[last]
+    as_digit = np.log(odds[0, last])
+    as_none = np.log(max(none_weight * float(none[whole]), 1e-9)) - gain  # two parts: even
+    return parts if cut > max(as_digit, as_none) else [piece]

@@ -1,0 +1,106 @@
+"""Finding the digits of a number: pieces of ink, parts put together, dust, lines, cuts."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from mnist_cli.data import load_split
+from mnist_cli.infer.preprocessing import Page
+from mnist_cli.infer.segmentation import find_pieces, split_touching
+
+
+def ink_of(draw_on) -> np.ndarray:
+    """The ink of a white 300x120 page that `draw_on(ImageDraw)` drew on in black."""
+    page = Image.new("L", (300, 120), 255)
+    draw_on(ImageDraw.Draw(page))
+    return Page("test", page).ink()
+
+
+def boxes(lines) -> list[list[tuple[int, int, int, int]]]:
+    return [[piece.box for piece in line] for line in lines]
+
+
+def test_separate_digits_are_found_left_to_right_whatever_their_baseline():
+    def draw(page):
+        page.line([(200, 30), (200, 100)], fill=0, width=8)  # drawn first, rightmost
+        page.ellipse([20, 10, 70, 80], outline=0, width=8)  # higher
+        page.line([(120, 40), (120, 110)], fill=0, width=8)  # lower
+
+    (line,) = find_pieces(ink_of(draw))
+    assert [piece.box[0] < 100 for piece in line] == [True, False, False]
+    assert [piece.box[0] for piece in line] == sorted(piece.box[0] for piece in line)
+
+
+def test_the_parts_of_one_digit_are_put_together():
+    def five(page):  # a 5 whose top bar was drawn apart from its body
+        page.line([(60, 20), (100, 20)], fill=0, width=8)
+        page.line([(60, 32), (60, 55)], fill=0, width=8)
+        page.arc([50, 45, 110, 105], 250, 160, fill=0, width=8)
+
+    (line,) = find_pieces(ink_of(five))
+    assert len(line) == 1
+
+
+def test_dust_and_a_dot_are_dropped_and_a_stray_part_joins_its_digit():
+    def draw(page):
+        page.line([(50, 20), (50, 100)], fill=0, width=8)
+        page.line([(150, 20), (150, 100)], fill=0, width=8)
+        page.ellipse([250, 95, 256, 101], fill=0)  # a dot far from both
+        page.point([(100, 5), (290, 110)], fill=0)  # specks
+        page.line([(160, 60), (175, 70)], fill=0, width=6)  # a stray tail touching nothing
+
+    (line,) = find_pieces(ink_of(draw))
+    assert len(line) == 2 and line[1].box[2] >= 175  # the tail is the second digit's
+
+
+def test_lines_are_read_top_to_bottom():
+    page = Image.new("L", (200, 260), 255)
+    draw = ImageDraw.Draw(page)
+    for x, y in [(30, 150), (100, 20), (30, 20), (100, 150)]:
+        draw.line([(x, y), (x, y + 80)], fill=0, width=8)
+    lines = find_pieces(Page("test", page).ink())
+    assert [[piece.box[0] < 60 for piece in line] for line in lines] == [[True, False]] * 2
+    assert lines[0][0].box[1] < lines[1][0].box[1]
+
+
+def test_a_blank_page_has_no_pieces():
+    assert find_pieces(np.zeros((50, 50), np.float32)) == []
+
+
+def _upright(digit: np.ndarray) -> bool:
+    """Whether a 28x28 digit's ink is at most as wide as it is tall."""
+    rows, cols = np.flatnonzero(digit.max(1) > 0.5), np.flatnonzero(digit.max(0) > 0.5)
+    return np.ptp(cols) <= np.ptp(rows)
+
+
+def test_touching_digits_are_cut_where_the_scorer_reads_both_sides_best():
+    def two_ones(page):  # two strokes joined by a bridge: one piece, wider than tall
+        page.line([(40, 30), (40, 70)], fill=0, width=8)
+        page.line([(100, 30), (100, 70)], fill=0, width=8)
+        page.line([(40, 50), (100, 50)], fill=0, width=3)
+
+    ink = ink_of(two_ones)
+    ((piece,),) = find_pieces(ink)
+    assert piece.width > 1.1 * piece.height
+
+    def upright_is_sure(digits):  # a "model" sure of upright shapes only
+        sure = np.array([0.99 if _upright(digit) else 0.05 for digit in digits])
+        return sure, 1 - sure
+
+    parts = split_touching(piece, ink, upright_is_sure, "test")
+    assert len(parts) == 2 and parts[0].box[2] <= parts[1].box[0] + 1
+    assert parts[0].box[0] == piece.box[0] and parts[1].box[2] == piece.box[2]
+
+    def wide_is_sure(digits):  # a "model" that reads the whole surely: it stays one piece
+        sure = np.array([0.01 if _upright(digit) else 0.99 for digit in digits])
+        return sure, 1 - sure
+
+    assert [part.box for part in split_touching(piece, ink, wide_is_sure, "test")] == [piece.box]
+
+
+def test_mnist_digits_each_make_one_piece(data_dir):
+    test = load_split(data_dir, "test")
+    for image in test.images[:50]:
+        scan = Image.fromarray(255 - image).resize((112, 112), Image.BILINEAR)
+        assert [len(line) for line in find_pieces(Page("test", scan).ink())] == [1]
