@@ -14,7 +14,7 @@ def ink_of(draw_on) -> np.ndarray:
     """The ink of a white 300x120 page that `draw_on(ImageDraw)` drew on in black."""
     page = Image.new("L", (300, 120), 255)
     draw_on(ImageDraw.Draw(page))
-    return Page("test", page).ink()
+    return Page("test", page).ink()[0]
 
 
 def boxes(lines) -> list[list[tuple[int, int, int, int]]]:
@@ -27,8 +27,8 @@ def test_separate_digits_are_found_left_to_right_whatever_their_baseline():
         page.ellipse([20, 10, 70, 80], outline=0, width=8)  # higher
         page.line([(120, 40), (120, 110)], fill=0, width=8)  # lower
 
-    (line,) = find_pieces(ink_of(draw))
-    assert [piece.box[0] < 100 for piece in line] == [True, False, False]
+    (line,) = find_pieces(ink_of(draw))  # boxes in the crop of the ink
+    assert [piece.width > 40 for piece in line] == [True, False, False]  # the ring first
     assert [piece.box[0] for piece in line] == sorted(piece.box[0] for piece in line)
 
 
@@ -51,7 +51,7 @@ def test_dust_and_a_dot_are_dropped_and_a_stray_part_joins_its_digit():
         page.line([(160, 60), (175, 70)], fill=0, width=6)  # a stray tail touching nothing
 
     (line,) = find_pieces(ink_of(draw))
-    assert len(line) == 2 and line[1].box[2] >= 175  # the tail is the second digit's
+    assert len(line) == 2 and line[1].width >= 20  # the tail is the second digit's
 
 
 def test_lines_are_read_top_to_bottom():
@@ -59,7 +59,7 @@ def test_lines_are_read_top_to_bottom():
     draw = ImageDraw.Draw(page)
     for x, y in [(30, 150), (100, 20), (30, 20), (100, 150)]:
         draw.line([(x, y), (x, y + 80)], fill=0, width=8)
-    lines = find_pieces(Page("test", page).ink())
+    lines = find_pieces(Page("test", page).ink()[0])
     assert [[piece.box[0] < 60 for piece in line] for line in lines] == [[True, False]] * 2
     assert lines[0][0].box[1] < lines[1][0].box[1]
 
@@ -103,4 +103,15 @@ def test_mnist_digits_each_make_one_piece(data_dir):
     test = load_split(data_dir, "test")
     for image in test.images[:50]:
         scan = Image.fromarray(255 - image).resize((112, 112), Image.BILINEAR)
-        assert [len(line) for line in find_pieces(Page("test", scan).ink())] == [1]
+        assert [len(line) for line in find_pieces(Page("test", scan).ink()[0])] == [1]
+
+
+def test_the_near_ink_of_a_piece_is_its_5x5_dilation():
+    from PIL import ImageFilter
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # a 5x5 box blur is above 0 exactly where a 5x5 maximum is set
+        mask = rng.random(tuple(rng.integers(3, 60, 2))) < rng.uniform(0.01, 0.3)
+        image = Image.fromarray(mask.astype(np.uint8) * 255)
+        dilated = np.asarray(image.filter(ImageFilter.MaxFilter(5))) > 0
+        assert np.array_equal(np.asarray(image.filter(ImageFilter.BoxBlur(2))) > 0, dilated)

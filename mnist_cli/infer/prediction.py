@@ -185,8 +185,20 @@ def read_pages(
                     none_weight=_REFUSED_NONE_WEIGHT,
                 )
                 if len(parts) > 1:
+                    # the parts' boxes are in the ink's crop, as the piece's is
+                    dx = segment.box[0] - segment.piece.box[0]
+                    dy = segment.box[1] - segment.piece.box[1]
                     cut = [
-                        _Segment(part.box, segment.line, part.digit(segment.ink, page.name))
+                        _Segment(
+                            (
+                                part.box[0] + dx,
+                                part.box[1] + dy,
+                                part.box[2] + dx,
+                                part.box[3] + dy,
+                            ),
+                            segment.line,
+                            part.digit(segment.ink, page.name),
+                        )
                         for part in parts
                     ]
                     readings += _readings(model, cut, page.scale, min_confidence, keep_digits)
@@ -261,7 +273,7 @@ def _segments(page: Page, score: Scorer, *, single: bool) -> list[_Segment] | No
     try:
         if single or page.raw:
             return [_Segment(whole, 0, page.digit())]
-        ink = page.ink()
+        ink, (left, top) = page.ink()
     except BlankImage:
         return None
     lines = find_pieces(ink)
@@ -273,15 +285,21 @@ def _segments(page: Page, score: Scorer, *, single: bool) -> list[_Segment] | No
         for piece in line
         for part in split_touching(piece, ink, score, page.name)
     ]
+
+    def on_page(piece: Piece) -> tuple[int, int, int, int]:
+        x0, y0, x1, y1 = piece.box
+        return (x0 + left, y0 + top, x1 + left, y1 + top)
+
     if len(found) == 1:
         piece = found[0][1]
-        return [_Segment(piece.box, 0, page.digit(), piece, ink)]
+        return [_Segment(on_page(piece), 0, page.digit(), piece, ink)]
     segments = []
     for number, part in found:
         try:
-            segments.append(_Segment(part.box, number, part.digit(ink, page.name), part, ink))
+            digit = part.digit(ink, page.name)
         except ImageError:  # a sliver with no ink left once faint edges are dropped
             continue
+        segments.append(_Segment(on_page(part), number, digit, part, ink))
     return segments or None
 
 

@@ -9,6 +9,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
@@ -280,7 +281,10 @@ def digit_from_array(gray: np.ndarray, *, name: str = "image") -> np.ndarray:
     gray = np.asarray(gray)
     if gray.dtype == np.uint8 and gray.ndim == 2 and gray.size > 0:
         return _digit_from_levels(Image.fromarray(gray), name)
-    ink = _array_ink(gray.astype(np.float32, copy=False), name)
+    return _digit_from_ink(_array_ink(gray.astype(np.float32, copy=False), name), name)
+
+
+def _digit_from_ink(ink: np.ndarray, name: str) -> np.ndarray:
     box = _ink_box(Image.fromarray((ink > INK).astype(np.uint8) * 255))
     if box is None:
         raise BlankImage(f"{name}: no digit found (blank image)")
@@ -367,14 +371,26 @@ class Page:
                 if self.raw
                 else _digit_from_levels(self.gray, self.name)
             )
-        return self.gray if self.raw else digit_from_array(self.gray, name=self.name)
+        return self.gray if self.raw else _digit_from_ink(self._float_ink, self.name)
 
-    def ink(self) -> np.ndarray:
-        """Ink over the paper, float32 in [0, 1] with its peak at 1, light on dark; ImageError
-        when there is none (a blank page)."""
+    def ink(self) -> tuple[np.ndarray, tuple[int, int]]:
+        """Ink over the paper, float32 in [0, 1] with its peak at 1, light on dark, within the
+        box of the clear ink (over INK), and that box's (left, top); BlankImage when there is
+        none. An 8-bit image's box is found by Pillow, so only the ink becomes an array."""
         if isinstance(self.gray, Image.Image):
-            ink = _level_ink(self.gray, self.name)
-            return ink[np.asarray(self.gray)]
+            levels = _level_ink(self.gray, self.name)
+            box = self.gray.point(_table(levels > INK)).getbbox()
+            if box is None:
+                raise BlankImage(f"{self.name}: no digit found (blank image)")
+            return levels[np.asarray(self.gray.crop(box))], (box[0], box[1])
+        ink = self._float_ink
+        rows, cols = np.flatnonzero((ink > INK).any(1)), np.flatnonzero((ink > INK).any(0))
+        if not len(rows):
+            raise BlankImage(f"{self.name}: no digit found (blank image)")
+        return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], (int(cols[0]), int(rows[0]))
+
+    @cached_property
+    def _float_ink(self) -> np.ndarray:  # worked out once for digit() and ink()
         return _array_ink(self.gray.astype(np.float32, copy=False), self.name)
 
 

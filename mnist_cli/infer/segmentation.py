@@ -65,7 +65,8 @@ class Piece:
         """This piece as a 28x28 digit: its own ink (and the faint edge around it) in its box,
         scaled and centred as a lone digit is."""
         left, top, right, bottom = self.box
-        near = Image.fromarray(self.mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(5))
+        # within 2 px of its own: a 5x5 box blur is above 0 exactly where a 5x5 maximum is set
+        near = Image.fromarray(self.mask.astype(np.uint8) * 255).filter(ImageFilter.BoxBlur(2))
         return fit_digit(np.where(np.asarray(near) > 0, ink[top:bottom, left:right], 0), name)
 
 
@@ -298,6 +299,9 @@ def split_touching(
     as one digit, and as no digit at all (weighed by `none_weight`, and even with a cut in two
     parts: a scribble cut into six "digits" loses)."""
     if piece.width < wide * piece.height:
+        return [piece]
+    sure, _ = score([piece.digit(ink, name)])
+    if sure[0] * _shape_odds(piece) >= 1 / _SPLIT_GAIN:  # no cut could beat reading it whole
         return [piece]
     cuts = [0, *_candidate_columns(piece), piece.width]
     last = len(cuts) - 1

@@ -202,15 +202,22 @@ def _predict(model: Backend, uploads: list[tuple[str, bytes]], limits: Limits) -
 
 
 def _answer_for(prediction: Prediction, top_k: int) -> dict[str, Any]:
-    """A Prediction as /predict answers it: `mnist predict --json`'s fields (but the path), and
-    where one digit was read its top-k and the input the model saw."""
+    """A Prediction as /predict answers it: `mnist predict --json`'s fields (but the path), the
+    input the model saw for each part, and where one digit was read its top-k."""
     answer = prediction.to_dict()
     del answer["path"]
+    for entry, reading in zip(answer["digits"], prediction.readings, strict=True):
+        entry["input"] = _pixels(reading.image)
     if prediction.one is not None:
-        assert prediction.image is not None
         answer["top"] = [[digit, p] for digit, p in prediction.top(top_k)]
-        answer["input"] = (prediction.image * 255).round().astype(int).tolist()  # 28x28
+        answer["input"] = _pixels(prediction.image)
     return answer
+
+
+def _pixels(image: np.ndarray | None) -> list[list[int]]:
+    """A 28x28 digit as the model saw it, 0-255."""
+    assert image is not None  # read with keep_digits=True
+    return (image * 255).round().astype(int).tolist()
 
 
 class ServeError(MnistError):
