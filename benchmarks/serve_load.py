@@ -2,7 +2,7 @@
 
 Starts `mnist serve` on 127.0.0.1 (a free port), sends 2,000 requests of one image each at
 concurrency 16 (bounded in count and time), reads the server's memory after the first 200
-requests and at the end, then stops it. With Chromium installed it also draws a digit on the
+requests and at the end, then stops it. With Chromium installed it also draws a number on the
 page and saves a screenshot (--screenshot).
 
 python benchmarks/serve_load.py [--model FILE] [--requests 2000] [--concurrency 16]
@@ -138,15 +138,19 @@ def screenshot(url: str, path: Path) -> bool:
         page = browser.new_page(viewport={"width": 820, "height": 640})
         page.goto(url)
         box = page.locator("#pad").bounding_box()
-        points = [(0.3, 0.25), (0.5, 0.15), (0.7, 0.3), (0.35, 0.8), (0.75, 0.8)]  # a "2"
-        page.mouse.move(
-            box["x"] + points[0][0] * box["width"], box["y"] + points[0][1] * box["height"]
-        )
-        page.mouse.down()
-        for x, y in points[1:]:
-            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=10)
-        page.mouse.up()
-        expect(page.locator("#guess")).not_to_have_text("", timeout=15_000)
+        strokes = [
+            [(0.2, 0.25), (0.12, 0.6), (0.42, 0.6)],  # a 4 in two strokes
+            [(0.33, 0.35), (0.33, 0.85)],
+            [(0.56, 0.35), (0.7, 0.22), (0.86, 0.35), (0.58, 0.82), (0.9, 0.82)],  # a 2
+        ]
+        for points in strokes:
+            start = points[0]
+            page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
+            page.mouse.down()
+            for x, y in points[1:]:
+                page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=10)
+            page.mouse.up()
+        expect(page.locator("#guess")).to_have_text("42", timeout=15_000)
         page.wait_for_timeout(300)
         page.screenshot(path=str(path))
         browser.close()
