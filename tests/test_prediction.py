@@ -363,3 +363,23 @@ def test_min_confidence_asks_for_more_caution(models):
     for bad in ("nan", "1.5", "-0.1", "x"):
         result = runner.invoke(app, ["predict", "--min-confidence", bad])
         assert result.exit_code == 2 and "--min-confidence" in result.output
+
+
+def test_an_image_of_too_many_marks_is_one_error_not_minutes_of_work(tmp_path):
+    import time
+
+    from PIL import ImageDraw
+
+    page = Image.new("L", (1000, 1000), 255)
+    draw = ImageDraw.Draw(page)
+    for row in range(15):
+        for column in range(15):  # 225 separate strokes
+            x, y = 20 + 64 * column, 20 + 64 * row
+            draw.line([(x, y), (x + 10, y + 40)], fill=0, width=6)
+    page.save(tmp_path / "marks.png")
+    started = time.monotonic()
+    result = runner.invoke(app, ["predict", str(tmp_path / "marks.png"), "--json"])
+    assert result.exit_code == 1 and "225 separate marks, more than the 100" in result.stderr
+    assert time.monotonic() - started < 30
+    whole = runner.invoke(app, ["predict", str(tmp_path / "marks.png"), "--single"])
+    assert whole.exit_code == 0

@@ -658,3 +658,26 @@ def test_a_broken_form_is_a_400_and_no_line_in_the_servers_log(served, caplog):
         response = client.post("/predict", content=body, headers=headers)
     assert response.status_code == 400 and "multipart" in response.json()["error"]
     assert not [r for r in caplog.records if r.name.startswith("python_multipart")]
+
+
+def test_a_number_is_read_with_its_boxes_and_too_many_marks_are_an_error(served):
+    client, _, _, _ = served
+    from PIL import ImageDraw
+
+    def png(marks: int) -> bytes:
+        page = Image.new("L", (60 * marks + 40, 120), 255)
+        draw = ImageDraw.Draw(page)
+        for k in range(marks):  # upright strokes, far apart: ones
+            draw.line([(40 + 60 * k, 20), (40 + 60 * k, 100)], fill=0, width=8)
+        buffer = io.BytesIO()
+        page.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    (result,) = client.post(
+        "/predict", content=png(3), headers={"content-type": "image/png"}
+    ).json()["results"]
+    assert len(result["digits"]) == 3 and result["digit"] is None
+    lefts = [entry["box"][0] for entry in result["digits"]]
+    assert lefts == sorted(lefts) and all(len(entry["input"]) == 28 for entry in result["digits"])
+    response = client.post("/predict", content=png(120), headers={"content-type": "image/png"})
+    assert response.status_code == 422 and "120 separate marks" in response.json()["error"]

@@ -164,14 +164,24 @@ def read_pages(
     A piece refused as no digit that could be two touching digits is tried cut, on its own.
     """
     score = _scorer(model)
-    found = [_segments(page, score, single=single) for page in pages]
-    segments = [segment for page_segments in found for segment in page_segments or []]
+    found: list[list[_Segment] | None | str] = []
+    for page in pages:
+        try:
+            found.append(_segments(page, score, single=single))
+        except ImageError as error:  # too many pieces to read
+            found.append(error.message.removeprefix(f"{page.name}: "))
+    segments = [
+        s for page_segments in found if isinstance(page_segments, list) for s in page_segments
+    ]
     probabilities = _probabilities(model, [segment.digit for segment in segments])
     best, _, refused = answers(probabilities, min_confidence)
     results, k = [], 0
     for page, page_segments in zip(pages, found, strict=True):
-        if page_segments is None:
-            results.append(Prediction(page.name, blank=True))
+        if not isinstance(page_segments, list):
+            blank = page_segments is None
+            results.append(
+                Prediction(page.name, error=None if blank else page_segments, blank=blank)
+            )
             continue
         readings = []
         for segment in page_segments:
@@ -210,6 +220,8 @@ def read_pages(
         results.append(Prediction(page.name, readings))
     return results
 
+
+MAX_PIECES = 100  # digits read in one image at most
 
 # A piece refused as no digit is tried cut when this wide for its height: two touching digits
 # can be narrower than the wide pieces tried always (segmentation.split_touching).
@@ -277,7 +289,13 @@ def _segments(page: Page, score: Scorer, *, single: bool) -> list[_Segment] | No
     except BlankImage:
         return None
     lines = find_pieces(ink)
-    if sum(map(len, lines)) > 1:
+    count = sum(map(len, lines))
+    if count > MAX_PIECES:  # each may cost dozens of model runs: a request's work is bounded
+        raise ImageError(
+            f"{page.name}: {count} separate marks, more than the {MAX_PIECES} digits an image "
+            "is read for; crop it, or read it whole with --single"
+        )
+    if count > 1:
         lines = [join_by_recognition(line, ink, score, page.name) for line in lines]
     found = [
         (number, part)

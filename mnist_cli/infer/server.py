@@ -196,8 +196,13 @@ def _predict(model: Backend, uploads: list[tuple[str, bytes]], limits: Limits) -
             results.append({"name": name, "error": error.message.removeprefix(f"{name}: ")})
     predictions = iter(read_pages(model, pages, keep_digits=True))
     for result in results:
-        if "error" not in result:
-            result.update(_answer_for(next(predictions), limits.top_k))
+        if "error" in result:
+            continue
+        prediction = next(predictions)
+        if prediction.error is not None:
+            result["error"] = prediction.error
+        else:
+            result.update(_answer_for(prediction, limits.top_k))
     return results
 
 
