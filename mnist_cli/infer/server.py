@@ -207,12 +207,13 @@ def _predict(model: Backend, uploads: list[tuple[str, bytes]], limits: Limits) -
 
 
 def _answer_for(prediction: Prediction, top_k: int) -> dict[str, Any]:
-    """A Prediction as /predict answers it: `mnist predict --json`'s fields (but the path), the
-    input the model saw for each part, and where one digit was read its top-k."""
+    """A Prediction as /predict answers it: `mnist predict --json`'s fields (but the path); for
+    one digit its top-k and the input the model saw, for several the input of each."""
     answer = prediction.to_dict()
     del answer["path"]
-    for entry, reading in zip(answer["digits"], prediction.readings, strict=True):
-        entry["input"] = _pixels(reading.image)
+    if len(prediction.readings) > 1:  # one reading's input is the answer's own
+        for entry, reading in zip(answer["digits"], prediction.readings, strict=True):
+            entry["input"] = _pixels(reading.image)
     if prediction.one is not None:
         answer["top"] = [[digit, p] for digit, p in prediction.top(top_k)]
         answer["input"] = _pixels(prediction.image)
