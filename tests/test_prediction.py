@@ -383,3 +383,50 @@ def test_an_image_of_too_many_marks_is_one_error_not_minutes_of_work(tmp_path):
     assert time.monotonic() - started < 30
     whole = runner.invoke(app, ["predict", str(tmp_path / "marks.png"), "--single"])
     assert whole.exit_code == 0
+
+
+def test_text_parts_numbers_far_apart_or_with_something_refused_between():
+    from mnist_cli.infer.prediction import Prediction, Reading
+
+    def at(digit, left, line=0):
+        return Reading(digit, [0.1] * 10, (left, 0, left + 20, 40), line)
+
+    close = Prediction("p", [at(1, 0), at(2, 30), at(3, 60)])
+    assert close.text == "123"
+    far = Prediction("p", [at(1, 0), at(2, 30), at(3, 200)])  # a gap of over 1.5 heights
+    assert far.text == "12 3"
+    refused = Prediction("p", [at(1, 0), at(None, 30), at(3, 60), at(None, 90)])
+    assert refused.text == "1 3" and refused.digit is None
+    lines = Prediction("p", [at(4, 0), at(2, 30), at(7, 0, line=1)])
+    assert lines.text == "42 7"
+
+
+def test_small_digits_on_a_long_strip_keep_their_height(numbers, tmp_path):
+    folder, texts = numbers
+    number = Image.open(folder / "0.png").convert("L")
+    number = number.resize((number.width * 20 // number.height, 20))  # 20 px tall
+    strip = Image.new("L", (2400, 20), 255)
+    strip.paste(number, (1200, 0))
+    strip.save(tmp_path / "strip.png")
+    result = runner.invoke(app, ["predict", str(tmp_path / "strip.png"), "--json"])
+    (line,) = map(json.loads, result.stdout.splitlines())
+    assert len(line["digits"]) == len(texts[0])  # not shrunk to 10 px first
+
+
+def test_a_blank_raw_image_is_refused_as_blank(tmp_path):
+    Image.new("L", (28, 28), 0).save(tmp_path / "blank.png")
+    result = runner.invoke(app, ["predict", str(tmp_path / "blank.png"), "--raw", "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["reason"] == "not a digit (blank)"
+
+
+def test_a_field_of_specks_is_refused_before_any_pairwise_work(tmp_path):
+    import time
+
+    pixels = np.full((1024, 1024), 255, np.uint8)
+    pixels[::8, ::8] = 0  # 16,384 one-pixel specks: 4 KB as a PNG
+    Image.fromarray(pixels).save(tmp_path / "specks.png")
+    started = time.monotonic()
+    result = runner.invoke(app, ["predict", str(tmp_path / "specks.png")])
+    assert result.exit_code == 1 and "16384 separate marks" in result.stderr
+    assert time.monotonic() - started < 10  # about 0.2 s here; minutes before the bound

@@ -10,10 +10,11 @@ import numpy as np
 from mnist_cli.data import CLASS_LABELS
 from mnist_cli.infer.backends import Backend
 from mnist_cli.infer.imagefiles import expand_paths
-from mnist_cli.infer.preprocessing import BlankImage, ImageError, Page, load_page
+from mnist_cli.infer.preprocessing import MIN_CONTRAST, BlankImage, ImageError, Page, load_page
 from mnist_cli.infer.segmentation import (
     Piece,
     Scorer,
+    TooManyMarks,
     find_pieces,
     join_by_recognition,
     split_touching,
@@ -25,6 +26,7 @@ SAMPLES = PACKAGE_DIR / "samples"
 
 
 NOT_A_DIGIT = "not a digit"  # the reason given where no digit was read
+WORD_GAP = 1.5  # digits further apart than 1.5 times their line's height are two numbers
 
 
 @dataclass
@@ -59,11 +61,23 @@ class Prediction:
 
     @property
     def text(self) -> str:
-        """The digits read, lines apart by a space: "2024", "" when none."""
-        lines: dict[int, str] = {}
-        for reading in self.digits:
-            lines[reading.line] = lines.get(reading.line, "") + str(reading.digit)
-        return " ".join(lines[line] for line in sorted(lines))
+        """The digits read: "2024", "" when none. A space parts lines, digits far apart (over
+        WORD_GAP of the line's height), and digits with something refused between them."""
+        words = []
+        for line in sorted({reading.line for reading in self.readings}):
+            row = [reading for reading in self.readings if reading.line == line]
+            height = float(np.median([reading.box[3] - reading.box[1] for reading in row]))
+            word, last, apart = "", None, False
+            for reading in row:
+                if reading.digit is None:
+                    apart = True
+                    continue
+                if last is not None and (apart or reading.box[0] - last.box[2] > WORD_GAP * height):
+                    words.append(word)
+                    word = ""
+                word, last, apart = word + str(reading.digit), reading, False
+            words += [word] if word else []
+        return " ".join(words)
 
     @property
     def reason(self) -> str | None:
@@ -284,12 +298,16 @@ def _segments(page: Page, score: Scorer, *, single: bool) -> list[_Segment] | No
     whole = (0, 0, *_size(page.gray))
     try:
         if single or page.raw:
-            return [_Segment(whole, 0, page.digit())]
+            digit = page.digit()
+            return [_Segment(whole, 0, digit)] if digit.max() >= MIN_CONTRAST else None
         ink, (left, top) = page.ink()
     except BlankImage:
         return None
-    lines = find_pieces(ink)
-    count = sum(map(len, lines))
+    try:
+        lines = find_pieces(ink)
+        count = sum(map(len, lines))
+    except TooManyMarks as many:
+        count = many.count
     if count > MAX_PIECES:  # each may cost dozens of model runs: a request's work is bounded
         raise ImageError(
             f"{page.name}: {count} separate marks, more than the {MAX_PIECES} digits an image "

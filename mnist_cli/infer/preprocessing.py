@@ -6,6 +6,7 @@ numpy and Pillow only: the onnxruntime path of `mnist predict` must not import t
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -23,11 +24,11 @@ from mnist_cli.files import path_problem
 # upload ever reaches Ghostscript or another outside program.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 MAX_PIXELS = 50_000_000  # larger canvases are refused before decoding (decompression bombs)
-MAX_SIDE = 1024  # larger images are reduced first: the digit ends up 20 px tall anyway
+MAX_SIDE = 1024  # larger images are reduced to about this squared: a digit ends up 20 px tall
 _BOX = 20  # MNIST scaled each digit to fit a 20x20 box...
 SIZE = 28  # ...then centred it by mass in a 28x28 field
 INK = 0.3  # share of the ink's peak above which a pixel counts for the bounding box
-_MIN_CONTRAST = 0.08  # peak ink above the paper, as a share of full scale: below, it is blank
+MIN_CONTRAST = 0.08  # peak ink above the paper, as a share of full scale: below, it is blank
 
 
 class ImageError(MnistError):
@@ -103,8 +104,10 @@ def _decode(
 
 
 def _shrink(image: Image.Image) -> Image.Image:
-    """Reduce a large image by an integer factor before it becomes float arrays."""
-    factor = -(-max(image.size) // MAX_SIDE)
+    """Reduce a large image by an integer factor before it becomes float arrays, to at most
+    about MAX_SIDE x MAX_SIDE pixels: a long strip of small digits keeps its height."""
+    width, height = image.size
+    factor = math.ceil(math.sqrt(width * height) / MAX_SIDE)
     if factor <= 1:
         return image
     if image.mode in _CHANNEL_OF:
@@ -251,7 +254,7 @@ def _array_ink(gray: np.ndarray, name: str) -> np.ndarray:
         gray, paper = 1 - gray, 1 - paper
     ink = np.clip(gray - paper, 0, None)
     peak = float(ink.max())
-    if peak < _MIN_CONTRAST:
+    if peak < MIN_CONTRAST:
         raise BlankImage(f"{name}: no digit found (blank image)")
     ink /= peak
     return ink
@@ -269,7 +272,7 @@ def _level_ink(image: Image.Image, name: str) -> np.ndarray:
         gray, paper = 1 - gray, 1 - paper
     ink = np.clip(gray - paper, 0, None)
     peak = float(ink[counts > 0].max())
-    if peak < _MIN_CONTRAST:
+    if peak < MIN_CONTRAST:
         raise BlankImage(f"{name}: no digit found (blank image)")
     ink /= peak
     return ink

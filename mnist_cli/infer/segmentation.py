@@ -29,6 +29,7 @@ _SHARED = 0.3
 # nearly touches (within _NEAR of that height), or else dust, a dot or a dash: never a digit.
 _SMALL, _NEAR = 0.5, 0.1
 _SPECK = 0.01  # a part with under this share of the largest part's pixels is noise
+MAX_MARKS = 400  # parts left after specks at most: more is noise or text, not a number
 _JOINED = 0.9  # how sure the model must be of two pieces read together to join them
 _WIDE = 1.1  # width over height from which a piece may be two touching digits
 _CUTS = 7  # candidate columns per piece: up to eight touching digits
@@ -74,14 +75,12 @@ def find_pieces(ink: np.ndarray) -> list[list[Piece]]:
     """The pieces of ink that look like digits, as lines from top to bottom, each left to
     right; touching digits are still one piece (see `split_touching`).
 
-    Pieces are the parts of the ink over half the lone reading's threshold, so that a thin
-    pen's faint stroke holds together; specks, dots and dashes are dropped (_SMALL).
+    Pieces are the 8-connected parts of the clear ink (over INK); specks (_SPECK), dots and
+    dashes (_SMALL) are dropped. TooManyMarks where there are over MAX_MARKS parts.
     """
-    pieces = _components(ink > INK)
+    pieces = _join_parts(_components(ink > INK))
     if not pieces:
         return []
-    largest = max(piece.area for piece in pieces)
-    pieces = _join_parts([piece for piece in pieces if piece.area >= _SPECK * largest])
     tallest = max(piece.height for piece in pieces)
     kept = [piece for piece in pieces if piece.height >= _SMALL * tallest]
     for stray in (piece for piece in pieces if piece.height < _SMALL * tallest):
@@ -131,12 +130,27 @@ def _components(mask: np.ndarray) -> list[Piece]:
                 above += 1
             else:
                 here += 1
+    if not count:
+        return []
     labels = np.array([root(i) for i in range(count)], dtype=np.int64)
-    pieces = []
-    for label in np.unique(labels):
-        which = labels == label
-        pieces.append(_piece(rows[which], starts[which], ends[which]))
-    return pieces
+    order = np.argsort(labels, kind="stable")
+    firsts = np.flatnonzero(np.diff(labels[order], prepend=-1))  # each part's first run
+    areas = np.add.reduceat((ends - starts)[order], firsts)
+    groups = np.split(order, firsts[1:])
+    kept = [
+        group for group, area in zip(groups, areas, strict=True) if area >= _SPECK * areas.max()
+    ]
+    if len(kept) > MAX_MARKS:  # noise or a page of text: refused before any pairwise work
+        raise TooManyMarks(len(kept))
+    return [_piece(rows[group], starts[group], ends[group]) for group in kept]
+
+
+class TooManyMarks(Exception):
+    """More separate marks than a reading of digits should look at."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} separate marks")
+        self.count = count
 
 
 def _piece(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Piece:
