@@ -18,6 +18,7 @@ from mnist_cli.infer.segmentation import (
     find_pieces,
     join_by_recognition,
     split_touching,
+    surely_whole,
 )
 from mnist_cli.options import PACKAGE_DIR
 
@@ -188,7 +189,7 @@ def read_pages(
         s for page_segments in found if isinstance(page_segments, list) for s in page_segments
     ]
     probabilities = _probabilities(model, [segment.digit for segment in segments])
-    best, _, refused = answers(probabilities, min_confidence)
+    best, confidence, refused = answers(probabilities, min_confidence)
     results, k = [], 0
     for page, page_segments in zip(pages, found, strict=True):
         if not isinstance(page_segments, list):
@@ -198,41 +199,49 @@ def read_pages(
             )
             continue
         readings = []
+        alone = len(page_segments) == 1
         for segment in page_segments:
-            if refused[k] and segment.piece is not None:
-                parts = split_touching(
-                    segment.piece,
-                    segment.ink,
-                    score,
-                    page.name,
-                    wide=_MAYBE_TWO,
-                    none_weight=_REFUSED_NONE_WEIGHT,
-                )
-                if len(parts) > 1:
-                    # the parts' boxes are in the ink's crop, as the piece's is
-                    dx = segment.box[0] - segment.piece.box[0]
-                    dy = segment.box[1] - segment.piece.box[1]
-                    cut = [
-                        _Segment(
-                            (
-                                part.box[0] + dx,
-                                part.box[1] + dy,
-                                part.box[2] + dx,
-                                part.box[3] + dy,
-                            ),
-                            segment.line,
-                            part.digit(segment.ink, page.name),
-                        )
-                        for part in parts
-                    ]
-                    readings += _readings(model, cut, page.scale, min_confidence, keep_digits)
-                    k += 1
-                    continue
-            digit = None if refused[k] else int(best[k])
-            readings.append(_reading(digit, probabilities[k], segment, page.scale, keep_digits))
+            parts = _second_look(segment, bool(refused[k]), float(confidence[k]), alone, score)
+            if parts:
+                cut = [_moved(part, segment, page.name) for part in parts]
+                readings += _readings(model, cut, page.scale, min_confidence, keep_digits)
+            else:
+                digit = None if refused[k] else int(best[k])
+                readings.append(_reading(digit, probabilities[k], segment, page.scale, keep_digits))
             k += 1
         results.append(Prediction(page.name, readings))
     return results
+
+
+def _second_look(
+    segment: _Segment, refused: bool, confidence: float, alone: bool, score: Scorer
+) -> list[Piece]:
+    """The parts a piece is cut into once the batch has read it, or [] to keep it whole: one
+    refused as no digit may be touching digits; a page's only piece, if wide and not read
+    surely whole, is tried cut as wide pieces of a number were before the batch."""
+    piece, ink = segment.piece, segment.ink
+    if piece is None or ink is None:
+        return []
+    if refused:
+        parts = split_touching(
+            piece, ink, score, "", wide=_MAYBE_TWO, none_weight=_REFUSED_NONE_WEIGHT
+        )
+    elif alone and not surely_whole(piece, confidence):
+        parts = split_touching(piece, ink, score, "")
+    else:
+        return []
+    return parts if len(parts) > 1 else []
+
+
+def _moved(part: Piece, segment: _Segment, name: str) -> _Segment:
+    """A part of a segment's piece as a segment: its box moved from the ink's crop to the page
+    as the piece's was."""
+    assert segment.piece is not None and segment.ink is not None
+    dx, dy = segment.box[0] - segment.piece.box[0], segment.box[1] - segment.piece.box[1]
+    x0, y0, x1, y1 = part.box
+    return _Segment(
+        (x0 + dx, y0 + dy, x1 + dx, y1 + dy), segment.line, part.digit(segment.ink, name)
+    )
 
 
 MAX_PIECES = 100  # digits read in one image at most
@@ -313,22 +322,21 @@ def _segments(page: Page, score: Scorer, *, single: bool) -> list[_Segment] | No
             f"{page.name}: {count} separate marks, more than the {MAX_PIECES} digits an image "
             "is read for; crop it, or read it whole with --single"
         )
-    if count > 1:
-        lines = [join_by_recognition(line, ink, score, page.name) for line in lines]
+
+    def on_page(piece: Piece) -> tuple[int, int, int, int]:
+        x0, y0, x1, y1 = piece.box
+        return (x0 + left, y0 + top, x1 + left, y1 + top)
+
+    if count == 1:  # read whole in the batch; cut after it if need be (_second_look)
+        piece = lines[0][0]
+        return [_Segment(on_page(piece), 0, page.digit(), piece, ink)]
+    lines = [join_by_recognition(line, ink, score, page.name) for line in lines]
     found = [
         (number, part)
         for number, line in enumerate(lines)
         for piece in line
         for part in split_touching(piece, ink, score, page.name)
     ]
-
-    def on_page(piece: Piece) -> tuple[int, int, int, int]:
-        x0, y0, x1, y1 = piece.box
-        return (x0 + left, y0 + top, x1 + left, y1 + top)
-
-    if len(found) == 1:
-        piece = found[0][1]
-        return [_Segment(on_page(piece), 0, page.digit(), piece, ink)]
     segments = []
     for number, part in found:
         try:

@@ -297,6 +297,11 @@ def join_by_recognition(
     return pieces
 
 
+def surely_whole(piece: Piece, sure: float) -> bool:
+    """Whether a piece read as a digit this surely is one: no cut could beat it."""
+    return sure * _shape_odds(piece) >= 1 / _SPLIT_GAIN
+
+
 def split_touching(
     piece: Piece,
     ink: np.ndarray,
@@ -315,7 +320,7 @@ def split_touching(
     if piece.width < wide * piece.height:
         return [piece]
     sure, _ = score([piece.digit(ink, name)])
-    if sure[0] * _shape_odds(piece) >= 1 / _SPLIT_GAIN:  # no cut could beat reading it whole
+    if surely_whole(piece, float(sure[0])):
         return [piece]
     cuts = [0, *_candidate_columns(piece), piece.width]
     last = len(cuts) - 1
