@@ -241,11 +241,16 @@ def main() -> None:
             sources.append((digit, tag, image))
     for digit, tag, image in rng.sample(sources, 240):
         save(photographed(image, rng), "photos", digit, tag, suffix="jpg")
-    with open(OUT / "labels.csv", "w", newline="") as handle:
+    write_list(OUT / "labels.csv", ["file", "label", "kind", "style"], rows)
+
+
+def write_list(path: Path, header: list[str], rows: list[tuple]) -> None:
+    """The set's list of images as CSV, and a line saying how many."""
+    with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "label", "kind", "style"])
+        writer.writerow(header)
         writer.writerows(rows)
-    print(f"{len(rows)} images in {OUT}")
+    print(f"{len(rows)} images in {path.parent}")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ None of these images is used in training; the none class trains on DejaVu fonts 
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 from pathlib import Path
 
 import numpy as np
-from make_handwriting_set import OUT, fonts, photographed
+from make_handwriting_set import OUT, fonts, photographed, write_list
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from mnist_cli.data import load_split
@@ -137,11 +136,7 @@ def main() -> None:
             else:
                 image, style = (scribble(rng) if kind == "scribble" else paper(rng)), kind
             save(image, "not-a-digit", "", f"{kind}-{style}")
-    with open(out / "numbers.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "text", "kind", "style"])
-        writer.writerows(rows)
-    print(f"{len(rows)} images in {out}")
+    write_list(out / "numbers.csv", ["file", "text", "kind", "style"], rows)
 
 
 if __name__ == "__main__":
