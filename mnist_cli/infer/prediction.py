@@ -12,6 +12,7 @@ from mnist_cli.infer.backends import Backend
 from mnist_cli.infer.imagefiles import expand_paths
 from mnist_cli.infer.preprocessing import MIN_CONTRAST, BlankImage, ImageError, Page, load_page
 from mnist_cli.infer.segmentation import (
+    WIDE,
     Piece,
     Scorer,
     TooManyMarks,
@@ -216,18 +217,18 @@ def read_pages(
 def _second_look(
     segment: _Segment, refused: bool, confidence: float, alone: bool, score: Scorer
 ) -> list[Piece]:
-    """The parts a piece is cut into once the batch has read it, or [] to keep it whole: one
-    refused as no digit may be touching digits; a page's only piece, if wide and not read
-    surely whole, is tried cut as wide pieces of a number were before the batch."""
+    """The parts a piece is cut into once the batch has read it, or [] to keep it whole: a
+    page's only piece, if wide and not read surely whole, is tried cut as the wide pieces of a
+    number were before the batch; a narrower one refused as no digit may be touching digits."""
     piece, ink = segment.piece, segment.ink
     if piece is None or ink is None:
         return []
-    if refused:
+    if alone and piece.width >= WIDE * piece.height:  # as wide pieces of a number are
+        parts = [] if surely_whole(piece, confidence) else split_touching(piece, ink, score, "")
+    elif refused:
         parts = split_touching(
             piece, ink, score, "", wide=_MAYBE_TWO, none_weight=_REFUSED_NONE_WEIGHT
         )
-    elif alone and not surely_whole(piece, confidence):
-        parts = split_touching(piece, ink, score, "")
     else:
         return []
     return parts if len(parts) > 1 else []

@@ -31,12 +31,12 @@ _SMALL, _NEAR = 0.5, 0.1
 _SPECK = 0.01  # a part with under this share of the largest part's pixels is noise
 MAX_MARKS = 400  # parts left after specks at most: more is noise or text, not a number
 _JOINED = 0.9  # how sure the model must be of two pieces read together to join them
-_WIDE = 1.1  # width over height from which a piece may be two touching digits
+WIDE = 1.1  # width over height from which a piece may be two touching digits
 _CUTS = 7  # candidate columns per piece: up to eight touching digits
 # A cut must make the reading this many times likelier than the whole read as one digit (the
 # product of the parts' confidences): a wide 0 or 2, which the whole reads surely, stays whole.
 _SPLIT_GAIN = 1.5
-_ONE_WIDE, _WIDTH_PENALTY = 1.3, 4.0  # a digit is rarely wider than 1.3 x its height
+_ONEWIDE, _WIDTH_PENALTY = 1.3, 4.0  # a digit is rarely wider than 1.3 x its height
 # How much a reading as no digit weighs against a cut: two touching digits that the model
 # calls "none" are cut, a letter whose strokes look like 1s is not.
 _NONE_WEIGHT = 0.5
@@ -254,7 +254,7 @@ def _candidate_columns(piece: Piece) -> list[int]:
 def _shape_odds(part: Piece) -> float:
     """How likely a piece this wide is one digit: 1 up to a little wider than tall, falling
     fast beyond (two digits side by side are about twice as wide as tall)."""
-    return float(np.exp(-_WIDTH_PENALTY * max(0.0, part.width / part.height - _ONE_WIDE)))
+    return float(np.exp(-_WIDTH_PENALTY * max(0.0, part.width / part.height - _ONEWIDE)))
 
 
 # 28x28 images -> how sure the model is that each is a digit (0 where it refuses it), and
@@ -308,7 +308,7 @@ def split_touching(
     score: Scorer,
     name: str,
     *,
-    wide: float = _WIDE,
+    wide: float = WIDE,
     none_weight: float = _NONE_WEIGHT,
 ) -> list[Piece]:
     """A piece at least `wide` times as wide as tall cut into the digits the model reads best
