@@ -295,11 +295,11 @@ def _digit_from_ink(ink: np.ndarray, name: str) -> np.ndarray:
     return fit_digit(ink[top:bottom, left:right], name)
 
 
-def _digit_from_levels(image: Image.Image, name: str) -> np.ndarray:
+def _digit_from_levels(image: Image.Image, name: str, ink: np.ndarray | None = None) -> np.ndarray:
     """`digit_from_array` for an 8-bit "L" image, to the last bit: each step is worked out once
     per level (256 values, the same float32 arithmetic), then applied to the pixels by Pillow
     (histogram, lookup table, bounding box), in C and outside the GIL."""
-    ink = _level_ink(image, name)
+    ink = _level_ink(image, name) if ink is None else ink
     box = _ink_box(image.point(_table(ink > INK)))
     if box is None:
         raise BlankImage(f"{name}: no digit found (blank image)")
@@ -372,7 +372,7 @@ class Page:
             return (
                 _LEVELS[np.asarray(self.gray)]
                 if self.raw
-                else _digit_from_levels(self.gray, self.name)
+                else _digit_from_levels(self.gray, self.name, self._levels)
             )
         return self.gray if self.raw else _digit_from_ink(self._float_ink, self.name)
 
@@ -381,7 +381,7 @@ class Page:
         box of the clear ink (over INK), and that box's (left, top); BlankImage when there is
         none. An 8-bit image's box is found by Pillow, so only the ink becomes an array."""
         if isinstance(self.gray, Image.Image):
-            levels = _level_ink(self.gray, self.name)
+            levels = self._levels
             box = self.gray.point(_table(levels > INK)).getbbox()
             if box is None:
                 raise BlankImage(f"{self.name}: no digit found (blank image)")
@@ -391,6 +391,11 @@ class Page:
         if not len(rows):
             raise BlankImage(f"{self.name}: no digit found (blank image)")
         return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], (int(cols[0]), int(rows[0]))
+
+    @cached_property
+    def _levels(self) -> np.ndarray:  # an 8-bit image's ink per level, for digit() and ink()
+        assert isinstance(self.gray, Image.Image)
+        return _level_ink(self.gray, self.name)
 
     @cached_property
     def _float_ink(self) -> np.ndarray:  # worked out once for digit() and ink()
