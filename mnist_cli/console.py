@@ -341,7 +341,7 @@ class PredictionOutput:
         self.failed += result.error is not None
         self.read += result.error is None
         self.refused += result.reason is not None
-        self.unsure += result.reason is None and result.confidence < UNSURE
+        self.unsure += result.error is None and result.reason is None and result.confidence < UNSURE
         if result.error is not None:
             message = Text.assemble((printable(result.path), "red"), f": {printable(result.error)}")
             err.print(message, soft_wrap=True)

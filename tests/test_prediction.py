@@ -430,3 +430,12 @@ def test_a_field_of_specks_is_refused_before_any_pairwise_work(tmp_path):
     result = runner.invoke(app, ["predict", str(tmp_path / "specks.png")])
     assert result.exit_code == 1 and "16384 separate marks" in result.stderr
     assert time.monotonic() - started < 10  # about 0.2 s here; minutes before the bound
+
+
+def test_the_summary_counts_unsure_readings_only(models, tmp_path):
+    good = sorted(models["images"].glob("*.png"))[0]
+    result = runner.invoke(app, ["predict", str(good), str(tmp_path / "missing.png")])
+    assert result.exit_code == 1
+    assert "2 images: 1 read (0 below 50% confidence, 0 not a digit), 1 could not be read" in (
+        result.stderr
+    )

@@ -681,3 +681,13 @@ def test_a_number_is_read_with_its_boxes_and_too_many_marks_are_an_error(served)
     assert lefts == sorted(lefts) and all(len(entry["input"]) == 28 for entry in result["digits"])
     response = client.post("/predict", content=png(120), headers={"content-type": "image/png"})
     assert response.status_code == 422 and "120 separate marks" in response.json()["error"]
+
+
+def test_a_refused_drawing_still_shows_what_the_model_saw(served):
+    client, _, _, _ = served  # the served model may not refuse it; the bundled one does
+    app = create_app(open_model(), Limits())
+    body = (SAMPLES / "drawn-A.png").read_bytes()
+    response = TestClient(app).post("/predict", content=body, headers={"content-type": "image/png"})
+    (result,) = response.json()["results"]
+    assert result["reason"] == "not a digit" and "top" not in result
+    assert np.array(result["input"]).shape == (28, 28)

@@ -207,16 +207,17 @@ def _predict(model: Backend, uploads: list[tuple[str, bytes]], limits: Limits) -
 
 
 def _answer_for(prediction: Prediction, top_k: int) -> dict[str, Any]:
-    """A Prediction as /predict answers it: `mnist predict --json`'s fields (but the path); for
-    one digit its top-k and the input the model saw, for several the input of each."""
+    """A Prediction as /predict answers it: `mnist predict --json`'s fields (but the path), the
+    input the model saw (of each part, where there are several), and for one digit its top-k."""
     answer = prediction.to_dict()
     del answer["path"]
-    if len(prediction.readings) > 1:  # one reading's input is the answer's own
+    if len(prediction.readings) == 1:  # one part, read or refused: the answer's own input
+        answer["input"] = _pixels(prediction.readings[0].image)
+    else:
         for entry, reading in zip(answer["digits"], prediction.readings, strict=True):
             entry["input"] = _pixels(reading.image)
     if prediction.one is not None:
         answer["top"] = [[digit, p] for digit, p in prediction.top(top_k)]
-        answer["input"] = _pixels(prediction.image)
     return answer
 
 
