@@ -115,3 +115,33 @@ def test_the_near_ink_of_a_piece_is_its_5x5_dilation():
         image = Image.fromarray(mask.astype(np.uint8) * 255)
         dilated = np.asarray(image.filter(ImageFilter.MaxFilter(5))) > 0
         assert np.array_equal(np.asarray(image.filter(ImageFilter.BoxBlur(2))) > 0, dilated)
+
+
+def _flood_count(mask: np.ndarray) -> int:
+    """8-connected parts of a mask, by a plain flood fill."""
+    seen, parts = np.zeros_like(mask), 0
+    for start in zip(*np.nonzero(mask), strict=True):
+        if seen[start]:
+            continue
+        parts, stack = parts + 1, [start]
+        seen[start] = True
+        while stack:
+            y, x = stack.pop()
+            for ny in range(max(y - 1, 0), min(y + 2, mask.shape[0])):
+                for nx in range(max(x - 1, 0), min(x + 2, mask.shape[1])):
+                    if mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        stack.append((ny, nx))
+    return parts
+
+
+def test_the_parts_found_are_those_a_flood_fill_finds(monkeypatch):
+    from mnist_cli.infer import segmentation
+
+    monkeypatch.setattr(segmentation, "_SPECK", 0.0)  # count every part, specks too
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        mask = rng.random(tuple(rng.integers(1, 30, 2))) < rng.uniform(0.05, 0.6)
+        parts = segmentation._components(mask)
+        assert len(parts) == _flood_count(mask)
+        assert sum(part.area for part in parts) == mask.sum()

@@ -142,6 +142,10 @@ def _components(mask: np.ndarray) -> list[Piece]:
     ]
     if len(kept) > MAX_MARKS:  # noise or a page of text: refused before any pairwise work
         raise TooManyMarks(len(kept))
+    if len(groups) == 1:  # one part (a lone digit, mostly): the mask is its own
+        top, left = int(rows[0]), int(starts.min())
+        bottom, right = int(rows[-1]) + 1, int(ends.max())
+        return [Piece((left, top, right, bottom), mask[top:bottom, left:right])]
     return [_piece(rows[group], starts[group], ends[group]) for group in kept]
 
 
