@@ -328,7 +328,8 @@ def test(
             envvar="MNIST_IMAGES_DIR",
             show_envvar=True,
             help="Test on your own labelled digits instead: a folder holding 0/ ... 9/ "
-            "subfolders of image files (torchvision's ImageFolder layout).",
+            "subfolders of image files (torchvision's ImageFolder layout), or a CSV file of "
+            "`file,label` rows. Each misread file is named.",
         ),
     ] = None,
     device: Device = "auto",

@@ -315,6 +315,32 @@ def show_report(report: Report, *, json_output: bool = False) -> None:
         ]
         confusion.add_row(labels[i], *cells)
     out.print(confusion)
+    if report.mistakes:
+        out.print(_mistakes_table(report))
+
+
+_MISTAKES_SHOWN = 50  # rows of the mistakes table; --json lists them all
+
+
+def _mistakes_table(report: Report) -> Table:
+    """Each misread image: its file, true label, the digit read and the model's confidence."""
+    shown = report.mistakes[:_MISTAKES_SHOWN]
+    more = len(report.mistakes) - len(shown)
+    title = f"Misread ({len(report.mistakes)}" + (
+        f", the first {len(shown)}; --json has all)" if more else ")"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("file", overflow="fold")
+    for column in ("label", "read", "confidence"):
+        table.add_column(column, justify="right")
+    for mistake in shown:
+        table.add_row(
+            Text(printable(mistake.path)),
+            str(mistake.label),
+            "-" if mistake.digit is None else str(mistake.digit),
+            f"{mistake.confidence:.1%}",
+        )
+    return table
 
 
 UNSURE = 0.5  # a top score below this is counted as a guess in predict's summary

@@ -661,6 +661,36 @@ def test_own_digits_in_class_folders(trained, tmp_path, monkeypatch):
     assert "broken.png" in result.stderr and (tmp_path / "e.png").is_file()
 
 
+def test_own_digits_in_a_csv_and_every_mistake_named(trained, tmp_path):
+    test = load_split(trained["data_dir"], "test")
+    (tmp_path / "pics").mkdir()
+    rows = ["file,label,kind"]  # a header, and a column more
+    for i in range(30):
+        Image.fromarray(255 - test.images[i]).resize((64, 64)).save(tmp_path / "pics" / f"{i}.png")
+        wrong = i < 3  # labelled wrongly on purpose: three sure mistakes
+        rows.append(f"pics/{i}.png,{(test.labels[i] + 1) % 10 if wrong else test.labels[i]},x")
+    rows += ["pics/missing.png,4,x", "pics/0.png,../../x,x", "pics/1.png,10,x", "lonely"]
+    (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
+    args = ["test", "-m", str(trained["checkpoint"]), "--images", str(tmp_path / "mine.csv")]
+    result = runner.invoke(app, [*args, "--json", "--errors", str(tmp_path / "e.png")])
+    assert result.exit_code == 1  # rows were skipped, each named
+    report = json.loads(result.stdout)
+    assert report["images"] == 30
+    assert len(report["mistakes"]) == report["errors"] >= 3
+    named = {Path(m["path"]).name: m for m in report["mistakes"]}
+    assert {"0.png", "1.png", "2.png"} <= set(named)
+    assert named["0.png"]["label"] == (test.labels[0] + 1) % 10
+    assert all(set(m) == {"path", "label", "digit", "confidence"} for m in report["mistakes"])
+    reasons = [why for _, why in report["skipped"]]
+    assert any("missing" in why or "no such" in why for why in reasons)
+    assert sum("is not a digit 0-9" in why for why in reasons) == 2
+    assert any("not a `file,label` row" in why for why in reasons)
+    grid = Image.open(tmp_path / "e.png")
+    assert grid.height % (84 + 51) == 0  # a caption line more: the file's name
+    table = runner.invoke(app, args)
+    assert "Misread (" in table.stdout and "0.png" in table.stdout
+
+
 def test_show_draws_the_digit_the_model_saw(trained, tmp_path):
     _digit_pngs(tmp_path, trained["data_dir"], 1)
     result = runner.invoke(

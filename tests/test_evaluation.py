@@ -48,11 +48,14 @@ def test_evaluate_and_save_the_errors(trained, tmp_path):
     assert sum(map(sum, report.confusion)) == 1000
     assert len(wrong.labels) == report.errors
     assert (wrong.labels != wrong.predicted).all()
-    assert len(wrong.confidence) == report.errors and (wrong.confidence > 0.1).all()
+    assert len(wrong.confidence) == report.errors and (wrong.confidence > 0).all()
     assert (wrong.confidence <= 1).all()  # the probability of each wrong answer
+    assert [m.path for m in report.mistakes] == wrong.names  # MNIST's named t10k[index]
+    assert all(name.startswith("t10k[") for name in wrong.names)
     grid = save_error_grid(wrong, tmp_path / "errors.png")
     width, height = Image.open(grid).size
-    assert width == 12 * 84 and height == -(-report.errors // 12) * (84 + 34)
+    # three caption lines: the labels, the confidence, which image it is
+    assert width == 12 * 84 and height == -(-report.errors // 12) * (84 + 51)
 
 
 def test_history_has_whole_epochs_and_accuracy_stops_at_100(trained):

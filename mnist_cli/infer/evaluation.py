@@ -5,6 +5,7 @@ One function evaluates any opened model; torch is imported only if the model fil
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,16 @@ class ClassScore:
 
 
 @dataclass
+class Mistake:
+    """One misread image: where it is, its label, the digit read and how sure the model was."""
+
+    path: str
+    label: int
+    digit: int | None  # None: refused as no digit
+    confidence: float  # of the digit it would have been read as
+
+
+@dataclass
 class Report:
     """The test report; `to_dict` gives the JSON that `mnist test --json` prints."""
 
@@ -45,6 +56,7 @@ class Report:
     # images answered, and the accuracy on those.
     coverage: float = 1.0
     answered_accuracy: float = 0.0
+    mistakes: list[Mistake] = field(default_factory=list)  # each misread image, in file order
     skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable files (--images)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +134,7 @@ class Misclassified:
     labels: np.ndarray
     predicted: np.ndarray
     confidence: np.ndarray  # the model's probability for its wrong answer
+    names: list[str] = field(default_factory=list)  # each one's file name, when from files
 
 
 @dataclass(frozen=True)
@@ -131,38 +144,77 @@ class LabelledImages:
     pixels: np.ndarray
     labels: np.ndarray
     skipped: list[tuple[str, str]]  # (file, why) for images that could not be read
+    paths: list[str] = field(default_factory=list)  # each image's file; MNIST's are named
 
     @classmethod
-    def from_split(cls, split: Split) -> LabelledImages:
-        return cls(split.images.astype(np.float32) / 255, split.labels, [])
+    def from_split(cls, split: Split, name: str = "t10k") -> LabelledImages:
+        paths = [f"{name}[{index}]" for index in range(len(split))]
+        return cls(split.images.astype(np.float32) / 255, split.labels, [], paths)
 
 
-def load_image_folder(folder: Path | str) -> LabelledImages:
-    """The user's own digits: FOLDER/0/ ... FOLDER/9/ of image files, preprocessed as `predict`."""
-    from mnist_cli.infer.imagefiles import class_folders
+def load_labelled_images(source: Path | str) -> LabelledImages:
+    """The user's own digits, preprocessed as `predict` reads them: a folder holding 0/ ... 9/
+    of image files, or a CSV file of `file,label` rows (paths relative to the CSV's folder)."""
     from mnist_cli.infer.preprocessing import ImageError, load_digit
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"--images {folder}: not a folder", hint=_LAYOUT)
-    pixels, labels, skipped = [], [], []
-    for path, label, problem in class_folders(folder, CLASS_LABELS):
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        entries = csv_entries(source)
+    elif source.is_dir():
+        from mnist_cli.infer.imagefiles import class_folders
+
+        entries = class_folders(source, CLASS_LABELS)
+    else:
+        raise DataError(f"--images {source}: not a folder nor a .csv file", hint=_LAYOUT)
+    pixels, labels, skipped, paths = [], [], [], []
+    for path, label, problem in entries:
         try:
             if problem is not None:
                 raise ImageError(f"{path}: {problem}")
             pixels.append(load_digit(path))
             labels.append(int(label))
+            paths.append(path)
         except ImageError as error:
             skipped.append((path, error.message.removeprefix(f"{path}: ")))
     if not pixels:
         named = ", ".join(f"{path} ({why.removesuffix('; skipped')})" for path, why in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         found = f"; skipped: {named}{more}" if skipped else ""
-        raise DataError(f"--images {folder}: no readable images in 0/ ... 9/{found}", hint=_LAYOUT)
-    return LabelledImages(np.stack(pixels), np.array(labels, np.int64), skipped)
+        raise DataError(f"--images {source}: no readable labelled images{found}", hint=_LAYOUT)
+    return LabelledImages(np.stack(pixels), np.array(labels, np.int64), skipped, paths)
 
 
-_LAYOUT = "put each digit's images in a subfolder named after it: FOLDER/0/, ..., FOLDER/9/"
+def csv_entries(table: Path) -> Iterator[tuple[str, str, str | None]]:
+    """(file, label, problem) for each row of a `file,label[,...]` CSV file; a first row whose
+    label is not a digit is its header. A label that is not one digit 0-9 is a problem."""
+    import csv
+
+    from mnist_cli.files import path_problem
+
+    try:
+        with open(table, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"--images {table}: cannot be read as CSV ({error})") from None
+    if rows and len(rows[0]) >= 2 and rows[0][1].strip() not in CLASS_LABELS:
+        rows = rows[1:]  # the header
+    for number, row in enumerate(rows, start=1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2:
+            yield f"{table}, row {number}", "", "not a `file,label` row; skipped"
+            continue
+        path, label = str(table.parent / row[0].strip()), row[1].strip()
+        problem = path_problem(Path(path))
+        if label not in CLASS_LABELS:
+            problem = f"label {label!r} is not a digit 0-9"
+        yield path, label, None if problem is None else f"{problem}; skipped"
+
+
+_LAYOUT = (
+    "put each digit's images in a subfolder named after it (FOLDER/0/, ..., FOLDER/9/), "
+    "or list them in a CSV file of `file,label` rows"
+)
 
 
 def evaluate(model: Backend, data: LabelledImages) -> tuple[Report, Misclassified]:
@@ -183,10 +235,23 @@ def evaluate(model: Backend, data: LabelledImages) -> tuple[Report, Misclassifie
     )
     from mnist_cli.infer.prediction import answers
 
-    predicted, confidence, _ = answers(softmax(logits))
+    predicted, confidence, refused = answers(softmax(logits))
     wrong = predicted != data.labels
     shown = (data.pixels[wrong] * 255).round().astype(np.uint8)
-    return report, Misclassified(shown, data.labels[wrong], predicted[wrong], confidence[wrong])
+    names = [data.paths[i] for i in np.flatnonzero(wrong)] if data.paths else []
+    report.mistakes = [
+        Mistake(name, int(label), None if no else int(digit), float(sure))
+        for name, label, digit, sure, no in zip(
+            names,
+            data.labels[wrong],
+            predicted[wrong],
+            confidence[wrong],
+            refused[wrong],
+            strict=False,
+        )
+    ]
+    misread = Misclassified(shown, data.labels[wrong], predicted[wrong], confidence[wrong], names)
+    return report, misread
 
 
 def evaluate_model(
@@ -201,7 +266,7 @@ def evaluate_model(
     test set, or on the user's own digits in `images_dir` (FOLDER/0/ ... FOLDER/9/)."""
     model = open_model(model_path, backend=backend, device=device)
     if images_dir is not None:
-        return evaluate(model, load_image_folder(images_dir))
+        return evaluate(model, load_labelled_images(images_dir))
     return evaluate(model, LabelledImages.from_split(load_split(data_dir, "test")))
 
 
@@ -225,12 +290,12 @@ def check_image_path(path: Path, *, option: str) -> None:
 
 
 def save_error_grid(errors: Misclassified, path: Path | str, *, columns: int = 12) -> Path:
-    """Save the misclassified digits as one PNG grid, each captioned "true > predicted" and
-    the model's confidence in its wrong answer, in a font large enough to read."""
+    """Save the misclassified digits as one PNG grid, each captioned "true > predicted", the
+    model's confidence in its wrong answer and its file's name, in a font large enough to read."""
     from PIL import Image, ImageDraw, ImageFont
 
     path = Path(path)
-    cell, caption = 28 * 3, 34
+    cell, caption = 28 * 3, 51 if errors.names else 34
     count = len(errors.labels)
     rows = max(1, -(-count // columns))
     grid = Image.new("RGB", (columns * cell, rows * (cell + caption)), color="white")
@@ -243,5 +308,9 @@ def save_error_grid(errors: Misclassified, path: Path | str, *, columns: int = 1
         label = f"{errors.labels[i]} > {errors.predicted[i]}"
         draw.text((x + 4, y + cell + 1), label, fill=(180, 0, 0), font=font)
         draw.text((x + 4, y + cell + 17), f"{errors.confidence[i]:.0%}", fill="black", font=font)
+        if errors.names:  # which file it is, as much of its name as fits
+            name = Path(errors.names[i]).name
+            name = name if len(name) <= 11 else name[:10] + "…"
+            draw.text((x + 4, y + cell + 33), name, fill=(60, 60, 60), font=font)
     atomic_write(path, lambda handle: grid.save(handle, format="PNG"))
     return path
