@@ -165,7 +165,10 @@ def load_labelled_images(source: Path | str) -> LabelledImages:
 
         entries = class_folders(source, CLASS_LABELS)
     else:
-        raise DataError(f"--images {source}: not a folder nor a .csv file", hint=_LAYOUT)
+        from mnist_cli.files import path_problem
+
+        what = path_problem(source) or "not a folder nor a .csv file"
+        raise DataError(f"--images {source}: {what}", hint=_LAYOUT)
     pixels, labels, skipped, paths = [], [], [], []
     for path, label, problem in entries:
         try:
