@@ -547,6 +547,17 @@ def serve(
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log one line per request (uvicorn's access log).")
     ] = False,
+    collect: Annotated[
+        Path | None,
+        typer.Option(
+            "--collect",
+            help="Let the page's users correct a misread digit: POST /feedback saves the image "
+            "as COLLECT/<digit>/<time>-<hash>.png, ready for `mnist test --images COLLECT`.",
+        ),
+    ] = None,
+    collect_max: Annotated[
+        int, typer.Option(min=1, help="Most images --collect holds; then /feedback answers 507.")
+    ] = 2000,
     workers: Annotated[
         int,
         typer.Option(
@@ -565,6 +576,7 @@ def serve(
     GET / is the page; POST /predict takes an image (or multipart files) and answers JSON.
 
     GET /health and GET /metrics are for whoever runs it; Ctrl-C or SIGTERM stops it.
+    With --collect, the page offers "Wrong? It is a ..." and POST /feedback saves corrections.
 
     Example: mnist serve --port 8000   (then open http://127.0.0.1:8000)
     """
@@ -577,6 +589,13 @@ def serve(
 
         model = open_model(model_file, backend=backend, device=device)
         console.show_model(model)
+        corrections = None
+        if collect is not None:
+            from mnist_cli.files import check_writable
+            from mnist_cli.infer.feedback import Corrections
+
+            check_writable(collect / "0" / "probe.png", option="--collect")
+            corrections = Corrections(collect, collect_max)
         sock = server.listen(host, port)
         console.note(f"Serving on http://{host}:{port} (Ctrl-C to stop)")
         settings = {
@@ -584,6 +603,7 @@ def serve(
             "log_level": "warning" if quiet else "info",
             "allowed_hosts": allowed_hosts_for(host, allowed_host or ()),
             "access_log": access_log,
+            "corrections": corrections,
         }
         if workers > 1:
             from mnist_cli.infer.workers import serve_workers

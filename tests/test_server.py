@@ -691,3 +691,92 @@ def test_a_refused_drawing_still_shows_what_the_model_saw(served):
     (result,) = response.json()["results"]
     assert result["reason"] == "not a digit" and "top" not in result
     assert np.array(result["input"]).shape == (28, 28)
+
+
+def test_feedback_saves_a_correction_under_its_digit_and_nothing_else(served, tmp_path):
+    from mnist_cli.infer.feedback import Corrections
+
+    _, pngs, _, path = served
+    plain = TestClient(create_app(open_model(path), Limits()))
+    assert plain.post("/feedback", files={"file": ("a.png", pngs[0])}).status_code == 404
+    assert plain.get("/health").json()["collect"] is False
+
+    folder = tmp_path / "collected"
+    client = TestClient(create_app(open_model(path), Limits(), corrections=Corrections(folder, 3)))
+    assert client.get("/health").json()["collect"] is True
+    response = client.post("/feedback", files={"file": ("a.png", pngs[0])}, data={"label": "7"})
+    assert response.status_code == 201
+    saved = folder / response.json()["saved"]
+    assert saved.parent.name == "7" and Image.open(saved).format == "PNG"
+
+    for label in ("../../x", "10", "", "seven"):
+        refused = client.post(
+            "/feedback", files={"file": ("a.png", pngs[0])}, data={"label": label}
+        )
+        assert refused.status_code == 400 and "is not one digit" in refused.json()["error"]
+    no_label = client.post("/feedback", files={"file": ("a.png", pngs[0])})
+    assert no_label.status_code == 400
+    broken = client.post("/feedback", files={"file": ("a.png", b"nope")}, data={"label": "1"})
+    assert broken.status_code == 422 and "not a readable image" in broken.json()["error"]
+    two = [("file", ("a.png", pngs[0])), ("file", ("b.png", pngs[1]))]
+    assert client.post("/feedback", files=two, data={"label": "1"}).status_code == 400
+    raw = client.post("/feedback", content=pngs[0], headers={"content-type": "image/png"})
+    assert raw.status_code == 415
+    assert sorted(p.relative_to(folder).parts[0] for p in folder.rglob("*.png")) == ["7"]
+
+    for png in pngs[1:3]:  # up to the cap of 3, then 507 and nothing more written
+        ok = client.post("/feedback", files={"file": ("a.png", png)}, data={"label": "3"})
+        assert ok.status_code == 201
+    full = client.post("/feedback", files={"file": ("a.png", pngs[3])}, data={"label": "3"})
+    assert full.status_code == 507 and "--collect-max" in full.json()["error"]
+    assert len(list(folder.rglob("*.png"))) == 3
+
+
+def test_serve_collect_refuses_a_folder_it_cannot_write(tmp_path):
+    from typer.testing import CliRunner
+
+    from mnist_cli.cli import app
+
+    (tmp_path / "taken").write_text("a file, not a folder")
+    result = CliRunner().invoke(app, ["serve", "--collect", str(tmp_path / "taken")])
+    assert result.exit_code == 1 and "--collect" in result.output
+    assert "Serving on" not in result.output
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian package `chromium`)")
+def test_a_digit_corrected_on_the_page_is_saved_under_its_label(served, tmp_path):
+    import threading
+    import time
+
+    from mnist_cli.infer.feedback import Corrections
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    _, _, _, path = served
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn_server(
+        open_model(path),
+        limits=LIVE_LIMITS,
+        log_level="warning",
+        allowed_hosts=LOOPBACK_HOSTS,
+        corrections=Corrections(tmp_path / "mine"),
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 900, "height": 700})
+            page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}")
+            draw(page, [(0.5, 0.15), (0.5, 0.5), (0.5, 0.85)])
+            sync_api.expect(page.locator("#guess")).not_to_have_text("", timeout=15_000)
+            page.click("#correct button[data-digit='7']")
+            sync_api.expect(page.locator("#status")).to_contain_text("Saved as 7/", timeout=10_000)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+    (saved,) = (tmp_path / "mine").rglob("*.png")
+    assert saved.parent.name == "7" and Image.open(saved).size == (280, 280)

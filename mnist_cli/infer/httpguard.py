@@ -161,6 +161,18 @@ _TICK_SECONDS = 0.25  # how often a stalled upload's rate is judged
 
 
 async def _form_files(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
+    files, _ = await read_form(request, limits)
+    return files
+
+
+async def read_form(
+    request: Request, limits: Limits
+) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    """A multipart form's files, (name, bytes), at least one, and its text fields; the same
+    limits as any upload."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise RequestError(415, f"send a multipart/form-data form, not {kind or 'no type'}")
     body = await _read_body(request, limits)
 
     async def replay() -> dict[str, Any]:  # hand the checked body to the form parser
@@ -177,7 +189,9 @@ async def _form_files(request: Request, limits: Limits) -> list[tuple[str, bytes
     files = [value for _, value in form.multi_items() if hasattr(value, "read")]
     if not files:
         raise RequestError(400, "the form holds no file: send each image as a file field")
-    return [(item.filename or f"image {i + 1}", await item.read()) for i, item in enumerate(files)]
+    fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+    named = [(item.filename or f"image {i + 1}", await item.read()) for i, item in enumerate(files)]
+    return named, fields
 
 
 def allowed_hosts_for(host: str, extra: Collection[str] = ()) -> list[str] | None:

@@ -349,6 +349,12 @@ def load_page(path: Path | str, *, raw: bool = False) -> Page:
     return _page(*_decode(path, str(path)), str(path), raw=raw)
 
 
+def image_from_bytes(data: bytes, *, name: str, budget: PixelBudget | None = None) -> Image.Image:
+    """An image held in memory, decoded with the limits of every upload (and shrunk as they
+    are), or ImageError."""
+    return _decode(io.BytesIO(data), name, budget)[0]
+
+
 def page_from_bytes(
     data: bytes, *, name: str = "upload", raw: bool = False, budget: PixelBudget | None = None
 ) -> Page:

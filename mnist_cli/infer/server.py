@@ -30,11 +30,13 @@ from starlette.types import ASGIApp
 from mnist_cli import __version__
 from mnist_cli.errors import MnistError, OptionError
 from mnist_cli.infer.backends import Backend
+from mnist_cli.infer.feedback import Corrections
 from mnist_cli.infer.httpguard import (
     Limits,
     RequestError,
     SameOrigin,
     header_timeout_protocol,
+    read_form,
     read_uploads,
 )
 from mnist_cli.infer.prediction import Prediction, read_pages
@@ -74,12 +76,17 @@ class Metrics:
 
 
 def create_app(
-    model: Backend, limits: Limits | None = None, *, allowed_hosts: Collection[str] | None = None
+    model: Backend,
+    limits: Limits | None = None,
+    *,
+    allowed_hosts: Collection[str] | None = None,
+    corrections: Corrections | None = None,
 ) -> ASGIApp:
     """The ASGI app for one opened model.
 
     `allowed_hosts`: the host names a request's Host header may give (None: any); a request
-    from a page of another origin is refused whatever they are.
+    from a page of another origin is refused whatever they are. `corrections`: where POST
+    /feedback saves the images users correct (None: no /feedback).
     """
     limits = limits or Limits()
     metrics = Metrics()
@@ -99,6 +106,7 @@ def create_app(
                 "backend": model.name.value,
                 "provider": model.provider,
                 "version": __version__,
+                "collect": corrections is not None,
             }
         )
 
@@ -112,10 +120,38 @@ def create_app(
             Route("/health", health),
             Route("/metrics", show_metrics),
             Route("/predict", _Predict(model, limits, metrics).handle, methods=["POST"]),
+            *(
+                [Route("/feedback", _feedback(corrections, limits, metrics), methods=["POST"])]
+                if corrections is not None
+                else []
+            ),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     return SameOrigin(app, allowed_hosts)
+
+
+def _feedback(corrections: Corrections, limits: Limits, metrics: Metrics) -> Any:
+    """POST /feedback: a form with one image `file` and its `label`, saved under the label."""
+
+    async def handle(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            files, fields = await read_form(request, limits)
+            if len(files) != 1:
+                raise RequestError(400, f"send one file, not {len(files)}")
+            budget = PixelBudget(limits.max_pixels)
+            label = fields.get("label", "")
+            name = await run_in_threadpool(corrections.save, files[0][1], label, budget)
+            response = JSONResponse({"saved": name}, status_code=201)
+        except RequestError as error:
+            response = JSONResponse({"error": error.message}, status_code=error.status)
+        except ImageError as error:
+            response = JSONResponse({"error": error.message}, status_code=422)
+        metrics.record(response.status_code, time.perf_counter() - started, 1)
+        return response
+
+    return handle
 
 
 class _Predict:
@@ -263,6 +299,7 @@ def serve(
     log_level: str = "info",
     allowed_hosts: Collection[str] | None = None,
     access_log: bool = False,
+    corrections: Corrections | None = None,
 ) -> None:
     """Run the app with uvicorn on a socket from `listen` until Ctrl-C or SIGTERM; requests in
     flight then have GRACE_SECONDS to finish.
@@ -275,6 +312,7 @@ def serve(
         log_level=log_level,
         allowed_hosts=allowed_hosts,
         access_log=access_log,
+        corrections=corrections,
     )
     server.run(sockets=[sock])
 
@@ -286,13 +324,14 @@ def uvicorn_server(
     log_level: str = "info",
     allowed_hosts: Collection[str] | None = None,
     access_log: bool = False,
+    corrections: Corrections | None = None,
 ) -> Any:
     """The uvicorn.Server that `serve` runs: call its `run(sockets=[...])`; no line per request
     unless `access_log`."""
     import uvicorn
 
     limits = limits or Limits()
-    app = create_app(model, limits, allowed_hosts=allowed_hosts)
+    app = create_app(model, limits, allowed_hosts=allowed_hosts, corrections=corrections)
     return uvicorn.Server(uvicorn.Config(app, **uvicorn_settings(limits, log_level, access_log)))
 
 

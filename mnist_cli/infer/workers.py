@@ -22,6 +22,7 @@ from uvicorn.supervisors import Multiprocess
 
 from mnist_cli.errors import MnistError
 from mnist_cli.infer.backends import Backend
+from mnist_cli.infer.feedback import Corrections
 from mnist_cli.infer.httpguard import Limits
 from mnist_cli.infer.server import ServeError, create_app, uvicorn_settings
 
@@ -43,6 +44,7 @@ def serve_workers(
     log_level: str = "info",
     allowed_hosts: Collection[str] | None = None,
     access_log: bool = False,
+    corrections: Corrections | None = None,
 ) -> None:
     """`serve` in `workers` processes sharing `sock`, until a signal stops them; the process
     then ends by that signal, as one server does (exit 130 for Ctrl-C, 143 for SIGTERM).
@@ -58,6 +60,9 @@ def serve_workers(
             "limits": asdict(limits),
             "allowed_hosts": None if allowed_hosts is None else list(allowed_hosts),
             "supervisor": os.getpid(),
+            "corrections": None
+            if corrections is None
+            else [str(corrections.folder), corrections.most],
         }
     )
     settings = uvicorn_settings(limits, log_level, access_log)
@@ -113,7 +118,11 @@ def worker_app() -> Any:
         sys.exit(STARTUP_FAILURE)
     _end_with_the_parent(settings["supervisor"])
     limits = Limits(**settings["limits"])
-    return create_app(model, limits, allowed_hosts=settings["allowed_hosts"])
+    kept = settings["corrections"]
+    corrections = Corrections(*kept) if kept else None
+    return create_app(
+        model, limits, allowed_hosts=settings["allowed_hosts"], corrections=corrections
+    )
 
 
 def _end_with_the_parent(supervisor: int) -> None:
