@@ -14,6 +14,7 @@ from mnist_cli.files import MISSING, path_problem
 
 CLASS_LABELS = [str(digit) for digit in range(10)]
 NONE_LABEL = "none"  # the class of what is no digit (letters, symbols, scribbles, paper)
+NONE_INDEX = len(CLASS_LABELS)  # its place among a model's outputs: after the ten digits
 # The two class lists a model of this project has: the digits, with or without "none".
 MODEL_LABELS = (CLASS_LABELS, [*CLASS_LABELS, NONE_LABEL])
 IMAGE_SIZE = 28

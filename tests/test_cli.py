@@ -712,3 +712,13 @@ def test_predicted_digit_pixels_are_kept_only_when_asked(trained, tmp_path):
     kept = list(predict_paths(engine, [str(tmp_path)], keep_digits=True))
     assert all(r.image.shape == (28, 28) and np.isfinite(r.image).all() for r in kept)
     assert all(r.image is None for r in predict_paths(engine, [str(tmp_path)]))
+
+
+def test_a_csv_whose_first_row_is_a_bad_row_names_it(trained, tmp_path):
+    test = load_split(trained["data_dir"], "test")
+    Image.fromarray(255 - test.images[0]).save(tmp_path / "a.png")
+    (tmp_path / "mine.csv").write_text(f"a.png,x\na.png,{test.labels[0]}\n")
+    args = ["test", "-m", str(trained["checkpoint"]), "--images", str(tmp_path / "mine.csv")]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 1 and json.loads(result.stdout)["images"] == 1
+    assert "label 'x' is not a digit 0-9" in result.stderr

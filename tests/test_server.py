@@ -780,3 +780,32 @@ def test_a_digit_corrected_on_the_page_is_saved_under_its_label(served, tmp_path
         thread.join(timeout=15)
     (saved,) = (tmp_path / "mine").rglob("*.png")
     assert saved.parent.name == "7" and Image.open(saved).size == (280, 280)
+
+
+def test_a_correction_is_stored_as_the_model_reads_it(served, tmp_path):
+    from mnist_cli.infer.feedback import Corrections
+    from mnist_cli.infer.preprocessing import load_digit
+
+    _, pngs, _, path = served
+    folder = tmp_path / "mine"
+    client = TestClient(create_app(open_model(path), Limits(), corrections=Corrections(folder)))
+    digit = np.asarray(Image.open(io.BytesIO(pngs[0])).convert("L"), np.float32) / 255
+    buffer = io.BytesIO()
+    Image.fromarray(digit).save(buffer, format="TIFF")  # 32-bit float pixels in [0, 1]
+    saved = client.post(
+        "/feedback", files={"file": ("f.tif", buffer.getvalue())}, data={"label": "1"}
+    )
+    assert saved.status_code == 201
+    stored = folder / saved.json()["saved"]
+    (tmp_path / "sent.png").write_bytes(pngs[0])
+    assert np.abs(load_digit(stored) - load_digit(tmp_path / "sent.png")).max() < 0.05  # not blank
+
+    photo = Image.new("RGB", (60, 20), "white")  # stored wide, shown tall (EXIF turn 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", exif=exif)
+    turned = client.post(
+        "/feedback", files={"file": ("p.jpg", buffer.getvalue())}, data={"label": "2"}
+    )
+    assert Image.open(folder / turned.json()["saved"]).size == (20, 60)

@@ -189,7 +189,8 @@ def load_labelled_images(source: Path | str) -> LabelledImages:
 
 def csv_entries(table: Path) -> Iterator[tuple[str, str, str | None]]:
     """(file, label, problem) for each row of a `file,label[,...]` CSV file; a first row whose
-    label is not a digit is its header. A label that is not one digit 0-9 is a problem."""
+    label is not a digit and whose file does not exist is its header. A label that is not one
+    digit 0-9 is a problem; rows are numbered as lines of the file."""
     import csv
 
     from mnist_cli.files import path_problem
@@ -199,9 +200,13 @@ def csv_entries(table: Path) -> Iterator[tuple[str, str, str | None]]:
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"--images {table}: cannot be read as CSV ({error})") from None
-    if rows and len(rows[0]) >= 2 and rows[0][1].strip() not in CLASS_LABELS:
-        rows = rows[1:]  # the header
-    for number, row in enumerate(rows, start=1):
+    header = (
+        bool(rows)
+        and len(rows[0]) >= 2
+        and rows[0][1].strip() not in CLASS_LABELS
+        and not (table.parent / rows[0][0].strip()).is_file()  # a file: a bad row, not a header
+    )
+    for number, row in enumerate(rows[1:] if header else rows, start=2 if header else 1):
         if not row or not "".join(row).strip():
             continue
         if len(row) < 2:

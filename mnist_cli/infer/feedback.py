@@ -1,5 +1,7 @@
-"""Corrections from the serve page: an image a user says was misread, saved as a PNG under
-the digit it is (`serve --collect DIR`), for `mnist test --images DIR` and fine-tuning."""
+"""Corrections from the serve page: an image a user says was misread, saved as an 8-bit gray
+PNG (upright, as `mnist predict` reads it) under the digit it is (`serve --collect DIR`), for
+`mnist test --images DIR` and fine-tuning. With several --workers the cap may be passed by
+up to one image for each other worker: each process counts and writes on its own."""
 
 from __future__ import annotations
 
@@ -8,12 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from mnist_cli.data import CLASS_LABELS
 from mnist_cli.files import atomic_write
 from mnist_cli.infer.httpguard import RequestError
-from mnist_cli.infer.preprocessing import PixelBudget, image_from_bytes
+from mnist_cli.infer.preprocessing import PixelBudget, gray_from_bytes
 
 MOST = 2_000  # images one collection holds unless --collect-max says otherwise
 
@@ -34,7 +34,7 @@ class Corrections:
         that refuses, ImageError for bytes that are no image."""
         if label not in CLASS_LABELS:
             raise RequestError(400, f"label {label[:20]!r} is not one digit 0-9")
-        image = _storable(image_from_bytes(data, name="file", budget=budget))
+        image = gray_from_bytes(data, name="file", budget=budget)
         digest = hashlib.sha256(data).hexdigest()[:12]
         name = f"{label}/{time.strftime('%Y%m%d-%H%M%S')}-{digest}.png"
         with self._lock:
@@ -50,13 +50,3 @@ class Corrections:
             except OSError as error:
                 raise RequestError(507, f"cannot be saved ({error.strerror or error})") from None
         return name
-
-
-def _storable(image: Image.Image) -> Image.Image:
-    """The image in a mode PNG keeps: its own where it can, else RGB(A) or 8-bit gray."""
-    if image.mode in ("1", "L", "LA", "RGB", "RGBA", "I;16", "P"):
-        return image
-    if image.mode in ("I", "F"):
-        return image.convert("L")
-    alpha = "A" in image.mode or "transparency" in image.info
-    return image.convert("RGBA" if alpha else "RGB")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mnist_cli.data import CLASS_LABELS
+from mnist_cli.data import NONE_INDEX
 from mnist_cli.infer.backends import Backend
 from mnist_cli.infer.imagefiles import expand_paths
 from mnist_cli.infer.preprocessing import MIN_CONTRAST, BlankImage, ImageError, Page, load_page
@@ -142,11 +142,11 @@ def answers(
     """Per row of a model's probabilities: the most likely digit, its probability, and whether
     the answer is refused: the model is sure it is no digit (NONE_SURE), or the digit is under
     `min_confidence`."""
-    digits = probabilities[:, : len(CLASS_LABELS)]
+    digits = probabilities[:, :NONE_INDEX]
     best, confidence = digits.argmax(1), digits.max(1)
     refused = confidence < min_confidence
-    if probabilities.shape[1] > len(CLASS_LABELS):  # the "none" column
-        refused |= probabilities[:, len(CLASS_LABELS)] > NONE_SURE
+    if probabilities.shape[1] > NONE_INDEX:  # the "none" column
+        refused |= probabilities[:, NONE_INDEX] > NONE_SURE
     return best, confidence, refused
 
 
@@ -202,7 +202,9 @@ def read_pages(
         readings = []
         alone = len(page_segments) == 1
         for segment in page_segments:
-            parts = _second_look(segment, bool(refused[k]), float(confidence[k]), alone, score)
+            parts = _second_look(
+                segment, bool(refused[k]), float(confidence[k]), alone, score, page.name
+            )
             if parts:
                 cut = [_moved(part, segment, page.name) for part in parts]
                 readings += _readings(model, cut, page.scale, min_confidence, keep_digits)
@@ -215,7 +217,7 @@ def read_pages(
 
 
 def _second_look(
-    segment: _Segment, refused: bool, confidence: float, alone: bool, score: Scorer
+    segment: _Segment, refused: bool, confidence: float, alone: bool, score: Scorer, name: str
 ) -> list[Piece]:
     """The parts a piece is cut into once the batch has read it, or [] to keep it whole: a
     page's only piece, if wide and not read surely whole, is tried cut as the wide pieces of a
@@ -224,10 +226,10 @@ def _second_look(
     if piece is None or ink is None:
         return []
     if alone and piece.width >= WIDE * piece.height:  # as wide pieces of a number are
-        parts = [] if surely_whole(piece, confidence) else split_touching(piece, ink, score, "")
+        parts = [] if surely_whole(piece, confidence) else split_touching(piece, ink, score, name)
     elif refused:
         parts = split_touching(
-            piece, ink, score, "", wide=_MAYBE_TWO, none_weight=_REFUSED_NONE_WEIGHT
+            piece, ink, score, name, wide=_MAYBE_TWO, none_weight=_REFUSED_NONE_WEIGHT
         )
     else:
         return []
@@ -295,7 +297,7 @@ def _reading(
 ) -> Reading:
     return Reading(
         digit,
-        [float(x) for x in probabilities[: len(CLASS_LABELS)]],
+        [float(x) for x in probabilities[:NONE_INDEX]],
         _stored(segment.box, scale),
         segment.line,
         segment.digit if keep_digits else None,
@@ -355,7 +357,7 @@ def _scorer(model: Backend) -> Scorer:
     def score(digits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         probabilities = model.probabilities(np.stack(digits)[:, None])
         _, confidence, refused = answers(probabilities)
-        none = probabilities[:, -1] if model.refuses else np.zeros(len(digits))
+        none = probabilities[:, NONE_INDEX] if model.refuses else np.zeros(len(digits))
         return np.where(refused, 0.0, confidence), none
 
     return score

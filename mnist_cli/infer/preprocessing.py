@@ -349,10 +349,18 @@ def load_page(path: Path | str, *, raw: bool = False) -> Page:
     return _page(*_decode(path, str(path)), str(path), raw=raw)
 
 
-def image_from_bytes(data: bytes, *, name: str, budget: PixelBudget | None = None) -> Image.Image:
-    """An image held in memory, decoded with the limits of every upload (and shrunk as they
-    are), or ImageError."""
-    return _decode(io.BytesIO(data), name, budget)[0]
+def gray_from_bytes(data: bytes, *, name: str, budget: PixelBudget | None = None) -> Image.Image:
+    """An image held in memory as 8-bit grayscale, upright as its EXIF says, decoded with the
+    limits of every upload (and shrunk as they are): what `mnist predict` reads of it, ready
+    to be stored as a PNG. ImageError if it cannot be."""
+    image = _upright(_decode(io.BytesIO(data), name, budget)[0])
+    try:
+        gray = to_grayscale(image)
+    except Exception as error:  # Pillow raises ValueError, OSError, ... for modes it cannot map
+        raise ImageError(f"{name}: unsupported image ({_reason(error)})") from error
+    if not np.isfinite(gray).all():
+        raise ImageError(f"{name}: holds NaN or infinite pixel values")
+    return Image.fromarray(np.round(np.clip(gray, 0, 1) * 255).astype(np.uint8))
 
 
 def page_from_bytes(

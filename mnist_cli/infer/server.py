@@ -93,6 +93,7 @@ def create_app(
     # A client's broken form is its own 400, not a line in the server's log (even with -q).
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
     page = resources.files("mnist_cli").joinpath("static/index.html").read_text("utf-8")
+    predict = _Predict(model, limits, metrics)
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
@@ -119,9 +120,9 @@ def create_app(
             Route("/favicon.ico", lambda request: Response(status_code=204)),  # no icon, no 404
             Route("/health", health),
             Route("/metrics", show_metrics),
-            Route("/predict", _Predict(model, limits, metrics).handle, methods=["POST"]),
+            Route("/predict", predict.handle, methods=["POST"]),
             *(
-                [Route("/feedback", _feedback(corrections, limits, metrics), methods=["POST"])]
+                [Route("/feedback", _feedback(corrections, predict), methods=["POST"])]
                 if corrections is not None
                 else []
             ),
@@ -131,18 +132,20 @@ def create_app(
     return SameOrigin(app, allowed_hosts)
 
 
-def _feedback(corrections: Corrections, limits: Limits, metrics: Metrics) -> Any:
-    """POST /feedback: a form with one image `file` and its `label`, saved under the label."""
+def _feedback(corrections: Corrections, gates: _Predict) -> Any:
+    """POST /feedback: a form with one image `file` and its `label`, saved under the label;
+    received and decoded under /predict's counts and places."""
+    limits, metrics = gates.limits, gates.metrics
 
     async def handle(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            files, fields = await read_form(request, limits)
+            files, fields = await gates._receive(request, read_form)
             if len(files) != 1:
                 raise RequestError(400, f"send one file, not {len(files)}")
             budget = PixelBudget(limits.max_pixels)
             label = fields.get("label", "")
-            name = await run_in_threadpool(corrections.save, files[0][1], label, budget)
+            name = await gates._decode(corrections.save, files[0][1], label, budget)
             response = JSONResponse({"saved": name}, status_code=201)
         except RequestError as error:
             response = JSONResponse({"error": error.message}, status_code=error.status)
@@ -178,22 +181,27 @@ class _Predict:
         self.metrics.record(response.status_code, time.perf_counter() - started, len(uploads))
         return response
 
-    async def _receive(self, request: Request) -> list[tuple[str, bytes]]:
+    async def _receive(self, request: Request, reader: Any = read_uploads) -> Any:
+        """What `reader` makes of the request's body, counted among the uploads received."""
         self.uploading += 1
         try:
             if self.uploading > self.limits.max_uploads:
                 raise RequestError(503, f"busy: over {self.limits.max_uploads} uploads at once")
-            return await read_uploads(request, self.limits)
+            return await reader(request, self.limits)
         finally:
             self.uploading -= 1
 
     async def _read(self, uploads: list[tuple[str, bytes]]) -> list[dict]:
+        return await self._decode(_predict, self.model, uploads, self.limits)
+
+    async def _decode(self, work: Any, *args: Any) -> Any:
+        """`work(*args)` in a worker thread, when a decoding place is free (/feedback's too)."""
         self.pending += 1
         try:
             if self.pending > self.limits.max_pending:
                 raise RequestError(503, f"busy: over {self.limits.max_pending} requests at once")
             async with self.decoding:
-                return await run_in_threadpool(_predict, self.model, uploads, self.limits)
+                return await run_in_threadpool(work, *args)
         finally:
             self.pending -= 1
 

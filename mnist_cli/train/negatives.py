@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from mnist_cli.data import CLASS_LABELS, Split
-from mnist_cli.infer.preprocessing import ImageError, digit_from_array
+from mnist_cli.data import NONE_INDEX, Split
+from mnist_cli.infer.preprocessing import INK, ImageError, digit_from_array
 
 # Letters that no one would take for a digit: O, I, l, S, Z, B, g, q and their like are left out.
 LETTERS = "ACEFHKMNPRUVWXYacdefhkmnprtuvwx"
 SYMBOLS = "+=×÷%&@#?*<>$€£^~;:"
-NONE_INDEX = len(CLASS_LABELS)  # the label of "none", after the ten digits
 _KINDS = ("letter", "symbol", "scribble", "paper", "pair")
 _SHARES = (0.3, 0.15, 0.2, 0.1, 0.25)  # how often each kind is drawn
 
@@ -72,7 +71,7 @@ def pair(digits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Two of `digits` (N x 28 x 28) side by side, touching or nearly: one piece of ink that
     is no one digit."""
     first, second = (digits[i] for i in rng.integers(len(digits), size=2))
-    columns = [np.flatnonzero(d.max(0) > 76) for d in (first, second)]
+    columns = [np.flatnonzero(d.max(0) > INK * 255) for d in (first, second)]
     if not all(len(c) for c in columns):
         return np.zeros((28, 28), np.uint8)
     left, right = (
@@ -108,6 +107,14 @@ def negative_digits(count: int, seed: int, digits: np.ndarray | None = None) -> 
     `digits` (uint8 N x 28 x 28), the training images."""
     rng = np.random.default_rng([seed, 29])
     fonts = font_files()
+    if not fonts:
+        from mnist_cli.errors import MnistError
+
+        raise MnistError(
+            "no DejaVu fonts in matplotlib's mpl-data/fonts/ttf: cannot draw letters for the "
+            '"none" class',
+            hint="reinstall matplotlib, or train with negatives = 0 in a --config file",
+        )
     images = np.zeros((count, 28, 28), np.uint8)
     made = 0
     while made < count:
