@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnist_cli.data import CLASS_LABELS, MODEL_LABELS, NONE_LABEL
+from mnist_cli.data import CLASS_LABELS, MODEL_LABELS, NONE_INDEX, NONE_LABEL
 from mnist_cli.devices import check_device_name
 from mnist_cli.errors import MnistError, first_line
 from mnist_cli.files import MISSING, ONNX_FILE, TORCH_FILE, describe_bytes, path_problem
@@ -127,6 +127,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def answers(
+    probabilities: np.ndarray, min_confidence: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of a model's probabilities: the most likely digit, its probability, and whether
+    the answer is refused: the model is sure it is no digit (NONE_SURE), or the digit is under
+    `min_confidence`."""
+    digits = probabilities[:, :NONE_INDEX]
+    best, confidence = digits.argmax(1), digits.max(1)
+    refused = confidence < min_confidence
+    if probabilities.shape[1] > NONE_INDEX:  # the "none" column
+        refused |= probabilities[:, NONE_INDEX] > NONE_SURE
+    return best, confidence, refused
+
+
+# How sure of "none" the model must be to refuse an image: the default refuses about 1% of the
+# real digits in benchmarks/handwriting, and most letters, symbols, scribbles and paper.
+NONE_SURE = 0.9
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -15,7 +15,14 @@ import numpy as np
 from mnist_cli.data import CLASS_LABELS, Split, load_split
 from mnist_cli.errors import DataError
 from mnist_cli.files import atomic_write, check_writable
-from mnist_cli.infer.backends import Backend, BackendName, log_softmax, open_model, softmax
+from mnist_cli.infer.backends import (
+    Backend,
+    BackendName,
+    answers,
+    log_softmax,
+    open_model,
+    softmax,
+)
 from mnist_cli.options import DATA_DIR
 
 
@@ -78,8 +85,6 @@ def build_report(
     `logits` may have an 11th column, "none": the scores then count the digit each image would
     be read as if it had to be one, and `coverage` says how many were not refused.
     """
-    from mnist_cli.infer.prediction import answers
-
     probabilities = softmax(logits)
     predicted, _, refused = answers(probabilities)
     classes = len(CLASS_LABELS)
@@ -241,8 +246,6 @@ def evaluate(model: Backend, data: LabelledImages) -> tuple[Report, Misclassifie
         provider=model.provider,
         skipped=data.skipped,
     )
-    from mnist_cli.infer.prediction import answers
-
     predicted, confidence, refused = answers(softmax(logits))
     wrong = predicted != data.labels
     shown = (data.pixels[wrong] * 255).round().astype(np.uint8)

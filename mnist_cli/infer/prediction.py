@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mnist_cli.data import NONE_INDEX
-from mnist_cli.infer.backends import Backend
+from mnist_cli.infer.backends import Backend, answers
 from mnist_cli.infer.imagefiles import expand_paths
 from mnist_cli.infer.preprocessing import MIN_CONTRAST, BlankImage, ImageError, Page, load_page
 from mnist_cli.infer.segmentation import (
@@ -134,25 +134,6 @@ class Prediction:
         if self.reason:
             result["reason"] = self.reason
         return result
-
-
-def answers(
-    probabilities: np.ndarray, min_confidence: float = 0.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row of a model's probabilities: the most likely digit, its probability, and whether
-    the answer is refused: the model is sure it is no digit (NONE_SURE), or the digit is under
-    `min_confidence`."""
-    digits = probabilities[:, :NONE_INDEX]
-    best, confidence = digits.argmax(1), digits.max(1)
-    refused = confidence < min_confidence
-    if probabilities.shape[1] > NONE_INDEX:  # the "none" column
-        refused |= probabilities[:, NONE_INDEX] > NONE_SURE
-    return best, confidence, refused
-
-
-# How sure of "none" the model must be to refuse an image: the default refuses about 1% of the
-# real digits in benchmarks/handwriting, and most letters, symbols, scribbles and paper.
-NONE_SURE = 0.9
 
 
 def _batches(items: Iterable[tuple[str, str | None]], size: int) -> Iterator[list]:
