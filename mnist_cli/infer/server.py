@@ -299,30 +299,13 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(
-    model: Backend,
-    sock: socket.socket,
-    *,
-    limits: Limits | None = None,
-    log_level: str = "info",
-    allowed_hosts: Collection[str] | None = None,
-    access_log: bool = False,
-    corrections: Corrections | None = None,
-) -> None:
+def serve(model: Backend, sock: socket.socket, **options: Any) -> None:
     """Run the app with uvicorn on a socket from `listen` until Ctrl-C or SIGTERM; requests in
-    flight then have GRACE_SECONDS to finish.
+    flight then have GRACE_SECONDS to finish. `options` are `uvicorn_server`'s.
 
     Example: serve(open_model(), listen("127.0.0.1", 8000), allowed_hosts=["127.0.0.1"])
     """
-    server = uvicorn_server(
-        model,
-        limits=limits,
-        log_level=log_level,
-        allowed_hosts=allowed_hosts,
-        access_log=access_log,
-        corrections=corrections,
-    )
-    server.run(sockets=[sock])
+    uvicorn_server(model, **options).run(sockets=[sock])
 
 
 def uvicorn_server(
