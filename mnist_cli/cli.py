@@ -197,6 +197,24 @@ def train(
             "validation_size", "Training images held out to pick best.pt.", "--validation-size"
         ),
     ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            "-i",
+            help="Fine-tune --init on your own labelled digits: a folder holding 0/ ... 9/ "
+            "subfolders of image files, or a CSV file of `file,label` rows (as `mnist test "
+            "--images` and `serve --collect` use). MNIST from --data-dir is replayed beside them.",
+        ),
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="The model --images fine-tunes: `bundled` (the one shipped) or a .pt "
+            "checkpoint such as params/best.pt.",
+        ),
+    ] = None,
     device: Device = "auto",
     data_dir: DataDir = DATA_DIR,
     out_dir: Annotated[
@@ -255,6 +273,8 @@ def train(
 
     Several processes (DistributedDataParallel): torchrun --nproc-per-node 2 -m mnist_cli train
 
+    Fine-tune on your own digits: mnist train --images my-digits/ --init bundled
+
     Example: mnist train --device cuda --epochs 30
     """
     from mnist_cli import console
@@ -274,6 +294,8 @@ def train(
 
         given = [f"--{k.replace('_', '-')}" for k, v in chosen.items() if v is not None]
         given += ["--arch"] if arch else []
+        given += ["--images"] if images else []
+        given += ["--init"] if init else []
         given += ["--config"] if config_file else []
         given += ["--print-config"] if print_config else []
         if resume and given:
@@ -281,20 +303,25 @@ def train(
         from mnist_cli.train.recipes import config_toml, read_config_file
 
         from_file = read_config_file(config_file) if config_file else {}
+        arch_named = arch is not None or "arch" in from_file
         name = arch.value if arch else from_file.pop("arch", "cnn")
         if ctx.get_parameter_source("device").name == "DEFAULT":
             device = from_file.pop("device", device)
         from_file.pop("device", None)
+        tuned = {"images": images or from_file.pop("images", ""), "init": init or ""}
+        tuned["init"] = tuned["init"] or from_file.pop("init", "")
+        from_file = {k: v for k, v in from_file.items() if k not in tuned}
+        options = {**from_file, **{k: v for k, v in chosen.items() if v is not None}}
         try:
-            config = (
-                None
-                if resume
-                else training.default_config(
-                    name,
-                    device,
-                    **{**from_file, **{k: v for k, v in chosen.items() if v is not None}},
-                )
-            )
+            if resume:
+                config = None
+            elif any(tuned.values()):
+                from mnist_cli.train.finetune import finetune_config
+
+                named = {"architecture": name} if arch_named else {}
+                config = finetune_config(**tuned, device=device, **named, **options)
+            else:
+                config = training.default_config(name, device, **options)
         except (ValueError, TypeError) as error:
             raise OptionError(str(error)) from None
         if print_config:

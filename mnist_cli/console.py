@@ -100,9 +100,12 @@ def show_training(result: TrainResult) -> None:
     )
     folder, best = result.best_path.parent, result.best_path
     if result.temperature is None:
+        fewer = "its validation images held too few wrong answers to fit a temperature on"
         note(
-            "best.pt is not calibrated: its validation images held too few wrong answers to "
-            "fit a temperature on (a larger --validation-size gives more)"
+            f"best.pt keeps its starting model's calibration (logits / "
+            f"{result.start_temperature:g}): {fewer}"
+            if result.start_temperature != 1.0
+            else f"best.pt is not calibrated: {fewer} (a larger --validation-size gives more)"
         )
     else:
         note(f"Calibrated best.pt on the validation images: logits / {result.temperature:g}")
@@ -214,6 +217,7 @@ class TrainProgress:
         config: TrainConfig,
         device: str,
         where: str,
+        about: str = "",
         start_epoch: int,
         start_step: int,
         steps: int,
@@ -223,6 +227,8 @@ class TrainProgress:
         note(f"Training on {where}")
         for line in describe_recipe(config, device).splitlines():
             note(line)
+        if about:
+            note(f"  {about}")
         if start_epoch or start_step:
             note(f"Resuming at epoch {start_epoch + 1}, step {start_step} of {steps}")
         if self.verbose:

@@ -568,7 +568,10 @@ def test_every_command_has_quiet_and_folder_options_read_the_environment():
         options = {opt for param in command.params for opt in param.opts}
         assert "--quiet" in options, name
         for param in command.params:
-            if param.name in ("data_dir", "out_dir", "images", "source"):
+            # train's --images turns a run into fine-tuning: no variable may do that unseen.
+            if (name, param.name) == ("train", "images"):
+                assert param.envvar is None
+            elif param.name in ("data_dir", "out_dir", "images", "source"):
                 assert param.envvar, f"{name} {param.opts[0]}"
 
 

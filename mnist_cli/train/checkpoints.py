@@ -336,9 +336,15 @@ def classifier_from_checkpoint(checkpoint: Checkpoint) -> Classifier:
 
 def _current_keys(options: dict[str, Any]) -> dict[str, Any]:
     """Training options under today's names: files saved before 0.1.0 call the network `model`,
-    and runs from before the "none" class trained on no negatives."""
+    runs from before the "none" class trained on no negatives, and runs from before
+    fine-tuning started from random weights on MNIST alone."""
     if "model" in options and "architecture" not in options:
         options = {("architecture" if k == "model" else k): v for k, v in options.items()}
     if options and "negatives" not in options:
         options = {**options, "negatives": 0.0}
+    if options and "images" not in options:
+        from mnist_cli.train.recipes import FINETUNING_FIELDS, TrainConfig
+
+        unused = {name: getattr(TrainConfig, name) for name in FINETUNING_FIELDS}
+        options = {**unused, **options}
     return options

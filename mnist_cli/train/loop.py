@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mnist_cli.data import CLASS_LABELS, MODEL_LABELS, Split, load_split, split_train_validation
+from mnist_cli.data import CLASS_LABELS, MODEL_LABELS, Split
 from mnist_cli.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from mnist_cli.train import distributed, runfolder
 from mnist_cli.train.acceleration import Acceleration
@@ -26,8 +26,9 @@ from mnist_cli.train.checkpoints import (
     save_checkpoint,
 )
 from mnist_cli.train.cudagraph import GraphedStep
+from mnist_cli.train.datasets import training_data
+from mnist_cli.train.finetune import check_fits, load_init
 from mnist_cli.train.models import build_model, default_arguments
-from mnist_cli.train.negatives import with_negatives
 from mnist_cli.train.recipes import TrainConfig
 from mnist_cli.train.resume import FRESH_START, restore_optimizer
 from mnist_cli.train.step import batch_loss, batch_order, normalize, one_cycle_lr
@@ -69,20 +70,36 @@ class Run:
         # best.pt's, once the run has ended and calibrated it (None: too few errors to fit one)
         self.temperature: float | None = 1.0
         self.state = TrainState()
-        train_split, val_split = split_train_validation(
-            load_split(data_dir, "train"), config.validation_size, config.seed
-        )
-        # Validation stays digits only: a digit refused as "none" counts as a mistake there.
-        train_split = with_negatives(train_split, config.negatives, config.seed)
+        data = training_data(config, data_dir)
+        self.about, self.digest = data.about, data.digest
+        if saved and saved.options.get("images_digest", "") != data.digest:
+            raise CheckpointError(
+                f"--resume: the images in {config.images} changed since the run started",
+                hint="put them back as they were, or start a new run",
+            )
         self.labels = list(MODEL_LABELS[1] if config.negatives else CLASS_LABELS)
         # train images, train labels, validation images, validation labels
         self.data = (
-            *_to_device(train_split, device, accel.channels_last),
-            *_to_device(val_split, device, accel.channels_last),
+            *_to_device(data.train, device, accel.channels_last),
+            *_to_device(data.validation, device, accel.channels_last),
         )
+        self.calibration = (  # what best.pt's temperature is fitted on, at the end
+            _to_device(data.calibration, device, accel.channels_last)
+            if data.calibration is not data.validation
+            else self.data[2:]
+        )
+        # The temperature a checkpoint holds until calibration fits one: a fine-tuned model
+        # keeps the one it started with.
+        self.start_temperature = 1.0
         torch.manual_seed(config.seed)  # initial weights
         if saved:
             self.arguments, model = saved.arguments, network_from_checkpoint(saved)
+            self.start_temperature = saved.temperature
+        elif config.init:
+            start = load_init(config.init)
+            check_fits(start, config)
+            self.arguments, model = start.arguments, network_from_checkpoint(start)
+            self.start_temperature = start.temperature
         else:
             self.arguments: dict[str, Any] = {
                 **default_arguments(config.architecture),
@@ -165,6 +182,7 @@ class Run:
             config=config,
             device=str(self.device),
             where=self.where(),
+            about=self.about,
             start_epoch=state.epoch,
             start_step=state.step,
             steps=self.steps,
@@ -204,7 +222,7 @@ class Run:
         if self.main and not best_path.is_file():  # removed meanwhile: the last weights
             save_checkpoint(self.checkpoint(resumable=False), best_path)
         if self.main:  # best.pt's confidence made to mean what it says, on validation images
-            self.temperature = calibrate(best_path, self.data[2], self.data[3])
+            self.temperature = calibrate(best_path, *self.calibration)
         return state
 
     def checkpoint(self, *, resumable: bool = True) -> Checkpoint:

@@ -35,6 +35,12 @@ class TrainConfig:
     weight_average: float = 0.999  # (float) decay of the weights' moving average; 0: none
     validation_size: int = 5_000  # (int) training images held out to pick best.pt
     seed: int = 0  # (int) fixes initial weights, the validation split and the batch order
+    # Fine-tuning (`mnist train --images DIR --init MODEL`); a run from scratch leaves them be.
+    images: str = ""  # (str) your labelled digits: a folder of 0/ ... 9/ or a CSV; "": MNIST's
+    init: str = ""  # (str) the model the run starts from: "bundled" or a .pt; "": random weights
+    fill: int = 4_000  # (int) your images are repeated to this many per epoch: steps, not passes
+    replay: float = 1.0  # (float) MNIST images per image of yours in an epoch, against forgetting
+    holdout: float = 0.2  # (float) share of your images held out to pick best.pt
 
 
 # Recipes per (architecture, device kind); `default_config` picks one for the device in use.
@@ -57,10 +63,29 @@ RECIPES = {
 }
 RECIPES[Architecture.fc, "cuda"] = RECIPES[Architecture.fc, "cpu"]
 
+# The fields only a fine-tuning run reads (a run from scratch leaves them at their defaults).
+FINETUNING_FIELDS = ("images", "init", "fill", "replay", "holdout")
 
-_COUNTS = ("epochs", "batch_size", "validation_size")
+# Fine-tuning a trained model on the user's digits: the values the cnn recipe changes, on any
+# device (the network, its classes and "none" images follow the model it starts from).
+FINETUNING = {
+    "epochs": 12,  # the model knows digits already: a dozen short epochs teach it one hand
+    "lr": 1e-3,  # a gentle peak keeps what it knew
+    "warmup": 0.1,  # no random weights to settle first
+    "plain_epochs": 0,  # augmented from the start: a few images seen many times
+    "weight_average": 0.99,  # an average over the last hundred steps: a short run is a few hundred
+}
+
+
+_COUNTS = ("epochs", "batch_size", "validation_size", "fill")
 # Beyond any real run, and within what torch's generators and the batch order's arithmetic take.
-_MOST = {"epochs": 100_000, "batch_size": 1 << 20, "validation_size": 1 << 20, "seed": 2**32 - 1}
+_MOST = {
+    "epochs": 100_000,
+    "batch_size": 1 << 20,
+    "validation_size": 1 << 20,
+    "fill": 1 << 24,
+    "seed": 2**32 - 1,
+}
 
 
 def recipe_kind(device: str | torch.device) -> str:
@@ -87,14 +112,26 @@ def default_config(
     return config
 
 
+def finetuning_recipe(
+    architecture: str, device: str | torch.device, *, none_class: bool
+) -> TrainConfig:
+    """The recipe that fine-tunes a trained `architecture` (with or without the "none" class)."""
+    base = RECIPES[architecture, recipe_kind(device)]
+    return replace(base, **FINETUNING, negatives=base.negatives if none_class else 0.0)
+
+
 def describe_recipe(config: TrainConfig, device: str | torch.device) -> str:
     """Short lines for the start of a run: whose recipe it is and which values options changed."""
     kind = recipe_kind(device)
     base = RECIPES.get((config.architecture, kind))
+    if base and config.images:
+        base = finetuning_recipe(config.architecture, device, none_class=bool(config.negatives))
     changed = [
         item.name
         for item in fields(TrainConfig)
-        if base and getattr(config, item.name) != getattr(base, item.name)
+        if base
+        and getattr(config, item.name) != getattr(base, item.name)
+        and item.name not in _WHAT_IS_TUNED
     ]
     augmentation = (
         f"augment (warps, thickness {config.thickness:g}, styles {config.styles:g})"
@@ -103,16 +140,22 @@ def describe_recipe(config: TrainConfig, device: str | torch.device) -> str:
     )
     average = f", weight average {config.weight_average:g}" if config.weight_average else ""
     epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+    recipe = "fine-tuning recipe" if config.images else "recipe"
     lines = [
-        f"{config.architecture} recipe for {kind}: {epochs}, batch {config.batch_size}, "
+        f"{config.architecture} {recipe} for {kind}: {epochs}, batch {config.batch_size}, "
         f"peak lr {config.lr:g}, seed {config.seed}",
         f"  {augmentation}{average}",
     ]
+    if config.images:
+        lines.append(f"  starting from {config.init}, on your digits in {config.images}")
     if config.negatives:
         lines.append(f'  class "none": {config.negatives:g} images of no digit per digit image')
     if changed:
         lines.append(f"  changed from the recipe: {', '.join(map(_option, changed))}")
     return "\n".join(lines)
+
+
+_WHAT_IS_TUNED = FINETUNING_FIELDS[:2]  # named on a line of their own, not as changes
 
 
 def check_config(config: TrainConfig) -> None:
@@ -138,6 +181,8 @@ def check_config(config: TrainConfig) -> None:
         "styles": (0, 1),
         "negatives": (0, 1),
         "weight_average": (0, 0.999999),
+        "replay": (0, 100),
+        "holdout": (0.01, 0.9),
     }
     for name, (low, high) in limits.items():
         if not low <= getattr(config, name) <= high:

@@ -95,12 +95,14 @@ def checkpoint(run: Run, val_accuracy: float, *, resumable: bool = True) -> Chec
             **asdict(run.config),
             "device": str(run.device),
             "acceleration": asdict(run.accel),
+            **({"images_digest": run.digest} if run.digest else {}),
         },
         state=replace(run.state, history=list(run.state.history)),
         mnist_cli_version=__version__,
         optimizer=run.optimizer.state_dict() if resumable else None,
         augment_rng=run.augment_rng.get_state() if resumable else None,
         training_weights=raw,
+        temperature=run.start_temperature,
     )
 
 

@@ -32,15 +32,23 @@ class TrainResult:
     device: str
     history: list[EpochRecord] = field(default_factory=list)
     temperature: float | None = 1.0  # best.pt's calibration (None: none could be fitted)
+    start_temperature: float = 1.0  # what best.pt holds when none could be: its starting model's
 
     @classmethod
-    def of(
-        cls, out_dir: Path, device: str, state: TrainState, temperature: float | None
-    ) -> TrainResult:
-        """The result of the run in `out_dir` that ended with `state`."""
+    def of(cls, out_dir: Path, run: Run, state: TrainState) -> TrainResult:
+        """The result of `run` in `out_dir`, which ended with `state`."""
         best, last = out_dir / "best.pt", out_dir / "last.pt"
-        accuracy = state.best_val_accuracy
-        return cls(best, last, state.best_epoch, accuracy, device, state.history, temperature)
+        accuracy, device = state.best_val_accuracy, str(run.device)
+        return cls(
+            best,
+            last,
+            state.best_epoch,
+            accuracy,
+            device,
+            state.history,
+            run.temperature,
+            run.start_temperature,
+        )
 
 
 class TrainCallback:
@@ -52,12 +60,13 @@ class TrainCallback:
         config: TrainConfig,
         device: str,
         where: str,
+        about: str = "",
         start_epoch: int,
         start_step: int,
         steps: int,
     ) -> None:
         """`device` is the torch device's name; `where` says it for people (with torchrun's
-        processes)."""
+        processes); `about`, the images a fine-tuning run learns from."""
 
     def on_batch(self, *, epoch: int, step: int, steps: int, loss: float, rate: float) -> None:
         pass
@@ -115,7 +124,7 @@ def train(
             )
             cluster.barrier()  # rank 0 has checked the folder before anyone trains
             state = run.loop()
-            return TrainResult.of(out_dir, str(run.device), state, run.temperature)
+            return TrainResult.of(out_dir, run, state)
     except (RuntimeError, distributed.RankFailed) as error:
         if cluster.alone:
             raise
