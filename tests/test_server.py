@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -119,17 +120,15 @@ def free_port() -> int:
 LIVE_LIMITS = Limits(max_upload=200_000, max_images=4, read_timeout=2, header_timeout=1)
 
 
-@pytest.fixture(scope="module")
-def live(served):
-    """`mnist serve`'s own uvicorn server on 127.0.0.1, in a thread, for real sockets."""
+@contextmanager
+def serving(model, **options):
+    """`mnist serve`'s own uvicorn server for `model` on 127.0.0.1, in a thread: its URL."""
     import threading
     import time
 
-    _, _, _, path = served
     sock = listen("127.0.0.1", 0)
-    port = sock.getsockname()[1]
     server = uvicorn_server(
-        open_model(path), limits=LIVE_LIMITS, log_level="warning", allowed_hosts=LOOPBACK_HOSTS
+        model, limits=LIVE_LIMITS, log_level="warning", allowed_hosts=LOOPBACK_HOSTS, **options
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -137,9 +136,18 @@ def live(served):
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", port
-    server.should_exit = True
-    thread.join(timeout=15)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def live(served):
+    """`mnist serve`'s own server over the served model, for real sockets: URL and port."""
+    with serving(open_model(served[3])) as url:
+        yield url, int(url.rpartition(":")[2])
 
 
 def test_a_client_that_stops_sending_times_out(served, live):
@@ -745,41 +753,81 @@ def test_serve_collect_refuses_a_folder_it_cannot_write(tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian package `chromium`)")
 def test_a_digit_corrected_on_the_page_is_saved_under_its_label(served, tmp_path):
-    import threading
-    import time
-
     from mnist_cli.infer.feedback import Corrections
 
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-    _, _, _, path = served
-    sock = listen("127.0.0.1", 0)
-    server = uvicorn_server(
-        open_model(path),
-        limits=LIVE_LIMITS,
-        log_level="warning",
-        allowed_hosts=LOOPBACK_HOSTS,
-        corrections=Corrections(tmp_path / "mine"),
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 900, "height": 700})
-            page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}")
-            draw(page, [(0.5, 0.15), (0.5, 0.5), (0.5, 0.85)])
-            sync_api.expect(page.locator("#guess")).not_to_have_text("", timeout=15_000)
-            page.click("#correct button[data-digit='7']")
-            sync_api.expect(page.locator("#status")).to_contain_text("Saved as 7/", timeout=10_000)
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    mine = Corrections(tmp_path / "mine")
+    with serving(open_model(served[3]), corrections=mine) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        page.goto(url)
+        draw(page, [(0.5, 0.15), (0.5, 0.5), (0.5, 0.85)])
+        sync_api.expect(page.locator("#guess")).not_to_have_text("", timeout=15_000)
+        page.click("#correct button[data-digit='7']")
+        sync_api.expect(page.locator("#status")).to_contain_text("Saved as 7/", timeout=10_000)
+        browser.close()
     (saved,) = (tmp_path / "mine").rglob("*.png")
     assert saved.parent.name == "7" and Image.open(saved).size == (280, 280)
+
+
+# A hand the bundled model misreads: a 7 and a 2 written mirrored (it reads both as 5s).
+MIRRORED = {
+    "7": [(0.75, 0.2), (0.25, 0.2), (0.65, 0.85)],
+    "2": [(0.7, 0.3), (0.5, 0.15), (0.3, 0.3), (0.6, 0.8), (0.25, 0.8)],
+}
+
+
+def _in_my_hand(label, rng):
+    """The mirrored `label` as a hand draws it: shifted and shaken by up to 4% of the pad."""
+    dx, dy = rng.uniform(-0.04, 0.04, 2)
+    return [
+        (x + dx + rng.uniform(-0.04, 0.04), y + dy + rng.uniform(-0.04, 0.04))
+        for x, y in MIRRORED[label]
+    ]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian package `chromium`)")
+def test_digits_corrected_on_the_page_teach_a_finetuned_model_to_read_them(data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mnist_cli.cli import app
+    from mnist_cli.infer.backends import BUNDLED_MODELS
+    from mnist_cli.infer.feedback import Corrections
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    expect, rng, collected = sync_api.expect, np.random.default_rng(0), tmp_path / "mine"
+    bundled = open_model(BUNDLED_MODELS["onnxruntime"])
+    first_read, read_after = [], []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        with serving(bundled, corrections=Corrections(collected)) as url:
+            page.goto(url)
+            for label in ["7", "2"] * 12:  # two dozen digits, each corrected on the page
+                page.click("#clear")
+                expect(page.locator("#guess")).to_have_text("", timeout=5_000)
+                draw(page, _in_my_hand(label, rng))
+                expect(page.locator("#guess")).not_to_have_text("", timeout=15_000)
+                first_read.append(page.locator("#guess").inner_text())
+                page.click(f"#correct button[data-digit='{label}']")
+                expect(page.locator("#status")).to_contain_text(f"Saved as {label}/")
+        run = tmp_path / "run"
+        args = ["train", "--images", str(collected), "--init", "bundled", "--epochs", "4"]
+        tuned = CliRunner().invoke(app, [*args, "--data-dir", str(data_dir), "--out-dir", str(run)])
+        assert tuned.exit_code == 0, tuned.output
+        with serving(open_model(run / "best.pt")) as url:
+            page.goto(url)
+            for label in ["7", "2"] * 3:  # new drawings in the same hand
+                page.click("#clear")
+                expect(page.locator("#guess")).to_have_text("", timeout=5_000)
+                draw(page, _in_my_hand(label, rng))
+                expect(page.locator("#guess")).not_to_have_text("", timeout=15_000)
+                read_after.append(page.locator("#guess").inner_text())
+        browser.close()
+    assert sorted(p.parent.name for p in collected.rglob("*.png")) == ["2"] * 12 + ["7"] * 12
+    wrong = sum(read != label for read, label in zip(first_read, ["7", "2"] * 12, strict=True))
+    assert wrong >= 12, first_read  # the bundled model misread this hand
+    assert read_after == ["7", "2"] * 3  # the fine-tuned one reads it
 
 
 def test_a_correction_is_stored_as_the_model_reads_it(served, tmp_path):
