@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from typer.testing import CliRunner
 from mnist_cli.cli import app
 from mnist_cli.data import load_split
 from mnist_cli.errors import MnistError
-from mnist_cli.infer.backends import open_model
-from mnist_cli.infer.prediction import predict_paths
+from mnist_cli.infer.backends import BUNDLED_MODELS, open_model
+from mnist_cli.infer.prediction import predict_paths, read_pages
+from mnist_cli.infer.preprocessing import page_from_bytes
 
 runner = CliRunner()
 
@@ -439,3 +441,28 @@ def test_the_summary_counts_unsure_readings_only(models, tmp_path):
     assert "2 images: 1 read (0 below 50% confidence, 0 not a digit), 1 could not be read" in (
         result.stderr
     )
+
+
+def test_touching_digits_the_model_calls_none_are_cut_when_beside_digits(trained):
+    # The none class learnt that two digits run together are no digit; beside a digit read
+    # as one, such a pair is far likelier two touching digits than a letter, and is cut.
+    test = load_split(trained["data_dir"], "test")
+    model, rng = open_model(BUNDLED_MODELS["onnxruntime"]), np.random.default_rng(3)
+    pairs, read = 0, 0
+    for _ in range(400):
+        a, b, c = (int(i) for i in rng.choice(len(test.labels), 3, replace=False))
+        (alone,) = read_pages(model, [_page(_number(test.images[[a, b]], [-1]))])
+        if alone.text:  # a pair the model reads (or cuts) on its own: not the case here
+            continue
+        (beside,) = read_pages(model, [_page(_number(test.images[[c, a, b]], [5, -1]))])
+        pairs += 1
+        read += beside.text == "".join(str(test.labels[i]) for i in (c, a, b))
+        if pairs == 8:
+            break
+    assert pairs == 8 and read >= 6, (pairs, read)
+
+
+def _page(image: Image.Image):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return page_from_bytes(buffer.getvalue())

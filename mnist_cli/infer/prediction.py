@@ -182,10 +182,11 @@ def read_pages(
             continue
         readings = []
         alone = len(page_segments) == 1
+        page_refused = refused[k : k + len(page_segments)]
+        read_lines = {s.line for s, no in zip(page_segments, page_refused, strict=True) if not no}
         for segment in page_segments:
-            parts = _second_look(
-                segment, bool(refused[k]), float(confidence[k]), alone, score, page.name
-            )
+            look = _Look(bool(refused[k]), float(confidence[k]), alone, segment.line in read_lines)
+            parts = _second_look(segment, look, score, page.name)
             if parts:
                 cut = [_moved(part, segment, page.name) for part in parts]
                 readings += _readings(model, cut, page.scale, min_confidence, keep_digits)
@@ -197,18 +198,41 @@ def read_pages(
     return results
 
 
-def _second_look(
-    segment: _Segment, refused: bool, confidence: float, alone: bool, score: Scorer, name: str
-) -> list[Piece]:
+@dataclass(frozen=True)
+class _Look:
+    """What the batch said of a segment, and where it stands, for its second look."""
+
+    refused: bool
+    confidence: float
+    alone: bool  # the page's only piece
+    beside_digits: bool  # its line holds a piece read as a digit
+
+
+def _second_look(segment: _Segment, look: _Look, score: Scorer, name: str) -> list[Piece]:
     """The parts a piece is cut into once the batch has read it, or [] to keep it whole: a
     page's only piece, if wide and not read surely whole, is tried cut as the wide pieces of a
     number were before the batch; a narrower one refused as no digit may be touching digits."""
     piece, ink = segment.piece, segment.ink
     if piece is None or ink is None:
         return []
-    if alone and piece.width >= WIDE * piece.height:  # as wide pieces of a number are
-        parts = [] if surely_whole(piece, confidence) else split_touching(piece, ink, score, name)
-    elif refused:
+    if look.alone and piece.width >= WIDE * piece.height:  # as wide pieces of a number are
+        whole = surely_whole(piece, look.confidence)
+        parts = [] if whole else split_touching(piece, ink, score, name)
+    elif look.refused and look.beside_digits:
+        # Digits that touch were taught to the model as "none": beside digits that is what a
+        # refused piece most likely is, so its "none" does not count against a cut into parts
+        # that each read as sure digits.
+        parts = split_touching(
+            piece,
+            ink,
+            score,
+            name,
+            wide=_MAYBE_TWO,
+            none_weight=0.0,
+            cuts=_BESIDE_CUTS,
+            part_sure=_BESIDE_PART_SURE,
+        )
+    elif look.refused:  # alone, a letter or a scribble as likely: its "none" counts in full
         parts = split_touching(
             piece, ink, score, name, wide=_MAYBE_TWO, none_weight=_REFUSED_NONE_WEIGHT
         )
@@ -234,6 +258,10 @@ MAX_PIECES = 100  # digits read in one image at most
 # can be narrower than the wide pieces tried always (segmentation.split_touching).
 _MAYBE_TWO = 0.7
 _REFUSED_NONE_WEIGHT = 1.0
+# A refused piece beside digits: each part of a cut must be read this surely, and more columns
+# are tried (the pair's joint is seldom at its thinnest column).
+_BESIDE_PART_SURE = 0.98
+_BESIDE_CUTS = 12
 
 
 @dataclass

@@ -240,9 +240,9 @@ def _span(piece: Piece, start: int, end: int) -> Piece | None:
     return Piece((left, top, left + trimmed.shape[1], top + trimmed.shape[0]), trimmed)
 
 
-def _candidate_columns(piece: Piece) -> list[int]:
-    """Where touching digits most likely meet: the columns of least ink, a few apart, leaving
-    each side at least a thin 1's width."""
+def _candidate_columns(piece: Piece, count: int = _CUTS) -> list[int]:
+    """Where touching digits most likely meet: the `count` columns of least ink, a few apart,
+    leaving each side at least a thin 1's width."""
     profile = np.convolve(piece.mask.sum(0).astype(float), np.ones(3) / 3, mode="same")
     margin = max(2, round(0.1 * piece.height))
     inner = np.arange(margin, piece.width - margin)
@@ -250,7 +250,7 @@ def _candidate_columns(piece: Piece) -> list[int]:
     for column in inner[np.argsort(profile[inner], kind="stable")].tolist():
         if all(abs(column - other) >= margin for other in chosen):
             chosen.append(column)
-        if len(chosen) == _CUTS:
+        if len(chosen) == count:
             break
     return sorted(chosen)
 
@@ -314,19 +314,22 @@ def split_touching(
     *,
     wide: float = WIDE,
     none_weight: float = _NONE_WEIGHT,
+    cuts: int = _CUTS,
+    part_sure: float = 0.0,
 ) -> list[Piece]:
     """A piece at least `wide` times as wide as tall cut into the digits the model reads best
     (segmentation by recognition). Of all ways to cut it at its likeliest columns, the one
     whose parts' confidences (times how likely each part's width is) multiply highest, each
     part after the first costing _SPLIT_GAIN; it is taken if it beats reading the piece whole
     as one digit, and as no digit at all (weighed by `none_weight`, and even with a cut in two
-    parts: a scribble cut into six "digits" loses)."""
+    parts: a scribble cut into six "digits" loses). At most `cuts` columns are tried; a part
+    read less surely than `part_sure` is no part of any cut."""
     if piece.width < wide * piece.height:
         return [piece]
     sure, _ = score([piece.digit(ink, name)])
     if surely_whole(piece, float(sure[0])):
         return [piece]
-    cuts = [0, *_candidate_columns(piece), piece.width]
+    cuts = [0, *_candidate_columns(piece, cuts), piece.width]
     last = len(cuts) - 1
     spans = {}
     for i in range(len(cuts)):
@@ -340,6 +343,7 @@ def split_touching(
     odds = {
         span: max(float(p), 1e-9) * _shape_odds(part)
         for (span, part), p in zip(spans.items(), sure, strict=True)
+        if p >= part_sure or span == (0, last)
     }
     whole = list(spans).index((0, last))
     gain = np.log(_SPLIT_GAIN)
