@@ -194,7 +194,9 @@ def train(
     validation_size: Annotated[
         int | None,
         _recipe(
-            "validation_size", "Training images held out to pick best.pt.", "--validation-size"
+            "validation_size",
+            "MNIST training images held out to pick best.pt (fine-tuning: to calibrate it).",
+            "--validation-size",
         ),
     ] = None,
     images: Annotated[
@@ -204,7 +206,9 @@ def train(
             "-i",
             help="Fine-tune --init on your own labelled digits: a folder holding 0/ ... 9/ "
             "subfolders of image files, or a CSV file of `file,label` rows (as `mnist test "
-            "--images` and `serve --collect` use). MNIST from --data-dir is replayed beside them.",
+            "--images` reads, and `serve --collect` writes). A part of them picks best.pt; "
+            "MNIST from --data-dir is replayed beside the rest. Its recipe: the fine-tuning "
+            "values above.",
         ),
     ] = None,
     init: Annotated[
@@ -303,23 +307,24 @@ def train(
         from mnist_cli.train.recipes import config_toml, read_config_file
 
         from_file = read_config_file(config_file) if config_file else {}
-        arch_named = arch is not None or "arch" in from_file
+        arch_given = arch is not None or "arch" in from_file
         name = arch.value if arch else from_file.pop("arch", "cnn")
         if ctx.get_parameter_source("device").name == "DEFAULT":
             device = from_file.pop("device", device)
         from_file.pop("device", None)
-        tuned = {"images": images or from_file.pop("images", ""), "init": init or ""}
-        tuned["init"] = tuned["init"] or from_file.pop("init", "")
-        from_file = {k: v for k, v in from_file.items() if k not in tuned}
+        # What a fine-tuning run starts from: given here, else as a fine-tuning run's file says.
+        given_here = {"images": str(images or ""), "init": init or ""}
+        start = {key: value or from_file.pop(key, "") for key, value in given_here.items()}
         options = {**from_file, **{k: v for k, v in chosen.items() if v is not None}}
+        options = {k: v for k, v in options.items() if k not in start}
         try:
             if resume:
                 config = None
-            elif any(tuned.values()):
+            elif any(start.values()):
                 from mnist_cli.train.finetune import finetune_config
 
-                named = {"architecture": name} if arch_named else {}
-                config = finetune_config(**tuned, device=device, **named, **options)
+                network = {"architecture": name} if arch_given else {}
+                config = finetune_config(**start, device=device, **network, **options)
             else:
                 config = training.default_config(name, device, **options)
         except (ValueError, TypeError) as error:

@@ -25,6 +25,15 @@ class BackendName(str, Enum):
     onnxruntime = "onnxruntime"
 
 
+# The default cnn, trained and exported by scripts/make_pretrained.py, shipped in the package:
+# what reading uses when no model of your own is there, and what fine-tuning may start from.
+PRETRAINED_DIR = PACKAGE_DIR / "pretrained"
+BUNDLED_MODELS = {
+    BackendName.torch: PRETRAINED_DIR / "cnn.pt",
+    BackendName.onnxruntime: PRETRAINED_DIR / "cnn.onnx",
+}
+
+
 class ExportFormat(str, Enum):
     """What `mnist export` writes."""
 

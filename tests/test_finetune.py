@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -24,14 +25,15 @@ from mnist_cli.train.training import TrainCallback, train
 runner = CliRunner()
 
 
-def mirrored_hand(folder: Path, data_dir: Path, indices: range) -> Path:
+def mirrored_hand(folder: Path, data_dir: Path, indices: range, *, mirror: bool = True) -> Path:
     """MNIST test digits written mirrored, dark on white and three times larger, as a user's
     own folder of 0/ ... 9/: a hand that a model trained on MNIST mostly misreads."""
     test = load_split(data_dir, "test")
     for index in indices:
         label = folder / str(test.labels[index])
         label.mkdir(parents=True, exist_ok=True)
-        digit = Image.fromarray(255 - test.images[index][:, ::-1]).resize((84, 84))
+        pixels = test.images[index][:, ::-1] if mirror else test.images[index]
+        digit = Image.fromarray(255 - pixels).resize((84, 84))
         digit.save(label / f"{index}.png")
     return folder
 
@@ -55,7 +57,8 @@ def test_finetuning_teaches_the_bundled_model_a_hand_it_misreads(data_dir, tmp_p
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "cnn fine-tuning recipe" in result.output
-    assert "your 200 digits: 160 to learn from, 40 held out to pick best.pt" in result.output
+    said = re.search(r"your 200 digits: (\d+) to learn from, (\d+) held out", result.output)
+    assert said and int(said[1]) + int(said[2]) == 200 and 30 <= int(said[2]) <= 50  # a fifth
     after = evaluate_model(out / "best.pt", images_dir=later, device="cpu")[0].accuracy
     assert after >= before + 0.1, (before, after)  # the model learnt the hand
     mnist = evaluate_model(out / "best.pt", data_dir=data_dir, device="cpu")[0].accuracy
@@ -64,17 +67,40 @@ def test_finetuning_teaches_the_bundled_model_a_hand_it_misreads(data_dir, tmp_p
     assert tuned.class_labels == load_checkpoint(bundled).class_labels  # "none" kept
     assert tuned.options["init"] == "bundled"
     assert tuned.options["images"] == str(mine.resolve())
-    assert 0.05 < tuned.temperature < 20
+    assert "Calibrated best.pt on the validation images" in result.output
     for name in ("best.pt", "last.pt", "history.csv", "history.png", "config.toml"):
         assert (out / name).is_file(), name
+    # An ordinary model to every other command, and its export says where it started.
     read = runner.invoke(app, ["predict", "-m", str(out / "best.pt"), "--json", str(later)])
-    assert read.exit_code in (0, 3), read.output  # an ordinary model to every other command
+    assert read.exit_code == 0, read.output
+    onnx = tmp_path / "tuned.onnx"
+    exported = runner.invoke(app, ["export", "-m", str(out / "best.pt"), "--out", str(onnx)])
+    assert exported.exit_code == 0, exported.output
+    from mnist_cli.infer.onnxgraph import metadata
+
+    assert metadata(onnx.read_bytes())["fine_tuned_from"] == "bundled"
+    # The run's own config.toml repeats it.
+    again = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(out / "config.toml"),
+            "--data-dir",
+            str(data_dir),
+            "--out-dir",
+            str(tmp_path / "again"),
+            "--print-config",
+        ],
+    )
+    assert again.exit_code == 0, again.output
+    assert (out / "config.toml").read_text().splitlines()[1:] == again.stdout.splitlines()[1:]
 
 
 def test_finetuning_without_mnist_learns_from_your_digits_alone_and_says_so(
     data_dir, tmp_path, capsys
 ):
-    mine = mirrored_hand(tmp_path / "mine", data_dir, range(30))
+    mine = mirrored_hand(tmp_path / "mine", data_dir, range(30), mirror=False)  # MNIST's own
     empty = tmp_path / "no-data"
     empty.mkdir()
     args = ["train", "--images", str(mine), "--init", "bundled", "--data-dir", str(empty)]
@@ -82,7 +108,11 @@ def test_finetuning_without_mnist_learns_from_your_digits_alone_and_says_so(
     result = runner.invoke(app, [*args, "--config", str(short(tmp_path, fill=200))])
     assert result.exit_code == 0, result.output
     assert f"no MNIST in {empty}, so nothing replayed" in result.output
-    assert (tmp_path / "run" / "best.pt").is_file()
+    # A few held-out digits read right hold no mistakes to fit a temperature on: the bundled
+    # model's stays.
+    start = load_checkpoint(BUNDLED_MODELS["torch"]).temperature
+    assert f"keeps its starting model's calibration (logits / {start:g})" in result.output
+    assert load_checkpoint(tmp_path / "run" / "best.pt").temperature == start
 
 
 def _nine_images(tmp_path: Path, data_dir: Path) -> list[str]:
@@ -120,7 +150,7 @@ REFUSALS = {
     "an init that is no model": (
         lambda t, d: [*_mine(t, d), "--init", _text_file(t)],
         1,
-        "--init",
+        "model.pt: a text file, not an mnist checkpoint",
     ),
     "an init that is not there": (
         lambda t, d: [*_mine(t, d), "--init", str(t / "missing.pt")],
@@ -130,7 +160,7 @@ REFUSALS = {
     "an onnx init": (
         lambda t, d: [*_mine(t, d), "--init", str(BUNDLED_MODELS["onnxruntime"])],
         1,
-        "--init",
+        "an ONNX model, not an mnist checkpoint",
     ),
     "images without init": (lambda t, d: _mine(t, d), 2, "add --init MODEL"),
     "init without images": (lambda t, d: ["--init", "bundled"], 2, "add --images DIR"),
@@ -147,7 +177,7 @@ REFUSALS = {
     "images that are not there": (
         lambda t, d: ["--images", str(t / "nowhere"), "--init", "bundled"],
         1,
-        "--images",
+        "nowhere: no such file",
     ),
 }
 
@@ -213,3 +243,26 @@ def test_a_finetuned_model_starts_from_its_init_not_from_random_weights(data_dir
     ]
     close = [np.allclose(start.state_dict[k], tuned.state_dict[k], atol=1e-4) for k in weights]
     assert all(close)  # a learning rate of nothing leaves the bundled weights
+
+
+def test_a_model_without_the_none_class_is_fine_tuned_without_it(data_dir, tmp_path, brief):
+    ten = brief(negatives=0.0)  # a model of the ten digits alone, as runs before "none" were
+    train(ten, data_dir=data_dir, out_dir=tmp_path / "ten", device="cpu")
+    mine = mirrored_hand(tmp_path / "mine", data_dir, range(20))
+    config = finetune_config(init=str(tmp_path / "ten/best.pt"), images=mine, epochs=1, fill=100)
+    assert config.negatives == 0
+    train(config, data_dir=data_dir, out_dir=tmp_path / "run", device="cpu")
+    assert load_checkpoint(tmp_path / "run/best.pt").class_labels == [str(d) for d in range(10)]
+
+
+def test_the_held_out_part_keeps_every_digit_to_learn_from():
+    from mnist_cli.data import Split
+    from mnist_cli.train.datasets import hold_out
+
+    labels = np.array([0] * 8 + [1] * 2 + [2])  # a digit drawn once is never held out
+    yours = Split(np.arange(len(labels))[:, None, None].astype(np.uint8), labels)
+    kept, held = hold_out(yours, 0.2, seed=0)
+    assert sorted(held.labels.tolist()) == [0, 0] and sorted(set(kept.labels.tolist())) == [0, 1, 2]
+    lone = Split(np.zeros((3, 1, 1), np.uint8), np.array([4, 5, 6]))
+    kept, held = hold_out(lone, 0.2, seed=0)
+    assert len(held) == 1 and len(kept) == 2  # one at least, even then

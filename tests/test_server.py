@@ -812,7 +812,7 @@ def test_digits_corrected_on_the_page_teach_a_finetuned_model_to_read_them(data_
                 page.click(f"#correct button[data-digit='{label}']")
                 expect(page.locator("#status")).to_contain_text(f"Saved as {label}/")
         run = tmp_path / "run"
-        args = ["train", "--images", str(collected), "--init", "bundled", "--epochs", "4"]
+        args = ["train", "--images", str(collected), "--init", "bundled"]  # its own recipe
         tuned = CliRunner().invoke(app, [*args, "--data-dir", str(data_dir), "--out-dir", str(run)])
         assert tuned.exit_code == 0, tuned.output
         with serving(open_model(run / "best.pt")) as url:
@@ -826,8 +826,12 @@ def test_digits_corrected_on_the_page_teach_a_finetuned_model_to_read_them(data_
         browser.close()
     assert sorted(p.parent.name for p in collected.rglob("*.png")) == ["2"] * 12 + ["7"] * 12
     wrong = sum(read != label for read, label in zip(first_read, ["7", "2"] * 12, strict=True))
-    assert wrong >= 12, first_read  # the bundled model misread this hand
+    assert wrong >= 20, first_read  # the bundled model misread this hand
     assert read_after == ["7", "2"] * 3  # the fine-tuned one reads it
+    from mnist_cli.infer.evaluation import evaluate_model
+
+    mnist = evaluate_model(run / "best.pt", data_dir=data_dir, device="cpu")[0].accuracy
+    assert mnist >= 0.97  # and still reads MNIST's digits
 
 
 def test_a_correction_is_stored_as_the_model_reads_it(served, tmp_path):

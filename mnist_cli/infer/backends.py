@@ -18,7 +18,14 @@ from mnist_cli.errors import MnistError, first_line
 from mnist_cli.files import MISSING, ONNX_FILE, TORCH_FILE, describe_bytes, path_problem
 from mnist_cli.infer.onnxgraph import GraphReadError, control_flow, metadata
 from mnist_cli.infer.providers import providers_for, shadowed_gpu_build
-from mnist_cli.options import EXPORT_FILE, PACKAGE_DIR, RUN_DIR, BackendName
+from mnist_cli.options import (
+    BUNDLED_MODELS,
+    EXPORT_FILE,
+    PACKAGE_DIR,
+    PRETRAINED_DIR,
+    RUN_DIR,
+    BackendName,
+)
 
 if TYPE_CHECKING:
     from mnist_cli.train.checkpoints import Checkpoint
@@ -34,12 +41,6 @@ DRY_RUN_SECONDS = 10.0  # a digit model answers 11 images in milliseconds
 DEFAULT_MODELS = {
     BackendName.torch: RUN_DIR / "best.pt",
     BackendName.onnxruntime: EXPORT_FILE,
-}
-# The default cnn, trained and exported by scripts/make_pretrained.py, shipped in the package.
-PRETRAINED_DIR = PACKAGE_DIR / "pretrained"
-BUNDLED_MODELS = {
-    BackendName.torch: PRETRAINED_DIR / "cnn.pt",
-    BackendName.onnxruntime: PRETRAINED_DIR / "cnn.onnx",
 }
 _KIND_OF = {BackendName.torch: "an mnist checkpoint", BackendName.onnxruntime: "an ONNX model"}
 

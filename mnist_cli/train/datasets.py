@@ -3,6 +3,8 @@ fine-tuning run the user's digits with MNIST replayed beside them."""
 
 from __future__ import annotations
 
+import hashlib
+import math
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from mnist_cli.data import Split, load_split, split_train_validation
-from mnist_cli.errors import DataMissing
-from mnist_cli.train.finetune import epoch_images, hold_out, your_digits
+from mnist_cli.errors import DataError, DataMissing
 from mnist_cli.train.negatives import with_negatives
 from mnist_cli.train.recipes import TrainConfig
+
+MIN_IMAGES = 10  # fewer teach nothing and leave nothing to hold out
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class TrainingData:
     validation: Split  # digits only: a digit refused as "none" counts as a mistake there
     calibration: Split
     about: str = ""  # a line for the start of the run, where the images are not MNIST's alone
-    digest: str = ""  # of the user's images, which --resume must find unchanged
+    images_digest: str = ""  # of what a fine-tuning run learns from: --resume must find it again
 
 
 def training_data(config: TrainConfig, data_dir: Path | str) -> TrainingData:
@@ -43,7 +46,7 @@ def _finetuning_data(config: TrainConfig, data_dir: Path | str) -> TrainingData:
     MNIST training images replayed beside them when `data_dir` has them. best.pt's temperature
     is fitted on the held-out digits and MNIST's validation images together: a few dozen
     digits hold too few mistakes to fit one alone."""
-    yours, digest = your_digits(config)
+    yours, skipped = your_digits(config.images)
     kept, held = hold_out(yours, config.holdout, config.seed)
     mnist = mnist_validation = None
     if config.replay:
@@ -52,7 +55,8 @@ def _finetuning_data(config: TrainConfig, data_dir: Path | str) -> TrainingData:
             # Held out for calibration only: a smaller MNIST keeps most of itself to replay.
             held_out = min(config.validation_size, len(found) // 5)
             mnist, mnist_validation = split_train_validation(found, held_out, config.seed)
-    train = with_negatives(epoch_images(kept, mnist, config), config.negatives, config.seed)
+    epoch = epoch_images(kept, mnist, config)
+    train = with_negatives(epoch, config.negatives, config.seed)
     calibration = held
     if mnist_validation is not None:
         calibration = Split(
@@ -60,7 +64,7 @@ def _finetuning_data(config: TrainConfig, data_dir: Path | str) -> TrainingData:
             np.concatenate([held.labels, mnist_validation.labels]),
         )
     if mnist is not None:
-        replay = f"MNIST replayed beside them ({config.replay:g} image per image of yours)"
+        replay = f"MNIST replayed beside them ({len(epoch) - len(kept) * _repeats(kept, config):,})"
     elif config.replay:
         replay = f"no MNIST in {data_dir}, so nothing replayed: `mnist download` adds it"
     else:
@@ -69,4 +73,61 @@ def _finetuning_data(config: TrainConfig, data_dir: Path | str) -> TrainingData:
         f"your {len(yours)} digits: {len(kept)} to learn from, {len(held)} held out to pick "
         f"best.pt; {replay}"
     )
-    return TrainingData(train, held, calibration, about, digest)
+    if skipped:
+        path, why = skipped[0]
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        about += f"\n  left out, unreadable: {path} ({why}){more}"
+    digest = hashlib.sha256(yours.images.tobytes() + yours.labels.tobytes())
+    digest.update(f"{len(mnist) if mnist is not None else 0}".encode())
+    return TrainingData(train, held, calibration, about, digest.hexdigest())
+
+
+def your_digits(source: Path | str) -> tuple[Split, list[tuple[str, str]]]:
+    """The user's labelled digits as `predict` reads them, to the nearest of the 256 levels
+    training images are kept in, and the files that could not be read."""
+    from mnist_cli.labelled import load_labelled_images
+
+    found = load_labelled_images(source)
+    if len(found.labels) < MIN_IMAGES:
+        count = len(found.labels)
+        raise DataError(
+            f"--images {source}: {count} readable labelled image{'s' if count != 1 else ''}; "
+            f"fine-tuning needs at least {MIN_IMAGES}",
+            hint="add more of your digits (a few dozen teach it your hand)",
+        )
+    images = np.rint(found.pixels * 255).astype(np.uint8)
+    return Split(images, found.labels), found.skipped
+
+
+def hold_out(yours: Split, share: float, seed: int) -> tuple[Split, Split]:
+    """Split the user's digits by `seed` into (to learn from, held out to pick best.pt): about
+    `share` of each digit held out, but never a digit's only image, and one image at least."""
+    rng = np.random.default_rng(seed)
+    held: list[int] = []
+    for label in np.unique(yours.labels):
+        of_label = rng.permutation(np.flatnonzero(yours.labels == label))
+        held += of_label[: min(round(len(of_label) * share), len(of_label) - 1)].tolist()
+    if not held:  # every digit too rare to spare one: the first image of the commonest
+        held = [int(np.flatnonzero(yours.labels == np.bincount(yours.labels).argmax())[0])]
+    out = np.zeros(len(yours), bool)
+    out[held] = True
+    return Split(yours.images[~out], yours.labels[~out]), Split(
+        yours.images[out], yours.labels[out]
+    )
+
+
+def _repeats(kept: Split, config: TrainConfig) -> int:
+    return max(1, math.ceil(config.fill / len(kept)))
+
+
+def epoch_images(yours: Split, mnist: Split | None, config: TrainConfig) -> Split:
+    """One epoch's images: the user's repeated to `fill`, and `replay` times as many MNIST
+    training images drawn by the seed (the same ones each epoch; augmentation varies them)."""
+    repeats = _repeats(yours, config)
+    images, labels = [np.tile(yours.images, (repeats, 1, 1))], [np.tile(yours.labels, repeats)]
+    if mnist is not None and config.replay:
+        count = min(len(mnist), round(len(images[0]) * config.replay))
+        pick = np.random.default_rng(config.seed).choice(len(mnist), count, replace=False)
+        images.append(mnist.images[pick])
+        labels.append(mnist.labels[pick])
+    return Split(np.concatenate(images), np.concatenate(labels))

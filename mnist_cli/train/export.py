@@ -23,13 +23,12 @@ from mnist_cli.files import (
 )
 from mnist_cli.infer.backends import (
     MAX_MODEL_BYTES,
-    PRETRAINED_DIR,
     BackendName,
     OnnxBackend,
     TorchBackend,
     detect_backend,
 )
-from mnist_cli.options import DATA_DIR, Quantization
+from mnist_cli.options import DATA_DIR, PRETRAINED_DIR, Quantization
 from mnist_cli.train.checkpoints import load_checkpoint
 
 if TYPE_CHECKING:
@@ -234,6 +233,7 @@ def _metadata(saved: Checkpoint, checkpoint: Path) -> dict[str, str]:
         "temperature": str(saved.temperature),
         "epochs_trained": str(len(saved.state.history)),
         "mnist_cli_version": __version__,
+        **({"fine_tuned_from": Path(init).name} if (init := saved.options.get("init")) else {}),
     }
 
 

@@ -71,10 +71,11 @@ class Run:
         self.temperature: float | None = 1.0
         self.state = TrainState()
         data = training_data(config, data_dir)
-        self.about, self.digest = data.about, data.digest
-        if saved and saved.options.get("images_digest", "") != data.digest:
+        self.about, self.images_digest = data.about, data.images_digest
+        if saved and saved.options.get("images_digest", "") != data.images_digest:
             raise CheckpointError(
-                f"--resume: the images in {config.images} changed since the run started",
+                f"--resume: the images in {config.images}, or the MNIST replayed from "
+                f"{data_dir}, changed since the run started",
                 hint="put them back as they were, or start a new run",
             )
         self.labels = list(MODEL_LABELS[1] if config.negatives else CLASS_LABELS)

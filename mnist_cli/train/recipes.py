@@ -70,10 +70,11 @@ FINETUNING_FIELDS = ("images", "init", "fill", "replay", "holdout")
 # device (the network, its classes and "none" images follow the model it starts from).
 FINETUNING = {
     "epochs": 12,  # the model knows digits already: a dozen short epochs teach it one hand
+    "batch_size": 128,  # a few thousand images an epoch: on a GPU too, small batches make steps
     "lr": 1e-3,  # a gentle peak keeps what it knew
     "warmup": 0.1,  # no random weights to settle first
     "plain_epochs": 0,  # augmented from the start: a few images seen many times
-    "weight_average": 0.99,  # an average over the last hundred steps: a short run is a few hundred
+    "weight_average": 0.99,  # an average over the last hundred steps or so: a short run
 }
 
 
@@ -155,7 +156,7 @@ def describe_recipe(config: TrainConfig, device: str | torch.device) -> str:
     return "\n".join(lines)
 
 
-_WHAT_IS_TUNED = FINETUNING_FIELDS[:2]  # named on a line of their own, not as changes
+_WHAT_IS_TUNED = ("images", "init")  # named on a line of their own, not as changes
 
 
 def check_config(config: TrainConfig) -> None:
@@ -219,7 +220,10 @@ def config_toml(config: TrainConfig, device: str) -> str:
     import json
 
     lines = ["# mnist train --config FILE reads this; options given on the command line win."]
-    values = {_key(item.name): getattr(config, item.name) for item in fields(TrainConfig)}
+    shown = [  # a run from scratch leaves the fine-tuning fields at their defaults: not shown
+        item for item in fields(TrainConfig) if config.images or item.name not in FINETUNING_FIELDS
+    ]
+    values = {_key(item.name): getattr(config, item.name) for item in shown}
     for key, value in {**values, "device": device}.items():
         text = str(value).lower() if isinstance(value, bool) else json.dumps(value)
         lines.append(f"{key} = {text}")
@@ -268,13 +272,14 @@ def read_config_file(path: Any) -> dict[str, Any]:
 
 def recipe_default(field: str) -> str:
     """A field's default across the recipes, for the help: "cnn 128 on CPU, 2048 on CUDA; fc
-    256", or the one value when every recipe agrees."""
+    256; fine-tuning 128", or the one value when every recipe agrees (and fine-tuning's)."""
     shown: dict[str, dict[str, Any]] = {}
     for (architecture, kind), recipe in RECIPES.items():
         shown.setdefault(architecture.value, {})[kind] = getattr(recipe, field)
     values = {repr(v) for kinds in shown.values() for v in kinds.values()}
+    tuning = f"; fine-tuning {_shown(FINETUNING[field])}" if field in FINETUNING else ""
     if len(values) == 1:
-        return _shown(next(iter(shown.values()))["cpu"])
+        return _shown(next(iter(shown.values()))["cpu"]) + tuning
     parts = []
     for architecture, kinds in shown.items():
         if kinds["cpu"] == kinds["cuda"]:
@@ -283,7 +288,7 @@ def recipe_default(field: str) -> str:
             parts.append(
                 f"{architecture} {_shown(kinds['cpu'])} on CPU, {_shown(kinds['cuda'])} on CUDA"
             )
-    return "; ".join(parts)
+    return "; ".join(parts) + tuning
 
 
 def _shown(value: Any) -> str:

@@ -95,7 +95,7 @@ def checkpoint(run: Run, val_accuracy: float, *, resumable: bool = True) -> Chec
             **asdict(run.config),
             "device": str(run.device),
             "acceleration": asdict(run.accel),
-            **({"images_digest": run.digest} if run.digest else {}),
+            **({"images_digest": run.images_digest} if run.images_digest else {}),
         },
         state=replace(run.state, history=list(run.state.history)),
         mnist_cli_version=__version__,

@@ -15,6 +15,7 @@ from mnist_cli.options import DATA_DIR, RUN_DIR
 from mnist_cli.train import distributed, runfolder
 from mnist_cli.train.acceleration import Acceleration, default_acceleration
 from mnist_cli.train.checkpoints import EpochRecord, TrainState
+from mnist_cli.train.finetune import check_pairing
 from mnist_cli.train.loop import Run
 from mnist_cli.train.recipes import TrainConfig, default_config
 from mnist_cli.train.resume import resume_point, saved_config
@@ -35,20 +36,18 @@ class TrainResult:
     start_temperature: float = 1.0  # what best.pt holds when none could be: its starting model's
 
     @classmethod
-    def of(cls, out_dir: Path, run: Run, state: TrainState) -> TrainResult:
-        """The result of `run` in `out_dir`, which ended with `state`."""
+    def of(
+        cls,
+        out_dir: Path,
+        device: str,
+        state: TrainState,
+        temperatures: tuple[float | None, float],
+    ) -> TrainResult:
+        """The result of the run in `out_dir` that ended with `state`; `temperatures`: the one
+        fitted for best.pt (None: none could be), and the one it started with."""
         best, last = out_dir / "best.pt", out_dir / "last.pt"
-        accuracy, device = state.best_val_accuracy, str(run.device)
-        return cls(
-            best,
-            last,
-            state.best_epoch,
-            accuracy,
-            device,
-            state.history,
-            run.temperature,
-            run.start_temperature,
-        )
+        accuracy = state.best_val_accuracy
+        return cls(best, last, state.best_epoch, accuracy, device, state.history, *temperatures)
 
 
 class TrainCallback:
@@ -95,6 +94,8 @@ def train(
     """
     if resume and overwrite:
         raise OptionError("--resume continues the run in --out-dir; --overwrite starts it again")
+    if config is not None:
+        check_pairing(config.images, config.init)
     out_dir = Path(out_dir)
     torch_device = resolve_device(device)
     saved = resume_point(out_dir / "last.pt") if resume else None
@@ -124,7 +125,8 @@ def train(
             )
             cluster.barrier()  # rank 0 has checked the folder before anyone trains
             state = run.loop()
-            return TrainResult.of(out_dir, run, state)
+            temperatures = (run.temperature, run.start_temperature)
+            return TrainResult.of(out_dir, str(run.device), state, temperatures)
     except (RuntimeError, distributed.RankFailed) as error:
         if cluster.alone:
             raise
