@@ -53,6 +53,26 @@ def exported(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def interrupt_at():
+    """`interrupt_at(epoch=E, step=S)`: a training callback that sends this process a real
+    SIGINT at one batch, as Ctrl-C would."""
+    import os
+    import signal
+
+    from mnist_cli.train.training import TrainCallback
+
+    class InterruptAt(TrainCallback):
+        def __init__(self, epoch: int, step: int):
+            self.at = (epoch, step)
+
+        def on_batch(self, *, epoch, step, steps, loss, rate):
+            if (epoch, step) == self.at:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return InterruptAt
+
+
+@pytest.fixture(scope="session")
 def brief():
     """`brief(**changes)`: the cnn's CPU recipe cut to one epoch and 500 validation images, the
     run a test trains when it needs one of its own."""

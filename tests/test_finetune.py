@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from mnist_cli.infer.backends import BUNDLED_MODELS
 from mnist_cli.infer.evaluation import evaluate_model
 from mnist_cli.train.checkpoints import load_checkpoint
 from mnist_cli.train.finetune import finetune_config
-from mnist_cli.train.training import TrainCallback, train
+from mnist_cli.train.training import train
 
 runner = CliRunner()
 
@@ -199,26 +197,15 @@ def test_resume_refuses_finetuning_options():
     assert result.exit_code == 2 and "drop --images, --init" in result.output
 
 
-class InterruptAt(TrainCallback):
-    """Sends this process a real SIGINT at one batch, as Ctrl-C would."""
-
-    def __init__(self, epoch: int, step: int):
-        self.at = (epoch, step)
-
-    def on_batch(self, *, epoch, step, steps, loss, rate):
-        if (epoch, step) == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_an_interrupted_finetuning_resumes_to_the_same_weights_on_the_same_images(
-    data_dir, tmp_path
+    data_dir, tmp_path, interrupt_at
 ):
     mine = mirrored_hand(tmp_path / "mine", data_dir, range(40))
     config = finetune_config(init="bundled", images=mine, epochs=2, fill=1200)
     where = {"data_dir": data_dir, "device": "cpu"}
     train(config, out_dir=tmp_path / "whole", **where)
     with pytest.raises(TrainingInterrupted):
-        train(config, out_dir=tmp_path / "cut", callback=InterruptAt(epoch=1, step=10), **where)
+        train(config, out_dir=tmp_path / "cut", callback=interrupt_at(epoch=1, step=10), **where)
     assert load_checkpoint(tmp_path / "cut/last.pt").state.epoch == 1
     next(mine.rglob("*.png")).unlink()  # the images change meanwhile ...
     with pytest.raises(CheckpointError, match="changed since the run started"):

@@ -76,18 +76,7 @@ def test_same_seed_same_weights(data_dir, tmp_path, brief):
     assert not _same(_weights(tmp_path / "a/last.pt"), _weights(tmp_path / "c/last.pt"))
 
 
-class InterruptAt(TrainCallback):
-    """Sends this process a real SIGINT at one batch, as Ctrl-C would."""
-
-    def __init__(self, epoch: int, step: int):
-        self.at = (epoch, step)
-
-    def on_batch(self, *, epoch, step, steps, loss, rate):
-        if (epoch, step) == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
-def test_ctrl_c_saves_and_resume_gives_the_same_weights(data_dir, tmp_path, brief):
+def test_ctrl_c_saves_and_resume_gives_the_same_weights(data_dir, tmp_path, brief, interrupt_at):
     config = brief(epochs=2)
     train(config, data_dir=data_dir, out_dir=tmp_path / "whole", device="cpu")
     with pytest.raises(TrainingInterrupted) as caught:
@@ -96,7 +85,7 @@ def test_ctrl_c_saves_and_resume_gives_the_same_weights(data_dir, tmp_path, brie
             data_dir=data_dir,
             out_dir=tmp_path / "cut",
             device="cpu",
-            callback=InterruptAt(epoch=1, step=10),
+            callback=interrupt_at(epoch=1, step=10),
         )
     assert caught.value.exit_code == 130 and "--resume" in caught.value.hint
     saved = load_checkpoint(tmp_path / "cut/last.pt")
