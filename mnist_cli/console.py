@@ -66,6 +66,11 @@ def note(message: str) -> None:
         err.print(Text(printable(message)), soft_wrap=True)
 
 
+def warn(message: str) -> None:
+    """What the user must hear even with --quiet: the work goes on, but not as asked."""
+    err.print(Text.assemble(("Warning:", "bold yellow"), " ", printable(message)), soft_wrap=True)
+
+
 def print_json(data: Any) -> None:
     import json
 
@@ -100,7 +105,10 @@ def show_training(result: TrainResult) -> None:
     )
     folder, best = result.best_path.parent, result.best_path
     if result.temperature is None:
-        fewer = "its validation images held too few wrong answers to fit a temperature on"
+        fewer = (
+            "no temperature could be fitted on its validation images (too few wrong answers, "
+            "or a fit at the end of the range)"
+        )
         note(
             f"best.pt keeps its starting model's calibration (logits / "
             f"{result.start_temperature:g}): {fewer}"
@@ -218,6 +226,7 @@ class TrainProgress:
         device: str,
         where: str,
         about: str = "",
+        warning: str = "",
         start_epoch: int,
         start_step: int,
         steps: int,
@@ -229,6 +238,8 @@ class TrainProgress:
             note(line)
         if about:
             note(f"  {about}")
+        if warning:
+            warn(warning)
         if start_epoch or start_step:
             note(f"Resuming at epoch {start_epoch + 1}, step {start_step} of {steps}")
         if self.verbose:

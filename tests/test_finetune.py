@@ -105,12 +105,16 @@ def test_finetuning_without_mnist_learns_from_your_digits_alone_and_says_so(
     args += ["--out-dir", str(tmp_path / "run"), "--epochs", "1"]
     result = runner.invoke(app, [*args, "--config", str(short(tmp_path, fill=200))])
     assert result.exit_code == 0, result.output
-    assert f"no MNIST in {empty}, so nothing replayed" in result.output
+    warning = f"Warning: no MNIST in {empty}: fine-tuning on your digits alone"
+    assert warning in " ".join(result.output.split())
     # A few held-out digits read right hold no mistakes to fit a temperature on: the bundled
     # model's stays.
     start = load_checkpoint(BUNDLED_MODELS["torch"]).temperature
     assert f"keeps its starting model's calibration (logits / {start:g})" in result.output
     assert load_checkpoint(tmp_path / "run" / "best.pt").temperature == start
+    args[args.index(str(tmp_path / "run"))] = str(tmp_path / "quiet")
+    quiet = runner.invoke(app, [*args, "-q", "--config", str(short(tmp_path, fill=200))])
+    assert quiet.exit_code == 0 and warning in " ".join(quiet.output.split())  # said even so
 
 
 def _nine_images(tmp_path: Path, data_dir: Path) -> list[str]:
@@ -126,6 +130,12 @@ def _loose_files(tmp_path: Path, data_dir: Path) -> list[str]:
 
 def _mine(tmp_path: Path, data_dir: Path) -> list[str]:
     return ["--images", str(mirrored_hand(tmp_path / "mine", data_dir, range(20)))]
+
+
+def _with_a_broken_file(tmp_path: Path, data_dir: Path) -> list[str]:
+    folder = mirrored_hand(tmp_path / "mine", data_dir, range(20))
+    (folder / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
+    return ["--images", str(folder)]
 
 
 def _text_file(tmp_path: Path) -> str:
@@ -160,12 +170,27 @@ REFUSALS = {
         1,
         "an ONNX model, not an mnist checkpoint",
     ),
+    "an unreadable file among them": (
+        lambda t, d: [*_with_a_broken_file(t, d), "--init", "bundled"],
+        1,
+        "1 cannot be read:",
+    ),
+    "a folder for init": (
+        lambda t, d: [*_mine(t, d), "--init", str(t)],
+        1,
+        "a folder, not an mnist checkpoint",
+    ),
+    "a fill beyond memory": (
+        lambda t, d: [*_mine(t, d), "--init", "bundled", "--config", str(short(t, fill=10**6))],
+        2,
+        "fill must be at most 200,000",
+    ),
     "images without init": (lambda t, d: _mine(t, d), 2, "add --init MODEL"),
     "init without images": (lambda t, d: ["--init", "bundled"], 2, "add --images DIR"),
     "another network": (
         lambda t, d: [*_mine(t, d), "--init", "bundled", "--arch", "fc"],
         2,
-        "fine-tuning keeps its network",
+        "has the cnn network; fine-tuning keeps it",
     ),
     "dropping the none class": (
         lambda t, d: [*_mine(t, d), "--init", "bundled", "--config", str(short(t, negatives=0))],
@@ -211,6 +236,9 @@ def test_an_interrupted_finetuning_resumes_to_the_same_weights_on_the_same_image
     with pytest.raises(CheckpointError, match="changed since the run started"):
         train(None, out_dir=tmp_path / "cut", resume=True, **where)
     mirrored_hand(mine, data_dir, range(40))  # ... and are put back
+    (tmp_path / "no-mnist").mkdir()  # nor may the MNIST it replays go missing
+    with pytest.raises(CheckpointError, match="changed since the run started"):
+        train(None, out_dir=tmp_path / "cut", resume=True, data_dir=tmp_path / "no-mnist")
     train(None, out_dir=tmp_path / "cut", resume=True, **where)
     whole, cut = (load_checkpoint(tmp_path / f"{run}/last.pt") for run in ("whole", "cut"))
     assert all(torch.equal(whole.state_dict[k], cut.state_dict[k]) for k in whole.state_dict)

@@ -19,7 +19,14 @@ from torch import nn
 
 from mnist_cli.data import MODEL_LABELS
 from mnist_cli.errors import CheckpointError, first_line
-from mnist_cli.files import TORCH_FILE, Writer, atomic_write, describe_bytes
+from mnist_cli.files import (
+    MISSING,
+    TORCH_FILE,
+    Writer,
+    atomic_write,
+    describe_bytes,
+    path_problem,
+)
 from mnist_cli.train.models import (
     Classifier,
     ModelSpecError,
@@ -115,10 +122,13 @@ def _to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
 def load_checkpoint(path: Path | str) -> Checkpoint:
     """Read and validate a checkpoint without running pickled code; raise CheckpointError."""
     path = Path(path)
-    if not path.is_file():
+    problem = path_problem(path)
+    if problem == MISSING:
         raise CheckpointError(
             f"no checkpoint at {path}", hint="train one with `mnist train`, or pass --model FILE"
         )
+    if problem is not None:  # a folder, a FIFO, a device: never opened
+        raise CheckpointError(f"{path}: {problem}, not an mnist checkpoint")
     with open(path, "rb") as handle:
         head = handle.read(64)
     kind = describe_bytes(head)

@@ -27,6 +27,7 @@ class TrainingData:
     validation: Split  # digits only: a digit refused as "none" counts as a mistake there
     calibration: Split
     about: str = ""  # a line for the start of the run, where the images are not MNIST's alone
+    warning: str = ""  # what is not as asked: no MNIST to replay
     images_digest: str = ""  # of what a fine-tuning run learns from: --resume must find it again
 
 
@@ -46,7 +47,7 @@ def _finetuning_data(config: TrainConfig, data_dir: Path | str) -> TrainingData:
     MNIST training images replayed beside them when `data_dir` has them. best.pt's temperature
     is fitted on the held-out digits and MNIST's validation images together: a few dozen
     digits hold too few mistakes to fit one alone."""
-    yours, skipped = your_digits(config.images)
+    yours = your_digits(config.images)
     kept, held = hold_out(yours, config.holdout, config.seed)
     mnist = mnist_validation = None
     if config.replay:
@@ -63,31 +64,37 @@ def _finetuning_data(config: TrainConfig, data_dir: Path | str) -> TrainingData:
             np.concatenate([held.images, mnist_validation.images]),
             np.concatenate([held.labels, mnist_validation.labels]),
         )
-    if mnist is not None:
-        replay = f"MNIST replayed beside them ({len(epoch) - len(kept) * _repeats(kept, config):,})"
-    elif config.replay:
-        replay = f"no MNIST in {data_dir}, so nothing replayed: `mnist download` adds it"
-    else:
-        replay = "no MNIST replayed (replay 0)"
+    replayed = len(epoch) - len(kept) * _repeats(kept, config)
     about = (
         f"your {len(yours)} digits: {len(kept)} to learn from, {len(held)} held out to pick "
-        f"best.pt; {replay}"
+        f"best.pt; {replayed:,} MNIST training images replayed beside them"
     )
-    if skipped:
-        path, why = skipped[0]
-        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
-        about += f"\n  left out, unreadable: {path} ({why}){more}"
-    digest = hashlib.sha256(yours.images.tobytes() + yours.labels.tobytes())
-    digest.update(f"{len(mnist) if mnist is not None else 0}".encode())
-    return TrainingData(train, held, calibration, about, digest.hexdigest())
+    warning = ""
+    if mnist is None and config.replay:
+        warning = (
+            f"no MNIST in {data_dir}: fine-tuning on your digits alone, which may cost it "
+            "MNIST's (`mnist download`, or --data-dir, gives it MNIST to replay)"
+        )
+    # What the run learns from, replayed digits included: --resume refuses other images.
+    digest = hashlib.sha256(epoch.images.tobytes() + epoch.labels.tobytes())
+    digest.update(held.images.tobytes() + held.labels.tobytes())
+    return TrainingData(train, held, calibration, about, warning, digest.hexdigest())
 
 
-def your_digits(source: Path | str) -> tuple[Split, list[tuple[str, str]]]:
+def your_digits(source: Path | str) -> Split:
     """The user's labelled digits as `predict` reads them, to the nearest of the 256 levels
-    training images are kept in, and the files that could not be read."""
+    training images are kept in. A file that cannot be read stops the run, named, as it makes
+    `mnist test` fail: nothing is left out in silence."""
     from mnist_cli.labelled import load_labelled_images
 
     found = load_labelled_images(source)
+    if found.skipped:
+        named = "; ".join(f"{path} ({why})" for path, why in found.skipped[:3])
+        more = f" and {len(found.skipped) - 3} more" if len(found.skipped) > 3 else ""
+        raise DataError(
+            f"--images {source}: {len(found.skipped)} cannot be read: {named}{more}",
+            hint="remove or mend them, then train again (`mnist test --images` lists them all)",
+        )
     if len(found.labels) < MIN_IMAGES:
         count = len(found.labels)
         raise DataError(
@@ -96,7 +103,7 @@ def your_digits(source: Path | str) -> tuple[Split, list[tuple[str, str]]]:
             hint="add more of your digits (a few dozen teach it your hand)",
         )
     images = np.rint(found.pixels * 255).astype(np.uint8)
-    return Split(images, found.labels), found.skipped
+    return Split(images, found.labels)
 
 
 def hold_out(yours: Split, share: float, seed: int) -> tuple[Split, Split]:

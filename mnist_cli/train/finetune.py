@@ -51,8 +51,8 @@ def finetune_config(
     architecture = overrides.pop("architecture", None) or start.architecture
     if architecture != start.architecture:
         raise OptionError(
-            f"--arch {architecture}: --init {init} is a {start.architecture}; "
-            "fine-tuning keeps its network (drop --arch)"
+            f"--arch {architecture}: --init {init} has the {start.architecture} network; "
+            "fine-tuning keeps it (drop --arch)"
         )
     base = finetuning_recipe(architecture, device, none_class=_has_none(start))
     config = replace(

@@ -71,7 +71,7 @@ class Run:
         self.temperature: float | None = 1.0
         self.state = TrainState()
         data = training_data(config, data_dir)
-        self.about, self.images_digest = data.about, data.images_digest
+        self.about, self.warning, self.images_digest = data.about, data.warning, data.images_digest
         if saved and saved.options.get("images_digest", "") != data.images_digest:
             raise CheckpointError(
                 f"--resume: the images in {config.images}, or the MNIST replayed from "
@@ -184,6 +184,7 @@ class Run:
             device=str(self.device),
             where=self.where(),
             about=self.about,
+            warning=self.warning,
             start_epoch=state.epoch,
             start_step=state.step,
             steps=self.steps,

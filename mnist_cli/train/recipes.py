@@ -84,7 +84,7 @@ _MOST = {
     "epochs": 100_000,
     "batch_size": 1 << 20,
     "validation_size": 1 << 20,
-    "fill": 1 << 24,
+    "fill": 200_000,  # your images repeated in memory: a few hundred MB at most
     "seed": 2**32 - 1,
 }
 

@@ -60,12 +60,14 @@ class TrainCallback:
         device: str,
         where: str,
         about: str = "",
+        warning: str = "",
         start_epoch: int,
         start_step: int,
         steps: int,
     ) -> None:
         """`device` is the torch device's name; `where` says it for people (with torchrun's
-        processes); `about`, the images a fine-tuning run learns from."""
+        processes); `about`, the images a fine-tuning run learns from; `warning`, what in them
+        is not as asked (no MNIST to replay)."""
 
     def on_batch(self, *, epoch: int, step: int, steps: int, loss: float, rate: float) -> None:
         pass
