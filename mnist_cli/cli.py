@@ -186,7 +186,8 @@ def train(
         bool | None,
         _recipe(
             "augment",
-            "After the first epoch: style strokes (flagged 1s, crossed 7s, slashed 0s), "
+            "After the first epoch (fine-tuning: from the first): style strokes (flagged 1s, "
+            "crossed 7s, slashed 0s), "
             "thicker and thinner strokes, rotations, scalings and shifts.",
             "--augment/--no-augment",
         ),
@@ -584,7 +585,8 @@ def serve(
         typer.Option(
             "--collect",
             help="Let the page's users correct a misread digit: POST /feedback saves the image "
-            "as COLLECT/<digit>/<time>-<hash>.png, ready for `mnist test --images COLLECT`.",
+            "as COLLECT/<digit>/<time>-<hash>.png, ready for `mnist test --images COLLECT` "
+            "and `mnist train --images COLLECT --init bundled`.",
         ),
     ] = None,
     collect_max: Annotated[

@@ -118,7 +118,13 @@ def show_training(result: TrainResult) -> None:
     else:
         note(f"Calibrated best.pt on the validation images: logits / {result.temperature:g}")
     note(f"In {folder}: best.pt, last.pt, history.csv, history.png (curves), config.toml (recipe)")
-    note(f"Next: mnist test -m {best}   then   mnist export -m {best}")
+    if result.images:  # the digits it learnt from say little: others of the same hand do
+        note(
+            f"Next: mnist test -m {best} --images OTHER-DIGITS (of your hand, not in "
+            f"{result.images})   then   mnist export -m {best}"
+        )
+    else:
+        note(f"Next: mnist test -m {best}   then   mnist export -m {best}")
 
 
 def show_export(result: ExportResult) -> None:

@@ -66,6 +66,7 @@ def test_finetuning_teaches_the_bundled_model_a_hand_it_misreads(data_dir, tmp_p
     assert tuned.options["init"] == "bundled"
     assert tuned.options["images"] == str(mine.resolve())
     assert "Calibrated best.pt on the validation images" in result.output
+    assert "--images OTHER-DIGITS" in result.output  # tested on digits it did not learn from
     for name in ("best.pt", "last.pt", "history.csv", "history.png", "config.toml"):
         assert (out / name).is_file(), name
     # An ordinary model to every other command, and its export says where it started.

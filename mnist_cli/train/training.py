@@ -34,6 +34,7 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     temperature: float | None = 1.0  # best.pt's calibration (None: none could be fitted)
     start_temperature: float = 1.0  # what best.pt holds when none could be: its starting model's
+    images: str = ""  # the digits a fine-tuning run learnt from ("": MNIST's run)
 
     @classmethod
     def of(
@@ -128,7 +129,8 @@ def train(
             cluster.barrier()  # rank 0 has checked the folder before anyone trains
             state = run.loop()
             temperatures = (run.temperature, run.start_temperature)
-            return TrainResult.of(out_dir, str(run.device), state, temperatures)
+            result = TrainResult.of(out_dir, str(run.device), state, temperatures)
+            return replace(result, images=config.images)
     except (RuntimeError, distributed.RankFailed) as error:
         if cluster.alone:
             raise
