@@ -295,3 +295,28 @@ def test_float_pixels_near_the_float32_limit_read_at_any_size(tmp_path, side):
     Image.fromarray(values, mode="F").save(tmp_path / "huge.tif")
     digit = load_digit(tmp_path / "huge.tif")
     assert digit.shape == (28, 28) and digit.max() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("label", "pen", "strokes"),
+    [
+        (2, 2, [[(0.3, 0.3), (0.5, 0.15), (0.7, 0.3), (0.3, 0.82), (0.72, 0.82)]]),
+        (7, 3, [[(0.28, 0.2), (0.72, 0.2), (0.45, 0.85)]]),
+    ],
+)
+def test_a_fine_pens_faint_strokes_stay_part_of_the_digit(label, pen, strokes):
+    # Drawn with a fine pen on the 280 px pad and saved at 140 px, some lines run between
+    # pixels and stay under a third of the ink's peak: the digit's box must still hold them.
+    from mnist_cli.infer.backends import BUNDLED_MODELS, open_model
+    from mnist_cli.infer.preprocessing import digit_from_array
+
+    pad = Image.new("L", (280, 280), 255)
+    for stroke in strokes:
+        ImageDraw.Draw(pad).line([(x * 280, y * 280) for x, y in stroke], fill=0, width=pen)
+    saved = np.asarray(pad.resize((140, 140), Image.BOX))
+    digit = digit_from_array(saved)
+    rows = np.flatnonzero(digit.max(1) > 0.1)
+    assert rows[-1] - rows[0] >= 15  # the whole digit's height, not one stroke's
+    assert np.array_equal(digit, digit_from_array(saved.astype(np.float32) / 255))  # both paths
+    probabilities = open_model(BUNDLED_MODELS["onnxruntime"]).probabilities(digit[None, None])
+    assert probabilities[0].argmax() == label

@@ -142,6 +142,6 @@ def test_the_parts_found_are_those_a_flood_fill_finds(monkeypatch):
     rng = np.random.default_rng(1)
     for _ in range(200):
         mask = rng.random(tuple(rng.integers(1, 30, 2))) < rng.uniform(0.05, 0.6)
-        parts = segmentation._components(mask)
+        parts = segmentation.components(mask)
         assert len(parts) == _flood_count(mask)
         assert sum(part.area for part in parts) == mask.sum()

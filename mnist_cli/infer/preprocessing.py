@@ -291,6 +291,11 @@ def _digit_from_ink(ink: np.ndarray, name: str) -> np.ndarray:
     box = _ink_box(Image.fromarray((ink > INK).astype(np.uint8) * 255))
     if box is None:
         raise BlankImage(f"{name}: no digit found (blank image)")
+    faint = ink > _FAINT
+    if _faint_strokes_likely(int(faint.sum()), int((ink > INK).sum())):
+        outer = Image.fromarray(faint.astype(np.uint8) * 255).getbbox()
+        if not _holds(box, outer):
+            box = _with_faint_strokes(box, faint, ink > INK)
     left, top, right, bottom = box
     return fit_digit(ink[top:bottom, left:right], name)
 
@@ -303,7 +308,60 @@ def _digit_from_levels(image: Image.Image, name: str, ink: np.ndarray | None = N
     box = _ink_box(image.point(_table(ink > INK)))
     if box is None:
         raise BlankImage(f"{name}: no digit found (blank image)")
+    counts = np.array(image.histogram())
+    if _faint_strokes_likely(int(counts[ink > _FAINT].sum()), int(counts[ink > INK].sum())):
+        faint = image.point(_table(ink > _FAINT))
+        if not _holds(box, faint.getbbox()):  # else nothing faint lies outside: no arrays
+            clear = np.asarray(image.point(_table(ink > INK))) > 127
+            box = _with_faint_strokes(box, np.asarray(faint) > 127, clear)
     return fit_digit(ink[np.asarray(image.crop(box))], name)
+
+
+# A fine pen's lines, scaled down, fall below INK where they run between pixels, and a digit's
+# box would lose them (a 4 kept as its bar). Faint ink (down to what fit_digit keeps) joined to
+# the clear ink belongs to the digit, where it adds little to it: shading and noise add much.
+_FAINT = INK / 2
+# Faint-or-clear pixels per clear one: a stroke's soft edge adds under _SOFT_EDGE, a fine pen's
+# lines more, and shading or noise more than _FAINT_SHARE.
+_SOFT_EDGE = 1.08
+_FAINT_SHARE = 1.5
+_EDGE = 0.05  # of the digit's size: faint ink this close to its box is its strokes' soft edge
+
+
+def _faint_strokes_likely(faint: int, clear: int) -> bool:
+    """From the pixel counts alone (no pass over the image): faint strokes may lie outside."""
+    return _SOFT_EDGE * clear < faint <= _FAINT_SHARE * clear
+
+
+def _holds(box: tuple[int, int, int, int], other: tuple[int, int, int, int] | None) -> bool:
+    """Whether `other` reaches past `box` by no more than a stroke's soft edge."""
+    if other is None:
+        return True
+    edge = max(2, round(_EDGE * max(box[2] - box[0], box[3] - box[1])))
+    return (
+        other[0] >= box[0] - edge
+        and other[1] >= box[1] - edge
+        and other[2] <= box[2] + edge
+        and other[3] <= box[3] + edge
+    )
+
+
+def _with_faint_strokes(
+    box: tuple[int, int, int, int], faint: np.ndarray, clear: np.ndarray
+) -> tuple[int, int, int, int]:
+    """`box` (of the clear ink) grown over every part of the faint mask that holds clear ink
+    inside the box: the strokes a fine pen drew beyond it."""
+    from mnist_cli.infer.segmentation import components
+
+    left, top, right, bottom = box
+    inside = np.zeros_like(clear)
+    inside[top:bottom, left:right] = clear[top:bottom, left:right]
+    for part in components(faint):
+        x0, y0, x1, y1 = part.box
+        if (inside[y0:y1, x0:x1] & part.mask).any():
+            left, top = min(left, x0), min(top, y0)
+            right, bottom = max(right, x1), max(bottom, y1)
+    return left, top, right, bottom
 
 
 def _table(levels: np.ndarray) -> list[int]:

@@ -78,7 +78,7 @@ def find_pieces(ink: np.ndarray) -> list[list[Piece]]:
     Pieces are the 8-connected parts of the clear ink (over INK); specks (_SPECK), dots and
     dashes (_SMALL) are dropped. TooManyMarks where there are over MAX_MARKS parts.
     """
-    pieces = _join_parts(_components(ink > INK))
+    pieces = _join_parts(components(ink > INK))
     if not pieces:
         return []
     tallest = max(piece.height for piece in pieces)
@@ -98,7 +98,7 @@ def _gap(a: Piece, b: Piece) -> float:
     return float(np.hypot(across, down))
 
 
-def _components(mask: np.ndarray) -> list[Piece]:
+def components(mask: np.ndarray) -> list[Piece]:
     """The 8-connected parts of a mask, found over its runs of set pixels (union-find)."""
     height, width = mask.shape
     padded = np.zeros((height, width + 2), np.int8)
