@@ -28,6 +28,7 @@ MAX_SIDE = 1024  # larger images are reduced to about this squared: a digit ends
 _BOX = 20  # MNIST scaled each digit to fit a 20x20 box...
 SIZE = 28  # ...then centred it by mass in a 28x28 field
 INK = 0.3  # share of the ink's peak above which a pixel counts for the bounding box
+_FAINT = INK / 2  # the least ink a digit keeps (fit_digit), and may widen its box with
 MIN_CONTRAST = 0.08  # peak ink above the paper, as a share of full scale: below, it is blank
 
 
@@ -288,14 +289,15 @@ def digit_from_array(gray: np.ndarray, *, name: str = "image") -> np.ndarray:
 
 
 def _digit_from_ink(ink: np.ndarray, name: str) -> np.ndarray:
-    box = _ink_box(Image.fromarray((ink > INK).astype(np.uint8) * 255))
+    clear = ink > INK
+    box = _ink_box(Image.fromarray(clear.astype(np.uint8) * 255))
     if box is None:
         raise BlankImage(f"{name}: no digit found (blank image)")
     faint = ink > _FAINT
-    if _faint_strokes_likely(int(faint.sum()), int((ink > INK).sum())):
+    if _faint_strokes_likely(int(faint.sum()), int(clear.sum())):
         outer = Image.fromarray(faint.astype(np.uint8) * 255).getbbox()
         if not _holds(box, outer):
-            box = _with_faint_strokes(box, faint, ink > INK)
+            box = _with_faint_strokes(box, faint, clear)
     left, top, right, bottom = box
     return fit_digit(ink[top:bottom, left:right], name)
 
@@ -318,9 +320,8 @@ def _digit_from_levels(image: Image.Image, name: str, ink: np.ndarray | None = N
 
 
 # A fine pen's lines, scaled down, fall below INK where they run between pixels, and a digit's
-# box would lose them (a 4 kept as its bar). Faint ink (down to what fit_digit keeps) joined to
-# the clear ink belongs to the digit, where it adds little to it: shading and noise add much.
-_FAINT = INK / 2
+# box would lose them (a 4 kept as its bar). Faint ink joined to the clear ink belongs to the
+# digit, where it adds little to it: shading and noise add much.
 # Faint-or-clear pixels per clear one: a stroke's soft edge adds under _SOFT_EDGE, a fine pen's
 # lines more, and shading or noise more than _FAINT_SHARE.
 _SOFT_EDGE = 1.08
@@ -371,7 +372,7 @@ def _table(levels: np.ndarray) -> list[int]:
 
 def fit_digit(ink: np.ndarray, name: str) -> np.ndarray:
     """The ink inside its box (float32, peak 1) scaled to fit 20x20 and centred by mass."""
-    crop = np.where(ink > INK / 2, ink, 0)
+    crop = np.where(ink > _FAINT, ink, 0)
     height, width = crop.shape
     scale = _BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
