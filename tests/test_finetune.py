@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -139,6 +140,18 @@ def _with_a_broken_file(tmp_path: Path, data_dir: Path) -> list[str]:
     return ["--images", str(folder)]
 
 
+def _with_a_device(tmp_path: Path, data_dir: Path) -> list[str]:
+    folder = mirrored_hand(tmp_path / "mine", data_dir, range(20))
+    (folder / "3" / "zero.png").symlink_to("/dev/zero")  # endless: must never be read
+    return ["--images", str(folder)]
+
+
+def _fifo(tmp_path: Path) -> str:
+    path = tmp_path / "model.pt"
+    os.mkfifo(path)  # opening it would wait for a writer for ever
+    return str(path)
+
+
 def _text_file(tmp_path: Path) -> str:
     path = tmp_path / "model.pt"
     path.write_text("not a model")
@@ -175,6 +188,16 @@ REFUSALS = {
         lambda t, d: [*_with_a_broken_file(t, d), "--init", "bundled"],
         1,
         "1 cannot be read:",
+    ),
+    "a link to a device among them": (
+        lambda t, d: [*_with_a_device(t, d), "--init", "bundled"],
+        1,
+        "zero.png (a device (not a regular file)",
+    ),
+    "a fifo for init": (
+        lambda t, d: [*_mine(t, d), "--init", _fifo(t)],
+        1,
+        "model.pt: a FIFO (not a regular file), not an mnist checkpoint",
     ),
     "a folder for init": (
         lambda t, d: [*_mine(t, d), "--init", str(t)],
