@@ -405,3 +405,18 @@ def test_cuda_asked_by_name_without_a_cuda_provider_is_a_usage_error(tmp_path):
     with pytest.raises(DeviceError, match="--device cuda: this onnxruntime has no CUDA provider"):
         open_model(path, device="cuda")
     assert open_model(path, device="auto").provider == "CPUExecutionProvider"  # auto falls back
+
+
+def test_an_answer_is_refused_over_a_30_percent_chance_of_none_or_under_min_confidence():
+    from mnist_cli.infer.backends import answers
+
+    def row(none: float, seven: float) -> list[float]:
+        rest = (1 - none - seven) / 9
+        return [seven if digit == 7 else rest for digit in range(10)] + [none]
+
+    rows = np.array([row(0.29, 0.7), row(0.31, 0.68), row(0.0, 0.5)], np.float32)
+    best, confidence, refused = answers(rows)
+    assert best.tolist() == [7, 7, 7] and refused.tolist() == [False, True, False]
+    assert answers(rows, min_confidence=0.6)[2].tolist() == [False, True, True]
+    ten_classes = rows[:, :10] / rows[:, :10].sum(1, keepdims=True)  # no "none": never refused
+    assert not answers(ten_classes)[2].any()
