@@ -480,7 +480,10 @@ def predict(
     ] = None,
     device: Device = "auto",
     top_k: Annotated[
-        int, typer.Option("--top-k", "-k", min=1, max=10, help="Show the K most likely digits.")
+        int,
+        typer.Option(
+            "--top-k", "-k", min=1, max=10, help="Show the K most likely digits of each digit read."
+        ),
     ] = 1,
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object per image per line.")

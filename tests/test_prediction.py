@@ -127,6 +127,20 @@ def test_cli_table_with_top_k(models):
     assert "torch on cpu" in result.stderr
 
 
+def test_top_k_shows_each_digit_of_a_number_on_its_own_line(tmp_path, monkeypatch):
+    import shutil
+
+    from mnist_cli.infer.prediction import SAMPLES
+
+    monkeypatch.chdir(tmp_path)  # a short path: the table fits any terminal
+    shutil.copyfile(SAMPLES / "number-2024.jpg", "n.jpg")
+    result = runner.invoke(app, ["predict", "n.jpg", "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    cells = [line.split("│")[-2].strip() for line in result.stdout.splitlines() if "%" in line]
+    assert [cell.split(":")[0] for cell in cells] == ["2", "0", "2", "4"], result.stdout
+    assert all(cell.count("%") == 2 for cell in cells)
+
+
 def test_onnxruntime_path_never_imports_torch(models, fresh_python):
     image = next(models["images"].glob("*.png"))
     stdout, imported = fresh_python(

@@ -45,6 +45,11 @@ class Reading:
     def confidence(self) -> float:
         return max(self.probabilities) if self.probabilities else 0.0
 
+    def top(self, k: int) -> list[tuple[int, float]]:
+        """The k likeliest digits of this reading, likeliest first."""
+        order = np.argsort(self.probabilities)[::-1][:k]
+        return [(int(d), self.probabilities[d]) for d in order]
+
 
 @dataclass
 class Prediction:
@@ -112,9 +117,8 @@ class Prediction:
         return min((reading.confidence for reading in self.digits), default=0.0)
 
     def top(self, k: int) -> list[tuple[int, float]]:
-        """The k likeliest digits of a one-digit reading."""
-        order = np.argsort(self.probabilities)[::-1][:k]
-        return [(int(d), self.probabilities[d]) for d in order]
+        """The k likeliest digits of a one-digit reading ([] for none or several)."""
+        return self.one.top(k) if self.one else []
 
     def to_dict(self) -> dict:
         """The JSON of `mnist predict --json` and of serve's /predict."""
