@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,9 +29,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mnist_cli.data import load_split
 from mnist_cli.errors import MnistError
 from mnist_cli.infer.evaluation import evaluate_model
 from mnist_cli.options import BUNDLED_MODELS, BackendName
+from mnist_cli.train.checkpoints import load_checkpoint
 from mnist_cli.train.export import export_onnx
 from mnist_cli.train.recipes import default_config
 from mnist_cli.train.training import train
@@ -54,9 +57,10 @@ def _launch(spec: dict) -> dict:
         env={**os.environ, "OMP_NUM_THREADS": str(spec["threads"])},
     )
     if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:]
-        print(f"  seed {spec['seed']}: failed: {tail}", flush=True)
-        return {"seed": spec["seed"], "error": tail}
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        message = re.sub(r"^[\w.]+(Error|Exception|Missing): ", "", last)  # the exception's words
+        print(f"  seed {spec['seed']}: failed: {message}", flush=True)
+        return {"seed": spec["seed"], "error": message}
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"  seed {result['seed']}: best validation {result['val']:.2%}", flush=True)
     return result
@@ -86,14 +90,31 @@ def best_of_seeds(args: argparse.Namespace, runs: Path) -> Path:
     return Path(chosen["best"])
 
 
+def check_bundleable(checkpoint: Path) -> None:
+    """Refuse what `mnist` should not ship: another network, or a last.pt (optimiser state,
+    weights not averaged, no calibration)."""
+    loaded = load_checkpoint(checkpoint)
+    if loaded.architecture != "cnn":
+        raise MnistError(f"{checkpoint}: a {loaded.architecture} model; the bundled one is a cnn")
+    if loaded.resumable:
+        raise MnistError(
+            f"{checkpoint}: a checkpoint to resume from, with optimiser state and no calibration",
+            hint="install the run's best.pt",
+        )
+
+
 def install(checkpoint: Path, data_dir: Path) -> None:
-    """Export `checkpoint` to checked ONNX and copy both over the bundled models."""
+    """Export `checkpoint` to checked ONNX and copy both over the bundled models; nothing is
+    replaced unless the checkpoint and MNIST's test set (scored after) are both in order."""
+    check_bundleable(checkpoint)
+    load_split(data_dir, "test")
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = Path(scratch) / "cnn.onnx"
         export_onnx(checkpoint, onnx_path, data_dir=data_dir)
         target = BUNDLED_MODELS[BackendName.torch]
         target.parent.mkdir(exist_ok=True)
-        shutil.copyfile(checkpoint, target)
+        if not (target.exists() and target.samefile(checkpoint)):
+            shutil.copyfile(checkpoint, target)
         shutil.copyfile(onnx_path, BUNDLED_MODELS[BackendName.onnxruntime])
     for path in BUNDLED_MODELS.values():
         report, _ = evaluate_model(path, data_dir=data_dir, device="cpu")
@@ -111,7 +132,7 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, help="passes over the data (default: the recipe's)")
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="train each; keep the best validation"
+        "--seeds", type=int, nargs="+", help="train each; keep the best validation (default: 0)"
     )
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once")
     parser.add_argument("--keep", type=Path, help="keep every seed's run folder here")
@@ -130,10 +151,21 @@ def main() -> None:
         parser.error("--jobs and --epochs take a whole number from 1")
     if args.no_install and not args.keep:
         parser.error("--no-install keeps the runs only with --keep DIR")
+    if args.from_checkpoint and (args.keep or args.no_install or args.seeds or args.epochs):
+        parser.error(
+            "--from-checkpoint trains nothing: leave out --keep, --no-install, --seeds, --epochs"
+        )
+    args.seeds = args.seeds or [0]
+    if len(set(args.seeds)) < len(args.seeds) or not all(0 <= s < 2**32 for s in args.seeds):
+        parser.error("--seeds takes different whole numbers from 0 to 2**32 - 1")
+    if args.keep:
+        taken = [seed for seed in args.seeds if (args.keep / f"seed-{seed}").exists()]
+        if taken:
+            parser.error(f"{args.keep}/seed-{taken[0]} already holds a run: choose another --keep")
     args.recipe = args.recipe or ("cuda" if args.device.startswith("cuda") else "cpu")
     try:
         make(args)
-    except MnistError as error:  # a bad --from-checkpoint or --data-dir: one line, no traceback
+    except MnistError as error:  # a bad checkpoint, --data-dir or --keep: one line, no traceback
         sys.exit(f"Error: {error}" + (f"\nHint: {error.hint}" if error.hint else ""))
 
 
@@ -142,8 +174,12 @@ def make(args: argparse.Namespace) -> None:
     if args.from_checkpoint:
         install(args.from_checkpoint, args.data_dir)
         return
+    load_split(args.data_dir, "train")  # one error here, not one per seed
     if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
+        try:
+            args.keep.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise MnistError(f"--keep {args.keep}: {error.strerror or error}") from None
         best = best_of_seeds(args, args.keep)
         if not args.no_install:
             install(best, args.data_dir)
