@@ -779,6 +779,31 @@ def test_a_digit_corrected_on_the_page_is_saved_under_its_label(served, tmp_path
     assert bar.min() > 128  # what the pad showed is saved, not the answer's older drawing
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian package `chromium`)")
+def test_a_correction_the_server_refuses_keeps_its_error_on_the_page(served, tmp_path, monkeypatch):
+    import time
+
+    from mnist_cli.infer.feedback import Corrections
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    full, model = Corrections(tmp_path / "mine", most=0), open_model(served[3])
+    logits = model.logits
+    monkeypatch.setattr(model, "logits", lambda images: time.sleep(0.4) or logits(images))  # slow
+    with serving(model, corrections=full) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        page.goto(url)
+        draw(page, [(0.5, 0.15), (0.5, 0.5), (0.5, 0.85)])
+        sync_api.expect(page.locator("#guess")).not_to_have_text("", timeout=15_000)
+        draw(page, [(0.2, 0.5), (0.8, 0.5)])
+        page.click("#correct button[data-digit='7']")
+        sync_api.expect(page.locator("#status")).to_contain_text("--collect-max", timeout=10_000)
+        page.wait_for_timeout(1_500)  # the bar's own answers come back: the error stays
+        sync_api.expect(page.locator("#status")).to_contain_text("--collect-max")
+        browser.close()
+    assert not list((tmp_path / "mine").rglob("*.png"))
+
+
 # A hand the bundled model misreads: a 7 and a 2 written mirrored (it reads both as 5s).
 MIRRORED = {
     "7": [(0.75, 0.2), (0.25, 0.2), (0.65, 0.85)],
