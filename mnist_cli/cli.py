@@ -100,7 +100,7 @@ MinConfidence = Annotated[
         "--min-confidence",
         callback=_probability,
         help="Also refuse a digit read with less than this probability (0 to 1), for more "
-        "caution. \\[default: refuse only what the model calls no digit]",
+        "caution. \\[default: refuse only what is over 30% likely no digit]",
         show_default=False,
     ),
 ]

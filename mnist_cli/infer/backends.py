@@ -145,7 +145,7 @@ def answers(
 
 
 # The chance of "none" above which an image is refused: on a development set of the made kinds
-# (never the benchmark's), the most letters, symbols and scribbles for no more real digits.
+# (never the benchmark's), many more letters, symbols and scribbles for few more real digits.
 NONE_SURE = 0.3
 
 
