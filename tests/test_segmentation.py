@@ -54,6 +54,18 @@ def test_dust_and_a_dot_are_dropped_and_a_stray_part_joins_its_digit():
     assert len(line) == 2 and line[1].width >= 20  # the tail is the second digit's
 
 
+def test_a_small_digit_among_its_line_is_kept_though_under_half_the_tallest():
+    def draw(page):
+        page.line([(30, 5), (30, 115)], fill=0, width=8)  # one tall digit, 110 px
+        page.ellipse([80, 35, 130, 105], outline=0, width=8)  # two of 70 px
+        page.ellipse([160, 35, 210, 105], outline=0, width=8)
+        page.ellipse([240, 65, 270, 110], outline=0, width=6)  # a small 0: 45 px, half of 70+
+        page.line([(285, 100), (295, 100)], fill=0, width=4)  # a dash: dropped
+
+    (line,) = find_pieces(ink_of(draw))
+    assert [piece.height >= 40 for piece in line] == [True] * 4, boxes([line])
+
+
 def test_lines_are_read_top_to_bottom():
     page = Image.new("L", (200, 260), 255)
     draw = ImageDraw.Draw(page)

@@ -76,14 +76,17 @@ def find_pieces(ink: np.ndarray) -> list[list[Piece]]:
     right; touching digits are still one piece (see `split_touching`).
 
     Pieces are the 8-connected parts of the clear ink (over INK); specks (_SPECK), dots and
-    dashes (_SMALL) are dropped. TooManyMarks where there are over MAX_MARKS parts.
+    dashes (under _SMALL of the typical height: the median of the pieces not under _SMALL of
+    the tallest, so a small digit beside large ones stays) are dropped. TooManyMarks where
+    there are over MAX_MARKS parts.
     """
     pieces = _join_parts(components(ink > INK))
     if not pieces:
         return []
     tallest = max(piece.height for piece in pieces)
-    kept = [piece for piece in pieces if piece.height >= _SMALL * tallest]
-    for stray in (piece for piece in pieces if piece.height < _SMALL * tallest):
+    typical = float(np.median([p.height for p in pieces if p.height >= _SMALL * tallest]))
+    kept = [piece for piece in pieces if piece.height >= _SMALL * typical]
+    for stray in (piece for piece in pieces if piece.height < _SMALL * typical):
         near = [(_gap(stray, piece), i) for i, piece in enumerate(kept)]
         gap, nearest = min(near)
         if gap <= _NEAR * tallest:
