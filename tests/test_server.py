@@ -752,13 +752,18 @@ def test_serve_collect_refuses_a_folder_it_cannot_write(tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian package `chromium`)")
-def test_a_digit_corrected_on_the_page_is_saved_under_its_label(served, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "most, told", [(10, "Saved as 7/"), (0, "--collect-max")], ids=["saved", "collection full"]
+)
+def test_a_correction_clicked_before_its_answer_saves_the_pad_and_its_word_stays(
+    served, tmp_path, monkeypatch, most, told
+):
     import time
 
     from mnist_cli.infer.feedback import Corrections
 
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-    mine, model = Corrections(tmp_path / "mine"), open_model(served[3])
+    mine, model = Corrections(tmp_path / "mine", most=most), open_model(served[3])
     logits = model.logits
     monkeypatch.setattr(model, "logits", lambda images: time.sleep(0.4) or logits(images))  # slow
     with serving(model, corrections=mine) as url, sync_api.sync_playwright() as pw:
@@ -769,39 +774,16 @@ def test_a_digit_corrected_on_the_page_is_saved_under_its_label(served, tmp_path
         sync_api.expect(page.locator("#guess")).not_to_have_text("", timeout=15_000)
         draw(page, [(0.2, 0.5), (0.8, 0.5)])  # a bar, corrected before it is read
         page.click("#correct button[data-digit='7']")
-        sync_api.expect(page.locator("#status")).to_contain_text("Saved as 7/", timeout=10_000)
-        page.wait_for_timeout(1_500)  # the bar's own answers come back: the thanks stay
-        sync_api.expect(page.locator("#status")).to_contain_text("Saved as 7/")
+        sync_api.expect(page.locator("#status")).to_contain_text(told, timeout=10_000)
+        page.wait_for_timeout(1_500)  # the bar's own answers come back: the word stays
+        sync_api.expect(page.locator("#status")).to_contain_text(told)
         browser.close()
-    (saved,) = (tmp_path / "mine").rglob("*.png")
-    assert saved.parent.name == "7" and Image.open(saved).size == (280, 280)
-    bar = np.asarray(Image.open(saved).convert("L"))[140, 60:220]
-    assert bar.min() > 128  # what the pad showed is saved, not the answer's older drawing
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian package `chromium`)")
-def test_a_correction_the_server_refuses_keeps_its_error_on_the_page(served, tmp_path, monkeypatch):
-    import time
-
-    from mnist_cli.infer.feedback import Corrections
-
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-    full, model = Corrections(tmp_path / "mine", most=0), open_model(served[3])
-    logits = model.logits
-    monkeypatch.setattr(model, "logits", lambda images: time.sleep(0.4) or logits(images))  # slow
-    with serving(model, corrections=full) as url, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 900, "height": 700})
-        page.goto(url)
-        draw(page, [(0.5, 0.15), (0.5, 0.5), (0.5, 0.85)])
-        sync_api.expect(page.locator("#guess")).not_to_have_text("", timeout=15_000)
-        draw(page, [(0.2, 0.5), (0.8, 0.5)])
-        page.click("#correct button[data-digit='7']")
-        sync_api.expect(page.locator("#status")).to_contain_text("--collect-max", timeout=10_000)
-        page.wait_for_timeout(1_500)  # the bar's own answers come back: the error stays
-        sync_api.expect(page.locator("#status")).to_contain_text("--collect-max")
-        browser.close()
-    assert not list((tmp_path / "mine").rglob("*.png"))
+    saved = list((tmp_path / "mine").rglob("*.png"))
+    assert len(saved) == (1 if most else 0)
+    for picture in saved:
+        assert picture.parent.name == "7" and Image.open(picture).size == (280, 280)
+        bar = np.asarray(Image.open(picture).convert("L"))[140, 60:220]
+        assert bar.min() > 128  # what the pad showed is saved, not the answer's older drawing
 
 
 # A hand the bundled model misreads: a 7 and a 2 written mirrored (it reads both as 5s).
