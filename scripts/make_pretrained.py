@@ -35,7 +35,7 @@ from mnist_cli.infer.evaluation import evaluate_model
 from mnist_cli.options import BUNDLED_MODELS, BackendName
 from mnist_cli.train.checkpoints import load_checkpoint
 from mnist_cli.train.export import export_onnx
-from mnist_cli.train.recipes import default_config
+from mnist_cli.train.recipes import default_config, recipe_kind
 from mnist_cli.train.training import train
 
 
@@ -156,13 +156,18 @@ def main() -> None:
             "--from-checkpoint trains nothing: leave out --keep, --no-install, --seeds, --epochs"
         )
     args.seeds = args.seeds or [0]
-    if len(set(args.seeds)) < len(args.seeds) or not all(0 <= s < 2**32 for s in args.seeds):
-        parser.error("--seeds takes different whole numbers from 0 to 2**32 - 1")
+    if len(set(args.seeds)) < len(args.seeds):
+        parser.error("--seeds takes each seed once")
+    args.recipe = args.recipe or recipe_kind(args.device)
+    for seed in args.seeds:  # the recipe's own checks, before any training
+        try:
+            default_config("cnn", args.recipe, epochs=args.epochs, seed=seed)
+        except ValueError as error:
+            parser.error(str(error))
     if args.keep:
         taken = [seed for seed in args.seeds if (args.keep / f"seed-{seed}").exists()]
         if taken:
             parser.error(f"{args.keep}/seed-{taken[0]} already holds a run: choose another --keep")
-    args.recipe = args.recipe or ("cuda" if args.device.startswith("cuda") else "cpu")
     try:
         make(args)
     except MnistError as error:  # a bad checkpoint, --data-dir or --keep: one line, no traceback
