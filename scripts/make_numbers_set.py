@@ -23,11 +23,12 @@ import numpy as np
 from make_handwriting_set import OUT, fonts, photographed, write_list
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from mnist_cli.data import load_split
+from mnist_cli.data import load_split, split_train_validation
 from mnist_cli.train.negatives import LETTERS, SYMBOLS
 
 COUNTS = {"numbers-mnist": 300, "numbers-printed": 150}
 TOUCHING = 0.1  # the share of neighbours that touch or overlap (a gap of -1 to 0 px at 28 px)
+BUNDLED_SEED = 4  # the seed of the bundled model's run: its validation split is unseen by it
 NOT_A_DIGIT = {"letter": 100, "symbol": 100, "scribble": 100, "paper": 100}
 
 
@@ -103,12 +104,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2029)
     parser.add_argument("--out", type=Path, default=OUT, help="another folder, for a dev set")
     parser.add_argument(
-        "--split", default="test", help="MNIST's split to take digits from (a dev set: train)"
+        "--split",
+        default="test",
+        choices=["test", "train", "validation"],
+        help="MNIST's split to take digits from; a dev set takes 'validation', the training "
+        "digits the bundled model held out (as --validation-seed and --validation-size pick)",
     )
+    parser.add_argument("--validation-seed", type=int, default=BUNDLED_SEED)
+    parser.add_argument("--validation-size", type=int, default=5_000)
     args = parser.parse_args()
     out = args.out
     rng = random.Random(args.seed)
-    test = load_split(args.data_dir, args.split)
+    if args.split == "validation":
+        train = load_split(args.data_dir, "train")
+        _, digits = split_train_validation(train, args.validation_size, args.validation_seed)
+    else:
+        digits = load_split(args.data_dir, args.split)
     rows: list[tuple[str, str, str, str]] = []
 
     def save(image: Image.Image, kind: str, text: str, style: str) -> None:
@@ -118,7 +129,7 @@ def main() -> None:
         rows.append((name, text, kind, style))
 
     for _ in range(COUNTS["numbers-mnist"]):
-        image, text = mnist_number(test.images, test.labels, rng)
+        image, text = mnist_number(digits.images, digits.labels, rng)
         save(image, "numbers-mnist", text, "mnist")
     faces = fonts()
     for index in range(COUNTS["numbers-printed"]):
