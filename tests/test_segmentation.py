@@ -66,6 +66,26 @@ def test_a_small_digit_among_its_line_is_kept_though_under_half_the_tallest():
     assert [piece.height >= 40 for piece in line] == [True] * 4, boxes([line])
 
 
+def test_digits_whose_baselines_wander_by_over_half_their_height_are_one_line():
+    def draw(page):  # 70 px strokes, each 40 px lower than the last: 30 px shared, not half
+        for x, y in [(40, 5), (120, 45), (200, 5)]:
+            page.line([(x, y), (x, y + 70)], fill=0, width=8)
+
+    (line,) = find_pieces(ink_of(draw))
+    assert len(line) == 3
+
+
+def test_a_flat_digit_is_kept_as_a_minor_piece_and_a_dash_dropped():
+    def draw(page):
+        page.line([(30, 10), (30, 110)], fill=0, width=8)  # two digits 100 px tall
+        page.ellipse([60, 10, 120, 110], outline=0, width=8)
+        page.ellipse([150, 65, 220, 110], outline=0, width=8)  # 45 px high, 70 wide: flat
+        page.line([(240, 90), (280, 90)], fill=0, width=6)  # a dash, far from all
+
+    (line,) = find_pieces(ink_of(draw))
+    assert [piece.minor for piece in line] == [False, False, True], boxes([line])
+
+
 def test_lines_are_read_top_to_bottom():
     page = Image.new("L", (200, 260), 255)
     draw = ImageDraw.Draw(page)

@@ -187,10 +187,20 @@ def read_pages(
         readings = []
         alone = len(page_segments) == 1
         page_refused = refused[k : k + len(page_segments)]
-        read_lines = {s.line for s, no in zip(page_segments, page_refused, strict=True) if not no}
+        read_lines = {
+            s.line
+            for s, no in zip(page_segments, page_refused, strict=True)
+            if not no and not (s.piece is not None and s.piece.minor)
+        }
         for segment in page_segments:
+            minor = segment.piece is not None and segment.piece.minor
+            if minor and (
+                refused[k] or confidence[k] < _MINOR_SURE or segment.line not in read_lines
+            ):
+                k += 1  # a dot, a dash or a stray mark: neither a digit nor a refusal
+                continue
             look = _Look(bool(refused[k]), float(confidence[k]), alone, segment.line in read_lines)
-            parts = _second_look(segment, look, score, page.name)
+            parts = [] if minor else _second_look(segment, look, score, page.name)
             if parts:
                 cut = [_moved(part, segment, page.name) for part in parts]
                 readings += _readings(model, cut, page.scale, min_confidence, keep_digits)
@@ -231,7 +241,7 @@ def _second_look(segment: _Segment, look: _Look, score: Scorer, name: str) -> li
             ink,
             score,
             name,
-            wide=_MAYBE_TWO,
+            wide=_BESIDE_WIDE,
             none_weight=0.0,
             cuts=_BESIDE_CUTS,
             part_sure=_BESIDE_PART_SURE,
@@ -264,7 +274,9 @@ _MAYBE_TWO = 0.7
 _REFUSED_NONE_WEIGHT = 1.0
 # A refused piece beside digits: each part of a cut must be read this surely, and more columns
 # are tried (the pair's joint is seldom at its thinnest column).
-_BESIDE_PART_SURE = 0.98
+_BESIDE_PART_SURE = 0.9
+_BESIDE_WIDE = 0.3
+_MINOR_SURE = 0.9  # a piece small for its line is read as a digit when this sure, else dropped
 _BESIDE_CUTS = 12
 
 
@@ -331,6 +343,9 @@ def _segments(page: Page, score: Scorer, *, single: bool) -> list[_Segment] | No
     try:
         lines = find_pieces(ink)
         count = sum(map(len, lines))
+        if sum(not piece.minor for line in lines for piece in line) == 1:
+            lines = [[piece for line in lines for piece in line if not piece.minor]]
+            count = 1  # one digit and small marks: read as one digit, as a page of it alone
     except TooManyMarks as many:
         count = many.count
     if count > MAX_PIECES:  # each may cost dozens of model runs: a request's work is bounded
@@ -351,7 +366,7 @@ def _segments(page: Page, score: Scorer, *, single: bool) -> list[_Segment] | No
         (number, part)
         for number, line in enumerate(lines)
         for piece in line
-        for part in split_touching(piece, ink, score, page.name)
+        for part in ([piece] if piece.minor else split_touching(piece, ink, score, page.name))
     ]
     segments = []
     for number, part in found:

@@ -28,6 +28,11 @@ _SHARED = 0.3
 # A piece under this share of the tallest's height is a stray part of the digit it touches or
 # nearly touches (within _NEAR of that height), or else dust, a dot or a dash: never a digit.
 _SMALL, _NEAR = 0.5, 0.1
+# A small piece that joins no digit but is at least this share of the typical height both high
+# and wide may be a digit written small or flat (an MNIST 2 or 5 is often half as high as
+# wide): it is kept as a minor piece, read only where the model reads it surely.
+_MINOR = 0.3
+_SAME_LINE = 0.3  # a piece is in a line when it shares this much of its height or the line's
 _SPECK = 0.01  # a part with under this share of the largest part's pixels is noise
 MAX_MARKS = 400  # parts left after specks at most: more is noise or text, not a number
 _JOINED = 0.9  # how sure the model must be of two pieces read together to join them
@@ -49,6 +54,7 @@ class Piece:
 
     box: tuple[int, int, int, int]
     mask: np.ndarray  # bool, the box's shape
+    minor: bool = False  # small for its line: a digit only if read surely, else dropped
 
     @property
     def width(self) -> int:
@@ -75,10 +81,11 @@ def find_pieces(ink: np.ndarray) -> list[list[Piece]]:
     """The pieces of ink that look like digits, as lines from top to bottom, each left to
     right; touching digits are still one piece (see `split_touching`).
 
-    Pieces are the 8-connected parts of the clear ink (over INK); specks (_SPECK), dots and
-    dashes (under _SMALL of the typical height: the median of the pieces not under _SMALL of
-    the tallest, so a small digit beside large ones stays) are dropped. TooManyMarks where
-    there are over MAX_MARKS parts.
+    Pieces are the 8-connected parts of the clear ink (over INK); specks (_SPECK) are dropped.
+    A piece under _SMALL of the typical height (the median of the pieces not under _SMALL of
+    the tallest, so a small digit beside large ones stays) joins the digit it nearly touches;
+    else it is a dot or dash, dropped, unless it is at least _MINOR of that height both high
+    and wide: then it is kept as `minor`. TooManyMarks where there are over MAX_MARKS parts.
     """
     pieces = _join_parts(components(ink > INK))
     if not pieces:
@@ -86,12 +93,15 @@ def find_pieces(ink: np.ndarray) -> list[list[Piece]]:
     tallest = max(piece.height for piece in pieces)
     typical = float(np.median([p.height for p in pieces if p.height >= _SMALL * tallest]))
     kept = [piece for piece in pieces if piece.height >= _SMALL * typical]
+    minor = []
     for stray in (piece for piece in pieces if piece.height < _SMALL * typical):
         near = [(_gap(stray, piece), i) for i, piece in enumerate(kept)]
         gap, nearest = min(near)
         if gap <= _NEAR * tallest:
             kept[nearest] = _merged(kept[nearest], stray)
-    return _lines(kept)
+        elif min(stray.height, stray.width) >= _MINOR * typical:
+            minor.append(Piece(stray.box, stray.mask, minor=True))
+    return _lines(kept + minor)
 
 
 def _gap(a: Piece, b: Piece) -> float:
@@ -223,7 +233,7 @@ def _lines(pieces: list[Piece]) -> list[list[Piece]]:
         for line in lines:
             top, bottom = min(p.box[1] for p in line), max(p.box[3] for p in line)
             shared = min(bottom, piece.box[3]) - max(top, piece.box[1])
-            if shared >= 0.5 * min(piece.height, bottom - top):
+            if shared >= _SAME_LINE * min(piece.height, bottom - top):
                 line.append(piece)
                 break
         else:
