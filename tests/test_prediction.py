@@ -526,6 +526,45 @@ def test_a_dash_between_digits_is_dropped_and_a_stray_mark_is_no_refusal(trained
     assert all(reading.digit is not None for reading in result.readings)
 
 
+class _SureOnceMoved:
+    """A model unsure of each digit as it is shown (a 4 at 55%, a 7 at 45%) and sure of a 7
+    (99%) in a copy of it moved by a pixel or two: what a blurred 7 can be to the bundled one."""
+
+    labels = [*map(str, range(10)), "none"]
+    refuses = True
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def _moved(self, image: np.ndarray) -> bool:
+        return any(
+            np.array_equal(np.roll(image, (dy, dx), axis=(0, 1)), seen)
+            for seen in self.seen
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if dx or dy
+        )
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(batch), 11), np.float32)
+        for row, image in zip(out, batch[:, 0], strict=True):
+            if self._moved(image):
+                row[7], row[4] = 0.99, 0.01
+            else:
+                row[4], row[7] = 0.55, 0.45
+                self.seen.append(image.copy())
+        return out
+
+
+def test_an_unsure_digit_of_a_number_is_read_again_shifted_and_a_lone_one_is_not(trained):
+    test = load_split(trained["data_dir"], "test")
+    number, lone = _number(test.images[:2], [6]), _number(test.images[:1], [])
+    results = read_pages(_SureOnceMoved(), [_page(number), _page(lone)])
+    assert [result.text for result in results] == ["77", "4"]
+    seven = results[0].digits[0]
+    assert 0.5 < seven.confidence < 0.99 and seven.image is None  # the mean; no image kept
+
+
 def _page(image: Image.Image):
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

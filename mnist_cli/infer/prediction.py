@@ -203,13 +203,49 @@ def read_pages(
             parts = [] if minor else _second_look(segment, look, score, page.name)
             if parts:
                 cut = [_moved(part, segment, page.name) for part in parts]
-                readings += _readings(model, cut, page.scale, min_confidence, keep_digits)
+                readings += _readings(model, cut, page.scale, min_confidence)
             else:
                 digit = None if refused[k] else int(best[k])
-                readings.append(_reading(digit, probabilities[k], segment, page.scale, keep_digits))
+                readings.append(_reading(digit, probabilities[k], segment, page.scale))
             k += 1
         results.append(Prediction(page.name, readings))
+    _read_unsure_again(model, results, min_confidence)
+    if not keep_digits:
+        for result in results:
+            for reading in result.readings:
+                reading.image = None
     return results
+
+
+# A digit of a number read less surely than this is read again, shifted by a pixel or two
+# each way, and given the mean of the readings: a shift is all the difference between the
+# seven and the four of a blurred photograph (never a lone digit: it reads as with --single).
+_UNSURE = 0.9
+_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (2, 0), (-2, 0), (0, 2), (0, -2))
+
+
+def _read_unsure_again(model: Backend, results: list[Prediction], min_confidence: float) -> None:
+    """Read each digit of a number read under _UNSURE again, as the mean over shifts of it."""
+    unsure = [
+        reading
+        for result in results
+        if len(result.readings) > 1
+        for reading in result.readings
+        if reading.digit is not None and reading.confidence < _UNSURE
+    ]
+    if not unsure:
+        return
+    images = [
+        np.roll(reading.image, shift, axis=(1, 0))
+        for reading in unsure
+        for shift in ((0, 0), *_SHIFTS)
+    ]
+    probabilities = _probabilities(model, images)
+    mean = probabilities.reshape(len(unsure), 1 + len(_SHIFTS), -1).mean(1)
+    best, _, refused = answers(mean, min_confidence)
+    for reading, digit, no, p in zip(unsure, best, refused, mean, strict=True):
+        reading.digit = None if no else int(digit)
+        reading.probabilities = [float(x) for x in p[:NONE_INDEX]]
 
 
 @dataclass(frozen=True)
@@ -303,12 +339,11 @@ def _readings(
     segments: list[_Segment],
     scale: tuple[float, float],
     min_confidence: float,
-    keep_digits: bool,
 ) -> list[Reading]:
     probabilities = _probabilities(model, [segment.digit for segment in segments])
     best, _, refused = answers(probabilities, min_confidence)
     return [
-        _reading(None if no else int(digit), p, segment, scale, keep_digits)
+        _reading(None if no else int(digit), p, segment, scale)
         for digit, no, p, segment in zip(best, refused, probabilities, segments, strict=True)
     ]
 
@@ -318,14 +353,13 @@ def _reading(
     probabilities: np.ndarray,
     segment: _Segment,
     scale: tuple[float, float],
-    keep_digits: bool,
 ) -> Reading:
     return Reading(
         digit,
         [float(x) for x in probabilities[:NONE_INDEX]],
         _stored(segment.box, scale),
         segment.line,
-        segment.digit if keep_digits else None,
+        segment.digit,
     )
 
 
