@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw
 
 from mnist_cli.data import load_split
 from mnist_cli.infer.preprocessing import Page
-from mnist_cli.infer.segmentation import find_pieces, split_touching
+from mnist_cli.infer.segmentation import find_pieces, join_by_recognition, split_touching
 
 
 def ink_of(draw_on) -> np.ndarray:
@@ -129,6 +129,27 @@ def test_touching_digits_are_cut_where_the_scorer_reads_both_sides_best():
         return sure, 1 - sure
 
     assert [part.box for part in split_touching(piece, ink, wide_is_sure, "test")] == [piece.box]
+
+
+def test_a_piece_read_unsure_is_joined_to_its_neighbour_where_the_two_read_surely():
+    def nine(page):  # a 9's ring and, 4 px to its right, its tail come apart
+        page.arc([40, 20, 90, 90], 60, 300, fill=0, width=8)
+        page.line([(88, 20), (88, 100)], fill=0, width=8)
+
+    ink = ink_of(nine)
+    (line,) = find_pieces(ink)
+    assert len(line) == 2
+
+    def scorer(stroke: float):
+        def score(digits):  # by the ink's width over its height: stroke, ring, both
+            ratios = [np.ptp(np.flatnonzero(d.max(0) > 0.5)) / 20 for d in digits]
+            sure = np.array([stroke if r < 0.3 else 0.95 if r < 0.65 else 0.97 for r in ratios])
+            return sure, 1 - sure
+
+        return score
+
+    assert len(join_by_recognition(line, ink, scorer(0.6), "test")) == 1  # an unsure stroke
+    assert len(join_by_recognition(line, ink, scorer(0.95), "test")) == 2  # a sure 1 stays
 
 
 def test_mnist_digits_each_make_one_piece(data_dir):

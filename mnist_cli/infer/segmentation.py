@@ -35,7 +35,9 @@ _MINOR = 0.3
 _SAME_LINE = 0.3  # a piece is in a line when it shares this much of its height or the line's
 _SPECK = 0.01  # a part with under this share of the largest part's pixels is noise
 MAX_MARKS = 400  # parts left after specks at most: more is noise or text, not a number
-_JOINED = 0.9  # how sure the model must be of two pieces read together to join them
+# A piece read less surely than this is joined to a neighbour where the two read together as
+# surely (a 2 whose loop came apart, a 9 whose tail did).
+_JOINED = 0.9
 WIDE = 1.1  # width over height from which a piece may be two touching digits
 _CUTS = 7  # candidate columns per piece: up to eight touching digits
 # A cut must make the reading this many times likelier than the whole read as one digit (the
@@ -282,9 +284,9 @@ Scorer = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
 def join_by_recognition(
     line: list[Piece], ink: np.ndarray, score: Scorer, name: str
 ) -> list[Piece]:
-    """A line's pieces, each that the model calls no digit joined to the neighbour it touches
-    or nearly touches where the two read together as a sure digit (a 9 whose tail came
-    apart, a broken 0)."""
+    """A line's pieces, each that the model calls no digit or reads under _JOINED joined to
+    the neighbour it touches or nearly touches where the two read together as a digit at
+    least that surely (a 9 whose tail came apart, a broken 0)."""
     if len(line) < 2:
         return line
     sure, _ = score([piece.digit(ink, name) for piece in line])
@@ -292,7 +294,7 @@ def join_by_recognition(
     pieces, sure = list(line), list(sure)
     index = 0
     while index < len(pieces):
-        if sure[index] > 0:
+        if sure[index] >= _JOINED:
             index += 1
             continue
         options = [
