@@ -533,8 +533,9 @@ class _SureOnceMoved:
     labels = [*map(str, range(10)), "none"]
     refuses = True
 
-    def __init__(self) -> None:
+    def __init__(self, moved: int = 7) -> None:
         self.seen: list[np.ndarray] = []
+        self.moved = moved  # what a moved copy is surely: a 7, or "none" (10)
 
     def _moved(self, image: np.ndarray) -> bool:
         return any(
@@ -549,7 +550,7 @@ class _SureOnceMoved:
         out = np.zeros((len(batch), 11), np.float32)
         for row, image in zip(out, batch[:, 0], strict=True):
             if self._moved(image):
-                row[7], row[4] = 0.99, 0.01
+                row[self.moved], row[4] = 0.99, 0.01
             else:
                 row[4], row[7] = 0.55, 0.45
                 self.seen.append(image.copy())
@@ -563,6 +564,9 @@ def test_an_unsure_digit_of_a_number_is_read_again_shifted_and_a_lone_one_is_not
     assert [result.text for result in results] == ["77", "4"]
     seven = results[0].digits[0]
     assert 0.5 < seven.confidence < 0.99 and seven.image is None  # the mean; no image kept
+    # "none" had its say at the first reading: a digit read then stays a digit
+    (again,) = read_pages(_SureOnceMoved(moved=10), [_page(number)])
+    assert again.text == "44"
 
 
 def _page(image: Image.Image):

@@ -151,6 +151,20 @@ def test_a_piece_read_unsure_is_joined_to_its_neighbour_where_the_two_read_surel
     assert len(join_by_recognition(line, ink, scorer(0.6), "test")) == 1  # an unsure stroke
     assert len(join_by_recognition(line, ink, scorer(0.95), "test")) == 2  # a sure 1 stays
 
+    def two(page):  # two digits 4 px apart, the pair half as wide again as tall
+        page.ellipse([20, 20, 70, 90], outline=0, width=8)
+        page.ellipse([74, 20, 124, 90], outline=0, width=8)
+
+    ink = ink_of(two)
+    (line,) = find_pieces(ink)
+
+    def unsure_of_each(digits):  # each read at 78%, the pair as a digit at 97%
+        wide = [np.ptp(np.flatnonzero(d.max(0) > 0.5)) > 16 for d in digits]
+        sure = np.array([0.97 if w else 0.78 for w in wide])
+        return sure, 1 - sure
+
+    assert len(line) == 2 and len(join_by_recognition(line, ink, unsure_of_each, "test")) == 2
+
 
 def test_mnist_digits_each_make_one_piece(data_dir):
     test = load_split(data_dir, "test")

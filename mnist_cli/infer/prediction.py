@@ -225,7 +225,8 @@ _SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (2, 0), (-2, 0), (0, 2), (0, -2))
 
 
 def _read_unsure_again(model: Backend, results: list[Prediction], min_confidence: float) -> None:
-    """Read each digit of a number read under _UNSURE again, as the mean over shifts of it."""
+    """Read each digit of a number read under _UNSURE again, as the mean over shifts of it:
+    which digit it is, and how sure; "none" had its say at the first reading."""
     unsure = [
         reading
         for result in results
@@ -241,11 +242,10 @@ def _read_unsure_again(model: Backend, results: list[Prediction], min_confidence
         for shift in ((0, 0), *_SHIFTS)
     ]
     probabilities = _probabilities(model, images)
-    mean = probabilities.reshape(len(unsure), 1 + len(_SHIFTS), -1).mean(1)
-    best, _, refused = answers(mean, min_confidence)
-    for reading, digit, no, p in zip(unsure, best, refused, mean, strict=True):
-        reading.digit = None if no else int(digit)
-        reading.probabilities = [float(x) for x in p[:NONE_INDEX]]
+    mean = probabilities.reshape(len(unsure), 1 + len(_SHIFTS), -1).mean(1)[:, :NONE_INDEX]
+    for reading, p in zip(unsure, mean, strict=True):  # read as a digit once: not refused now
+        reading.probabilities = [float(x) for x in p]
+        reading.digit = int(p.argmax()) if p.max() >= min_confidence else None
 
 
 @dataclass(frozen=True)
