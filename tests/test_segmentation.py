@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw
 
 from mnist_cli.data import load_split
 from mnist_cli.infer.preprocessing import Page
-from mnist_cli.infer.segmentation import find_pieces, join_by_recognition, split_touching
+from mnist_cli.infer.segmentation import Piece, find_pieces, join_by_recognition, split_touching
 
 
 def ink_of(draw_on) -> np.ndarray:
@@ -164,6 +164,29 @@ def test_a_piece_read_unsure_is_joined_to_its_neighbour_where_the_two_read_surel
         return sure, 1 - sure
 
     assert len(line) == 2 and len(join_by_recognition(line, ink, unsure_of_each, "test")) == 2
+
+
+def test_pieces_one_partly_over_the_other_are_joined_though_each_reads_surely():
+    # A 9 whose loop and stem came apart reads as a sure 0 and a sure 1; digits of a line sit
+    # side by side, so the stem lying partly under the loop is what gives it away.
+    def ink_and_pieces(stem_left: int):
+        page = Image.new("L", (200, 120), 0)
+        draw = ImageDraw.Draw(page)
+        draw.ellipse([10, 10, 60, 60], outline=255, width=8)
+        draw.line([(stem_left + 15, 64), (stem_left + 15, 110)], fill=255, width=8)
+        ink = np.asarray(page, np.float32) / 255
+        boxes = [(10, 10, 61, 61), (stem_left + 11, 62, stem_left + 20, 111)]
+        return ink, [Piece(b, ink[b[1] : b[3], b[0] : b[2]] > 0.5) for b in boxes]
+
+    def score(digits):  # each part read at 95%, the two together at 97%
+        wide = [np.ptp(np.flatnonzero(d.max(0) > 0.5)) > 12 for d in digits]
+        tall = [np.ptp(np.flatnonzero(d.max(1) > 0.5)) > 19 for d in digits]
+        sure = np.array([0.97 if w and t else 0.95 for w, t in zip(wide, tall, strict=True)])
+        return sure, 1 - sure
+
+    under, beside = ink_and_pieces(40), ink_and_pieces(62)  # under the loop's right side; not
+    assert len(join_by_recognition(under[1], under[0], score, "test")) == 1
+    assert len(join_by_recognition(beside[1], beside[0], score, "test")) == 2
 
 
 def test_mnist_digits_each_make_one_piece(data_dir):

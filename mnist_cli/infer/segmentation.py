@@ -35,9 +35,10 @@ _MINOR = 0.3
 _SAME_LINE = 0.3  # a piece is in a line when it shares this much of its height or the line's
 _SPECK = 0.01  # a part with under this share of the largest part's pixels is noise
 MAX_MARKS = 400  # parts left after specks at most: more is noise or text, not a number
-# A piece read less surely than this is joined to a neighbour where the two read together as
-# surely (a 2 whose loop came apart, a 9 whose tail did).
-_JOINED = 0.9
+# A piece read less surely than this, or lying partly over its neighbour (sharing _STACKED of
+# the narrower's columns), is joined to the neighbour where the two read together as surely
+# (a 2 whose loop came apart; a 9 whose loop and stem read as a 0 over a 1).
+_JOINED, _STACKED = 0.9, 0.3
 WIDE = 1.1  # width over height from which a piece may be two touching digits
 _CUTS = 7  # candidate columns per piece: up to eight touching digits
 # A cut must make the reading this many times likelier than the whole read as one digit (the
@@ -284,10 +285,11 @@ Scorer = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
 def join_by_recognition(
     line: list[Piece], ink: np.ndarray, score: Scorer, name: str
 ) -> list[Piece]:
-    """A line's pieces, each that the model calls no digit or reads under _JOINED joined to
-    the neighbour it touches or nearly touches where the two read together as a digit at
-    least that surely, times how likely their width is for one digit (a 9 whose tail came
-    apart, a broken 0; not a 2 and a 4 that the model reads together as a wide 4)."""
+    """A line's pieces, each that the model calls no digit or reads under _JOINED, or that lies
+    partly over its neighbour, joined to the neighbour it touches or nearly touches where the
+    two read together as a digit at least _JOINED surely, times how likely their width is for
+    one digit (a 9 whose tail came apart, a broken 0; not a 2 and a 4 that the model reads
+    together as a wide 4)."""
     if len(line) < 2:
         return line
     sure, _ = score([piece.digit(ink, name) for piece in line])
@@ -295,27 +297,35 @@ def join_by_recognition(
     pieces, sure = list(line), list(sure)
     index = 0
     while index < len(pieces):
-        if sure[index] >= _JOINED:
-            index += 1
-            continue
         options = [
             other
             for other in (index - 1, index + 1)
-            if 0 <= other < len(pieces) and _gap(pieces[index], pieces[other]) <= _NEAR * tallest
+            if 0 <= other < len(pieces)
+            and _gap(pieces[index], pieces[other]) <= _NEAR * tallest
+            and (sure[index] < _JOINED or _stacked(pieces[index], pieces[other]))
         ]
+        if not options:
+            index += 1
+            continue
         unions = [_merged(pieces[index], pieces[other]) for other in options]
-        if unions:
-            together, _ = score([union.digit(ink, name) for union in unions])
-            together = together * np.array([_shape_odds(union) for union in unions])
-            best = int(np.argmax(together))
-            if together[best] >= _JOINED:
-                low = min(index, options[best])
-                pieces[low : low + 2] = [unions[best]]
-                sure[low : low + 2] = [float(together[best])]
-                index = low + 1
-                continue
+        together, _ = score([union.digit(ink, name) for union in unions])
+        together = together * np.array([_shape_odds(union) for union in unions])
+        best = int(np.argmax(together))
+        if together[best] >= _JOINED:
+            low = min(index, options[best])
+            pieces[low : low + 2] = [unions[best]]
+            sure[low : low + 2] = [float(together[best])]
+            index = low + 1
+            continue
         index += 1
     return pieces
+
+
+def _stacked(a: Piece, b: Piece) -> bool:
+    """Whether one piece lies partly over the other: they share _STACKED of the narrower's
+    columns, as two parts of one digit do and two digits of a line seldom do."""
+    overlap = min(a.box[2], b.box[2]) - max(a.box[0], b.box[0])
+    return overlap >= _STACKED * min(a.width, b.width)
 
 
 def surely_whole(piece: Piece, sure: float) -> bool:
