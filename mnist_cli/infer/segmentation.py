@@ -43,7 +43,7 @@ WIDE = 1.1  # width over height from which a piece may be two touching digits
 _CUTS = 7  # candidate columns per piece: up to eight touching digits
 # A cut must make the reading this many times likelier than the whole read as one digit (the
 # product of the parts' confidences): a wide 0 or 2, which the whole reads surely, stays whole.
-_SPLIT_GAIN = 3.0
+_SPLIT_GAIN = 10.0
 _ONEWIDE, _WIDTH_PENALTY = 1.3, 4.0  # a digit is rarely wider than 1.3 x its height
 # How much a reading as no digit weighs against a cut: two touching digits that the model
 # calls "none" are cut, a letter whose strokes look like 1s is not.
