@@ -461,18 +461,9 @@ def test_touching_digits_the_model_calls_none_are_cut_when_beside_digits(trained
     # The none class learnt that two digits run together are no digit; beside a digit read
     # as one, such a pair is far likelier two touching digits than a letter, and is cut.
     test = load_split(trained["data_dir"], "test")
-    model, rng = open_model(BUNDLED_MODELS["onnxruntime"]), np.random.default_rng(3)
-    pairs, read = 0, 0
-    for _ in range(400):
-        a, b, c = (int(i) for i in rng.choice(len(test.labels), 3, replace=False))
-        (alone,) = read_pages(model, [_page(_number(test.images[[a, b]], [-1]))])
-        if alone.text:  # a pair the model reads (or cuts) on its own: not the case here
-            continue
-        (beside,) = read_pages(model, [_page(_number(test.images[[c, a, b]], [5, -1]))])
-        pairs += 1
-        read += beside.text == "".join(str(test.labels[i]) for i in (c, a, b))
-        if pairs == 8:
-            break
+    rng = np.random.default_rng(3)
+    triples = (rng.choice(len(test.labels), 3, replace=False) for _ in range(400))
+    pairs, read = _touching_pairs_read_beside_a_digit(test, triples, 8)
     assert pairs == 8 and read >= 6, (pairs, read)
 
 
@@ -480,20 +471,28 @@ def test_a_narrow_pair_of_touching_digits_beside_a_digit_is_cut(trained):
     # A 1 run into the next digit makes a pair narrower than tall: beside a digit, it is
     # still tried cut (before, only pairs over 0.7 as wide as tall were: 8 of these 12).
     test = load_split(trained["data_dir"], "test")
-    model, rng = open_model(BUNDLED_MODELS["onnxruntime"]), np.random.default_rng(3)
+    rng = np.random.default_rng(3)
     ones = np.flatnonzero(test.labels == 1)
+    triples = ((rng.choice(ones), *rng.choice(len(test.labels), 2)) for _ in range(400))
+    pairs, read = _touching_pairs_read_beside_a_digit(test, triples, 12)
+    assert pairs == 12 and read >= 11, (pairs, read)
+
+
+def _touching_pairs_read_beside_a_digit(test, triples, count: int) -> tuple[int, int]:
+    """Of the first `count` triples (a, b, c) whose touching pair a, b is read as nothing
+    alone, how many are read right written after c."""
+    model = open_model(BUNDLED_MODELS["onnxruntime"])
     pairs, read = 0, 0
-    for _ in range(400):
-        a, (b, c) = int(rng.choice(ones)), (int(i) for i in rng.choice(len(test.labels), 2))
+    for a, b, c in ((int(i) for i in triple) for triple in triples):
         (alone,) = read_pages(model, [_page(_number(test.images[[a, b]], [-1]))])
-        if alone.text:
+        if alone.text:  # a pair the model reads (or cuts) on its own: not the case here
             continue
         (beside,) = read_pages(model, [_page(_number(test.images[[c, a, b]], [5, -1]))])
         pairs += 1
         read += beside.text == "".join(str(test.labels[i]) for i in (c, a, b))
-        if pairs == 12:
+        if pairs == count:
             break
-    assert pairs == 12 and read >= 11, (pairs, read)
+    return pairs, read
 
 
 def test_a_digit_written_flat_beside_others_is_read_not_dropped_as_a_dash(trained):
