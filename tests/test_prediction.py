@@ -495,6 +495,24 @@ def _touching_pairs_read_beside_a_digit(test, triples, count: int) -> tuple[int,
     return pairs, read
 
 
+def test_letters_beside_digits_are_not_cut_into_ones():
+    # A word beside a number is refused pieces beside digits, as touching digits are; its
+    # cuts must read 98% surely (at 90%, "H2O" read as "1420" and "Rd 9" as "13 9").
+    from PIL import ImageFont
+
+    from mnist_cli.train.negatives import font_files
+
+    (sans,) = [path for path in font_files() if path.name == "DejaVuSans.ttf"]
+    model, read = open_model(BUNDLED_MODELS["onnxruntime"]), []
+    for text in ("Rd 9", "H2O", "Hi 7"):
+        image = Image.new("L", (900, 140), 255)
+        ImageDraw.Draw(image).text((20, 15), text, fill=0, font=ImageFont.truetype(sans, 80))
+        (result,) = read_pages(model, [_page(image)])
+        read.append(result.text.replace(" ", ""))
+    # the O of H2O is a 0 and the i of Hi a 1 to any reader; the R, d, H and h are not digits
+    assert sum(a == b for a, b in zip(read, ["9", "20", "17"], strict=True)) >= 2, read
+
+
 def test_a_digit_written_flat_beside_others_is_read_not_dropped_as_a_dash(trained):
     # MNIST's 2s and 5s are often half as high as wide: under half the line's height, such a
     # digit was dropped as a dash (0 of these 12); it is read where the model is sure of it.
@@ -510,6 +528,19 @@ def test_a_digit_written_flat_beside_others_is_read_not_dropped_as_a_dash(traine
         (number,) = read_pages(model, [_page(_number(images, [5, 5]))])
         read += number.text == "".join(str(label) for label in test.labels[picks])
     assert read >= 6, read
+
+
+def test_small_marks_do_not_count_against_the_digits_an_image_is_read_for(trained):
+    test = load_split(trained["data_dir"], "test")
+    number = _number(test.images[:2], [6])  # digits about 60 px tall
+    page = Image.new("L", (600, 560), 255)
+    page.paste(number, (0, 0))
+    draw = ImageDraw.Draw(page)
+    for row, column in np.ndindex(10, 15):  # 150 rings 24 px tall below: small marks
+        x, y = 20 + 38 * column, 180 + 38 * row
+        draw.ellipse([x, y, x + 24, y + 24], outline=0, width=3)
+    (result,) = read_pages(open_model(BUNDLED_MODELS["onnxruntime"]), [_page(page)])
+    assert result.error is None and result.text == "".join(map(str, test.labels[:2]))
 
 
 def test_a_dash_between_digits_is_dropped_and_a_stray_mark_is_no_refusal(trained):

@@ -68,11 +68,22 @@ def test_a_small_digit_among_its_line_is_kept_though_under_half_the_tallest():
 
 def test_digits_whose_baselines_wander_by_over_half_their_height_are_one_line():
     def draw(page):  # 70 px strokes, each 40 px lower than the last: 30 px shared, not half
-        for x, y in [(40, 5), (120, 45), (200, 5)]:
+        for x, y in [(40, 5), (80, 45), (120, 5)]:
             page.line([(x, y), (x, y + 70)], fill=0, width=8)
 
     (line,) = find_pieces(ink_of(draw))
     assert len(line) == 3
+
+
+def test_two_slanting_lines_close_together_stay_two():
+    page = Image.new("L", (420, 260), 255)
+    draw = ImageDraw.Draw(page)
+    for row in range(2):  # 8 strokes 60 px tall a line, each 9 px lower than the last
+        for index in range(8):
+            x, y = 20 + 50 * index, 10 + 95 * row + 9 * index
+            draw.line([(x, y), (x, y + 60)], fill=0, width=8)
+    lines = find_pieces(Page("test", page).ink()[0])
+    assert [len(line) for line in lines] == [8, 8]
 
 
 def test_a_flat_digit_is_kept_as_a_minor_piece_and_a_dash_dropped():

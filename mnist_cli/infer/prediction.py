@@ -226,7 +226,8 @@ _SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (2, 0), (-2, 0), (0, 2), (0, -2))
 
 def _read_unsure_again(model: Backend, results: list[Prediction], min_confidence: float) -> None:
     """Read each digit of a number read under _UNSURE again, as the mean over shifts of it:
-    which digit it is, and how sure; "none" had its say at the first reading."""
+    which digit it is, and how sure (so refused only where that mean is under
+    `min_confidence`); "none" had its say at the first reading."""
     unsure = [
         reading
         for result in results
@@ -243,7 +244,7 @@ def _read_unsure_again(model: Backend, results: list[Prediction], min_confidence
     ]
     probabilities = _probabilities(model, images)
     mean = probabilities.reshape(len(unsure), 1 + len(_SHIFTS), -1).mean(1)[:, :NONE_INDEX]
-    for reading, p in zip(unsure, mean, strict=True):  # read as a digit once: not refused now
+    for reading, p in zip(unsure, mean, strict=True):  # "none" is not asked again
         reading.probabilities = [float(x) for x in p]
         reading.digit = int(p.argmax()) if p.max() >= min_confidence else None
 
@@ -308,12 +309,14 @@ MAX_PIECES = 100  # digits read in one image at most
 # can be narrower than the wide pieces tried always (segmentation.split_touching).
 _MAYBE_TWO = 0.7
 _REFUSED_NONE_WEIGHT = 1.0
-# A refused piece beside digits: each part of a cut must be read this surely, and more columns
-# are tried (the pair's joint is seldom at its thinnest column).
-_BESIDE_PART_SURE = 0.9
+# A refused piece beside digits is tried cut from this wide for its height (a 1 run into its
+# neighbour makes a pair narrower than tall); each part of a cut must be read this surely (less
+# reads a letter's stem beside digits as a 1), and more columns are tried (the pair's joint is
+# seldom at its thinnest column).
 _BESIDE_WIDE = 0.3
-_MINOR_SURE = 0.9  # a piece small for its line is read as a digit when this sure, else dropped
+_BESIDE_PART_SURE = 0.98
 _BESIDE_CUTS = 12
+_MINOR_SURE = 0.9  # a piece small for its line is read as a digit when this sure, else dropped
 
 
 @dataclass
@@ -376,10 +379,9 @@ def _segments(page: Page, score: Scorer, *, single: bool) -> list[_Segment] | No
         return None
     try:
         lines = find_pieces(ink)
-        count = sum(map(len, lines))
-        if sum(not piece.minor for line in lines for piece in line) == 1:
+        count = sum(not piece.minor for line in lines for piece in line)  # marks read once
+        if count == 1:  # one digit among small marks: the page is read whole, as one digit
             lines = [[piece for line in lines for piece in line if not piece.minor]]
-            count = 1  # one digit and small marks: read as one digit, as a page of it alone
     except TooManyMarks as many:
         count = many.count
     if count > MAX_PIECES:  # each may cost dozens of model runs: a request's work is bounded

@@ -32,7 +32,10 @@ _SMALL, _NEAR = 0.5, 0.1
 # and wide may be a digit written small or flat (an MNIST 2 or 5 is often half as high as
 # wide): it is kept as a minor piece, read only where the model reads it surely.
 _MINOR = 0.3
-_SAME_LINE = 0.3  # a piece is in a line when it shares this much of its height or the line's
+_SAME_LINE = 0.5  # a piece is in a line when it shares this much of its height or the line's
+# ...and two lines are one where two pieces of them, under _BESIDE of the shorter's height
+# apart, share _WANDER of its height: a baseline wanders from digit to digit, not across a page.
+_WANDER, _BESIDE = 0.3, 0.5
 _SPECK = 0.01  # a part with under this share of the largest part's pixels is noise
 MAX_MARKS = 400  # parts left after specks at most: more is noise or text, not a number
 # A piece read less surely than this, or lying partly over its neighbour (sharing _STACKED of
@@ -191,7 +194,7 @@ def _merged(a: Piece, b: Piece) -> Piece:
     for piece in (a, b):
         x, y = piece.box[0] - left, piece.box[1] - top
         mask[y : y + piece.height, x : x + piece.width] |= piece.mask
-    return Piece((left, top, right, bottom), mask)
+    return Piece((left, top, right, bottom), mask, minor=a.minor and b.minor)
 
 
 def _belong_together(a: Piece, b: Piece) -> bool:
@@ -229,8 +232,9 @@ def _join_parts(pieces: list[Piece]) -> list[Piece]:
 
 
 def _lines(pieces: list[Piece]) -> list[list[Piece]]:
-    """Pieces grouped in lines (those that share most of their height), top to bottom; each
-    line left to right. Baselines may wander and digits differ in size within a line."""
+    """Pieces grouped in lines (those that share half their height, or whose neighbours share
+    less: _WANDER), top to bottom; each line left to right. Baselines may wander and digits
+    differ in size within a line."""
     lines: list[list[Piece]] = []
     for piece in sorted(pieces, key=lambda piece: piece.box[1] + piece.box[3]):
         for line in lines:
@@ -241,8 +245,38 @@ def _lines(pieces: list[Piece]) -> list[list[Piece]]:
                 break
         else:
             lines.append([piece])
+    if len(lines) > 1:
+        lines = _wandering(lines)
     lines.sort(key=lambda line: min(p.box[1] for p in line))
     return [sorted(line, key=lambda piece: piece.box[0] + piece.box[2]) for line in lines]
+
+
+def _wandering(lines: list[list[Piece]]) -> list[list[Piece]]:
+    """Lines joined where a piece of one and a piece of the other are neighbours (under
+    _BESIDE of the shorter's height apart across) sharing _WANDER of the shorter's height."""
+    pieces = [piece for line in lines for piece in line]
+    label = np.repeat(np.arange(len(lines)), [len(line) for line in lines])
+    left, top, right, bottom = np.array([piece.box for piece in pieces], float).T
+    shorter = np.minimum.outer(bottom - top, bottom - top)
+    apart = np.subtract.outer(left, right)  # [i, j]: how far j's right end is left of i
+    across = np.maximum(apart, apart.T)
+    shared = np.minimum.outer(bottom, bottom) - np.maximum.outer(top, top)
+    near = (across <= _BESIDE * shorter) & (shared >= _WANDER * shorter)
+    parent = list(range(len(lines)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(near & (label[:, None] != label[None, :])), strict=True):
+        a, b = root(int(label[i])), root(int(label[j]))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    joined: dict[int, list[Piece]] = {}
+    for index, line in enumerate(lines):
+        joined.setdefault(root(index), []).extend(line)
+    return list(joined.values())
 
 
 def _span(piece: Piece, start: int, end: int) -> Piece | None:
