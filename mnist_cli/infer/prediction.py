@@ -162,7 +162,9 @@ def read_pages(
     """Read each page's digits, all pages' digits run through the model as one batch.
 
     `single=True` reads each page as one digit, as a page that holds one digit is read anyway.
-    A piece refused as no digit that could be two touching digits is tried cut, on its own.
+    A piece refused as no digit that could be two touching digits is tried cut, on its own; a
+    small mark (`Piece.minor`) is a digit only where read surely beside digits, else dropped;
+    a digit of a number read under _READ_AGAIN is read again shifted (_read_unsure_again).
     """
     score = _scorer(model)
     found: list[list[_Segment] | None | str] = []
@@ -220,12 +222,22 @@ def read_pages(
 # A digit of a number read less surely than this is read again, shifted by a pixel or two
 # each way, and given the mean of the readings: a shift is all the difference between the
 # seven and the four of a blurred photograph (never a lone digit: it reads as with --single).
-_UNSURE = 0.9
+_READ_AGAIN = 0.9
 _SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (2, 0), (-2, 0), (0, 2), (0, -2))
 
 
+def _shifted(digit: np.ndarray, right: int, down: int) -> np.ndarray:
+    """A 28x28 digit moved `right` and `down` pixels (negative: left, up), blank filling in."""
+    moved = np.zeros_like(digit)
+    height, width = digit.shape
+    moved[max(down, 0) : height + min(down, 0), max(right, 0) : width + min(right, 0)] = digit[
+        max(-down, 0) : height + min(-down, 0), max(-right, 0) : width + min(-right, 0)
+    ]
+    return moved
+
+
 def _read_unsure_again(model: Backend, results: list[Prediction], min_confidence: float) -> None:
-    """Read each digit of a number read under _UNSURE again, as the mean over shifts of it:
+    """Read each digit of a number read under _READ_AGAIN again, as the mean over shifts of it:
     which digit it is, and how sure (so refused only where that mean is under
     `min_confidence`); "none" had its say at the first reading."""
     unsure = [
@@ -233,15 +245,11 @@ def _read_unsure_again(model: Backend, results: list[Prediction], min_confidence
         for result in results
         if len(result.readings) > 1
         for reading in result.readings
-        if reading.digit is not None and reading.confidence < _UNSURE
+        if reading.digit is not None and reading.confidence < _READ_AGAIN
     ]
     if not unsure:
         return
-    images = [
-        np.roll(reading.image, shift, axis=(1, 0))
-        for reading in unsure
-        for shift in ((0, 0), *_SHIFTS)
-    ]
+    images = [_shifted(reading.image, *shift) for reading in unsure for shift in ((0, 0), *_SHIFTS)]
     probabilities = _probabilities(model, images)
     mean = probabilities.reshape(len(unsure), 1 + len(_SHIFTS), -1).mean(1)[:, :NONE_INDEX]
     for reading, p in zip(unsure, mean, strict=True):  # "none" is not asked again
