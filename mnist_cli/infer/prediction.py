@@ -192,17 +192,16 @@ def read_pages(
         read_lines = {
             s.line
             for s, no in zip(page_segments, page_refused, strict=True)
-            if not no and not (s.piece is not None and s.piece.minor)
+            if not no and not s.minor
         }
         for segment in page_segments:
-            minor = segment.piece is not None and segment.piece.minor
-            if minor and (
+            if segment.minor and (
                 refused[k] or confidence[k] < _MINOR_SURE or segment.line not in read_lines
             ):
                 k += 1  # a dot, a dash or a stray mark: neither a digit nor a refusal
                 continue
             look = _Look(bool(refused[k]), float(confidence[k]), alone, segment.line in read_lines)
-            parts = [] if minor else _second_look(segment, look, score, page.name)
+            parts = [] if segment.minor else _second_look(segment, look, score, page.name)
             if parts:
                 cut = [_moved(part, segment, page.name) for part in parts]
                 readings += _readings(model, cut, page.scale, min_confidence)
@@ -337,6 +336,11 @@ class _Segment:
     digit: np.ndarray
     piece: Piece | None = None
     ink: np.ndarray | None = None
+
+    @property
+    def minor(self) -> bool:
+        """A small mark: a digit only where read surely beside digits (Piece.minor)."""
+        return self.piece is not None and self.piece.minor
 
 
 def _probabilities(model: Backend, digits: list[np.ndarray]) -> np.ndarray:

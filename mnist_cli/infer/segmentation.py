@@ -197,10 +197,15 @@ def _merged(a: Piece, b: Piece) -> Piece:
     return Piece((left, top, right, bottom), mask, minor=a.minor and b.minor)
 
 
+def _columns_shared(a: Piece, b: Piece) -> int:
+    """How many columns two pieces' boxes share (negative: how far apart they are)."""
+    return min(a.box[2], b.box[2]) - max(a.box[0], b.box[0])
+
+
 def _belong_together(a: Piece, b: Piece) -> bool:
     """Whether two pieces are parts of one digit: one lies over the other, close above or
     below it, and is a part (shorter), or nearly inside its columns."""
-    overlap = min(a.box[2], b.box[2]) - max(a.box[0], b.box[0])
+    overlap = _columns_shared(a, b)
     narrower = min(a.width, b.width)
     if overlap < _OVERLAP * narrower:
         return False
@@ -358,8 +363,7 @@ def join_by_recognition(
 def _stacked(a: Piece, b: Piece) -> bool:
     """Whether one piece lies partly over the other: they share _STACKED of the narrower's
     columns, as two parts of one digit do and two digits of a line seldom do."""
-    overlap = min(a.box[2], b.box[2]) - max(a.box[0], b.box[0])
-    return overlap >= _STACKED * min(a.width, b.width)
+    return _columns_shared(a, b) >= _STACKED * min(a.width, b.width)
 
 
 def surely_whole(piece: Piece, sure: float) -> bool:
