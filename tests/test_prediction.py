@@ -475,7 +475,7 @@ def test_a_narrow_pair_of_touching_digits_beside_a_digit_is_cut(trained):
     ones = np.flatnonzero(test.labels == 1)
     triples = ((rng.choice(ones), *rng.choice(len(test.labels), 2)) for _ in range(400))
     pairs, read = _touching_pairs_read_beside_a_digit(test, triples, 12)
-    assert pairs == 12 and read >= 11, (pairs, read)
+    assert pairs == 12 and read >= 10, (pairs, read)  # 12 here; 8 before the change
 
 
 def _touching_pairs_read_beside_a_digit(test, triples, count: int) -> tuple[int, int]:
