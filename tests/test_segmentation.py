@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from mnist_cli.data import load_split
@@ -75,15 +76,28 @@ def test_digits_whose_baselines_wander_by_over_half_their_height_are_one_line():
     assert len(line) == 3
 
 
-def test_two_slanting_lines_close_together_stay_two():
-    page = Image.new("L", (420, 260), 255)
+@pytest.mark.parametrize(("drop", "pitch"), [(9, 95), (12, 80), (20, 100), (-12, 80)])
+def test_two_slanting_lines_close_together_stay_two(drop, pitch):
+    # 8 strokes 60 px tall a line, each `drop` px lower than the last (slopes 0.18 to 0.4, or
+    # rising): the end of one line lies level with the start of the next, far across
+    page = Image.new("L", (420, 400), 255)
     draw = ImageDraw.Draw(page)
-    for row in range(2):  # 8 strokes 60 px tall a line, each 9 px lower than the last
+    for row in range(2):
         for index in range(8):
-            x, y = 20 + 50 * index, 10 + 95 * row + 9 * index
+            x, y = 20 + 50 * index, 100 + pitch * row + drop * index
             draw.line([(x, y), (x, y + 60)], fill=0, width=8)
     lines = find_pieces(Page("test", page).ink()[0])
-    assert [len(line) for line in lines] == [8, 8]
+    assert [len(line) for line in lines] == [8, 8], boxes(lines)
+    assert all([p.box[0] for p in line] == sorted(p.box[0] for p in line) for line in lines)
+
+
+def test_two_numbers_far_apart_across_are_one_line():
+    def draw(page):  # "11" and "11" with 200 px between: over three heights apart
+        for x in (10, 40, 270, 290):
+            page.line([(x, 30), (x, 90)], fill=0, width=8)
+
+    (line,) = find_pieces(ink_of(draw))
+    assert [piece.box[0] < 150 for piece in line] == [True, True, False, False], boxes([line])
 
 
 def test_a_flat_digit_is_kept_as_a_minor_piece_and_a_dash_dropped():

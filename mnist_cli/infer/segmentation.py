@@ -32,7 +32,9 @@ _SMALL, _NEAR = 0.5, 0.1
 # and wide may be a digit written small or flat (an MNIST 2 or 5 is often half as high as
 # wide): it is kept as a minor piece, read only where the model reads it surely.
 _MINOR = 0.3
-_SAME_LINE = 0.5  # a piece is in a line when it shares this much of its height or the line's
+# A piece is in a line when it shares this much of its height, or of the rows of the line's
+# pieces within _NEIGHBOURS of the taller's height across (its nearest one, where none is).
+_SAME_LINE, _NEIGHBOURS = 0.5, 2.0
 # ...and two lines are one where two pieces of them, under _BESIDE of the shorter's height
 # apart, share _WANDER of its height: a baseline wanders from digit to digit, not across a page.
 _WANDER, _BESIDE = 0.3, 0.5
@@ -112,9 +114,8 @@ def find_pieces(ink: np.ndarray) -> list[list[Piece]]:
 
 def _gap(a: Piece, b: Piece) -> float:
     """Pixels between two pieces, across and down (0 where their boxes meet or overlap)."""
-    across = max(a.box[0] - b.box[2], b.box[0] - a.box[2], 0)
     down = max(a.box[1] - b.box[3], b.box[1] - a.box[3], 0)
-    return float(np.hypot(across, down))
+    return float(np.hypot(_across(a, b), down))
 
 
 def components(mask: np.ndarray) -> list[Piece]:
@@ -237,23 +238,37 @@ def _join_parts(pieces: list[Piece]) -> list[Piece]:
 
 
 def _lines(pieces: list[Piece]) -> list[list[Piece]]:
-    """Pieces grouped in lines (those that share half their height, or whose neighbours share
-    less: _WANDER), top to bottom; each line left to right. Baselines may wander and digits
-    differ in size within a line."""
+    """Pieces grouped in lines (each sharing half its height with the line's pieces near it
+    across, or whose neighbours share less: _WANDER), top to bottom; each line left to right.
+    Baselines may wander and digits differ in size within a line; a line may slant, as close
+    as the line under it, without the two running together."""
     lines: list[list[Piece]] = []
     for piece in sorted(pieces, key=lambda piece: piece.box[1] + piece.box[3]):
+        fits = []  # (how far across, line) for each line it shares its rows with
         for line in lines:
-            top, bottom = min(p.box[1] for p in line), max(p.box[3] for p in line)
+            apart = [_across(piece, other) for other in line]
+            near = [
+                other
+                for other, across in zip(line, apart, strict=True)
+                if across <= _NEIGHBOURS * max(piece.height, other.height)
+            ] or [line[int(np.argmin(apart))]]
+            top, bottom = min(p.box[1] for p in near), max(p.box[3] for p in near)
             shared = min(bottom, piece.box[3]) - max(top, piece.box[1])
             if shared >= _SAME_LINE * min(piece.height, bottom - top):
-                line.append(piece)
-                break
+                fits.append((min(apart), len(fits), line))
+        if fits:
+            min(fits)[2].append(piece)
         else:
             lines.append([piece])
     if len(lines) > 1:
         lines = _wandering(lines)
     lines.sort(key=lambda line: min(p.box[1] for p in line))
     return [sorted(line, key=lambda piece: piece.box[0] + piece.box[2]) for line in lines]
+
+
+def _across(a: Piece, b: Piece) -> int:
+    """Columns between two pieces (0 where their boxes share a column)."""
+    return max(a.box[0] - b.box[2], b.box[0] - a.box[2], 0)
 
 
 def _wandering(lines: list[list[Piece]]) -> list[list[Piece]]:
