@@ -100,6 +100,28 @@ def test_two_numbers_far_apart_across_are_one_line():
     assert [piece.box[0] < 150 for piece in line] == [True, True, False, False], boxes([line])
 
 
+def test_a_number_far_along_is_placed_by_all_its_digits_not_the_nearest_alone():
+    # "12", then far to the right "34" written higher, its 4 lower than its 3: the 2 shares
+    # under half its rows with the 3 alone, over half with the 3 and the 4
+    page = Image.new("L", (640, 140), 255)
+    draw = ImageDraw.Draw(page)
+    for box in [(20, 53, 55, 111), (72, 52, 109, 111), (497, 20, 536, 80), (550, 33, 593, 91)]:
+        draw.ellipse(box, outline=0, width=6)
+    (line,) = find_pieces(Page("test", page).ink()[0])
+    assert len(line) == 4, boxes([line])
+
+
+def test_a_digit_that_fits_two_lines_beside_it_makes_them_one():
+    # a 4, a 2 lower and a 7 between the two in height: the 7 alone shares too little with
+    # the 4 and starts a line; the 2 fits both lines, and the three are one number
+    page = Image.new("L", (200, 130), 255)
+    draw = ImageDraw.Draw(page)
+    for box in [(20, 20, 58, 71), (88, 44, 125, 103), (145, 50, 173, 94)]:
+        draw.ellipse(box, outline=0, width=6)
+    (line,) = find_pieces(Page("test", page).ink()[0])
+    assert len(line) == 3, boxes([line])
+
+
 def test_a_flat_digit_is_kept_as_a_minor_piece_and_a_dash_dropped():
     def draw(page):
         page.line([(30, 10), (30, 110)], fill=0, width=8)  # two digits 100 px tall

@@ -244,20 +244,28 @@ def _lines(pieces: list[Piece]) -> list[list[Piece]]:
     as the line under it, without the two running together."""
     lines: list[list[Piece]] = []
     for piece in sorted(pieces, key=lambda piece: piece.box[1] + piece.box[3]):
-        fits = []  # (how far across, line) for each line it shares its rows with
+        beside, far = [], []  # lines it shares its rows with: near it across, or only far off
         for line in lines:
             apart = [_across(piece, other) for other in line]
-            near = [
-                other
-                for other, across in zip(line, apart, strict=True)
-                if across <= _NEIGHBOURS * max(piece.height, other.height)
-            ] or [line[int(np.argmin(apart))]]
+            reach = [_NEIGHBOURS * max(piece.height, other.height) for other in line]
+            near = [o for o, a, r in zip(line, apart, reach, strict=True) if a <= r]
+            close = bool(near)
+            if not close:  # the line's nearest digits: a number further along the line
+                near = [
+                    o for o, a, r in zip(line, apart, reach, strict=True) if a <= min(apart) + r
+                ]
             top, bottom = min(p.box[1] for p in near), max(p.box[3] for p in near)
             shared = min(bottom, piece.box[3]) - max(top, piece.box[1])
             if shared >= _SAME_LINE * min(piece.height, bottom - top):
-                fits.append((min(apart), len(fits), line))
-        if fits:
-            min(fits)[2].append(piece)
+                (beside if close else far).append((min(apart), len(far), line))
+        if beside:  # a piece between two lines' digits makes them one
+            first, *others = (line for _, _, line in beside)
+            for other in others:
+                first.extend(other)
+            lines = [line for line in lines if not any(line is other for other in others)]
+            first.append(piece)
+        elif far:
+            min(far)[2].append(piece)
         else:
             lines.append([piece])
     if len(lines) > 1:
