@@ -22,8 +22,18 @@ if TYPE_CHECKING:
     from mnist_cli.train.recipes import TrainConfig
     from mnist_cli.train.training import TrainResult
 
-out = Console(highlight=False, emoji=False)  # results: tables and JSON
-err = Console(stderr=True, highlight=False, emoji=False)  # progress, notes and errors
+
+class _Console(Console):
+    """A Rich console whose closed pipe ends the command as any closed pipe does (exit 141,
+    exits.user_errors), not with Rich's own exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more to write where nobody reads
+        raise BrokenPipeError
+
+
+out = _Console(highlight=False, emoji=False)  # results: tables and JSON
+err = _Console(stderr=True, highlight=False, emoji=False)  # progress, notes and errors
 _quiet = False  # --quiet: results and errors only
 
 

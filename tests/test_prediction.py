@@ -265,7 +265,8 @@ def test_a_large_rgba_canvas_is_reduced_before_it_becomes_arrays(tmp_path, memor
     assert grown_mib < 600  # was 1.8 GB; the decoded canvas alone is 196 MB
 
 
-def test_a_closed_output_pipe_exits_quietly(models):
+@pytest.mark.parametrize("output", [["--json"], [], ["--quiet"]])  # the table: Rich writes it
+def test_a_closed_output_pipe_exits_quietly(models, output):
     process = subprocess.Popen(
         [
             sys.executable,
@@ -273,7 +274,7 @@ def test_a_closed_output_pipe_exits_quietly(models):
             "mnist_cli",
             "predict",
             str(models["images"]),
-            "--json",
+            *output,
             "--model",
             str(models["onnx"]),
         ],
