@@ -1,3 +1,3 @@
-from mnist_cli.cli import app
+from mnist_cli.cli import run
 
-app(prog_name="mnist")
+run()

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mnist_cli import __version__
-from mnist_cli.exits import user_errors
+from mnist_cli.exits import EXIT_INTERRUPTED, end_now, user_errors
 from mnist_cli.options import (
     DATA_DIR,
     EXPORT_FILE,
@@ -648,3 +648,13 @@ def serve(
             serve_workers(model, sock, workers, device=device, **settings)
         else:
             server.serve(model, sock, **settings)
+
+
+def run() -> None:
+    """The `mnist` command: the app, ended at once after Ctrl-C (exits.end_now)."""
+    try:
+        app(prog_name="mnist")
+    except SystemExit as done:
+        if done.code == EXIT_INTERRUPTED:
+            end_now(EXIT_INTERRUPTED)
+        raise

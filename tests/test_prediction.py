@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -286,6 +287,38 @@ def test_a_closed_output_pipe_exits_quietly(models, output):
     assert process.wait(timeout=60) == 141
     assert "Error" not in stderr and "Traceback" not in stderr
     assert "images:" not in stderr  # no summary of the part that was read before the pipe closed
+
+
+def test_ctrl_c_in_a_folder_read_ends_at_once_with_130(tmp_path):
+    """Ctrl-C ends `mnist` without the interpreter's teardown (exits.end_now), where a run
+    onnxruntime is still stopping in a thread could abort the process (exit 134)."""
+    import signal
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    number = Path(__file__).parents[1] / "mnist_cli" / "samples" / "number-2024.jpg"
+    for index in range(3000):
+        os.link(number, folder / f"{index}.jpg")
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('teardown', flush=True))\n"
+        "sys.argv = ['mnist', 'predict', '--json', sys.argv[1]]\n"
+        "from mnist_cli.cli import run\n"
+        "run()\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even if ignored here
+    )
+    assert process.stdout.readline().startswith('{"path"')  # reading
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Interrupted." in err and "Traceback" not in err
+    assert "teardown" not in out
 
 
 def _number(images: np.ndarray, gaps: list[int], scale: int = 3) -> Image.Image:
