@@ -100,7 +100,8 @@ MinConfidence = Annotated[
         "--min-confidence",
         callback=_probability,
         help="Also refuse a digit read with less than this probability (0 to 1), for more "
-        "caution. \\[default: refuse only what is over 30% likely no digit]",
+        "caution, and a number with such a digit whole. \\[default: refuse only what is over "
+        "30% likely no digit]",
         show_default=False,
     ),
 ]

@@ -391,7 +391,7 @@ class PredictionOutput:
         if top_k > 1:
             self.table.add_column(f"top {top_k}")
         self.rows = 0
-        self.read = self.unsure = self.failed = self.refused = 0
+        self.read = self.unsure = self.failed = self.refused = self.doubted = 0
 
     def __enter__(self) -> PredictionOutput:
         return self
@@ -399,7 +399,8 @@ class PredictionOutput:
     def add(self, result: Prediction) -> None:
         self.failed += result.error is not None
         self.read += result.error is None
-        self.refused += result.reason is not None
+        self.refused += result.reason is not None and not result.doubted
+        self.doubted += result.doubted
         self.unsure += result.error is None and result.reason is None and result.confidence < UNSURE
         if result.error is not None:
             message = Text.assemble((printable(result.path), "red"), f": {printable(result.error)}")
@@ -430,7 +431,9 @@ class PredictionOutput:
         if self.read + self.failed > 1:
             note(
                 f"{self.read + self.failed} images: {self.read} read ({self.unsure} below "
-                f"{UNSURE:.0%} confidence, {self.refused} not a digit), "
+                f"{UNSURE:.0%} confidence, {self.refused} not a digit"
+                + (f", {self.doubted} under --min-confidence" if self.doubted else "")
+                + "), "
                 f"{self.failed} could not be read"
             )
 

@@ -415,6 +415,34 @@ def test_min_confidence_asks_for_more_caution(models):
         assert result.exit_code == 2 and "--min-confidence" in result.output
 
 
+def test_a_number_with_a_digit_under_min_confidence_is_refused_whole_not_given_short():
+    samples = Path(__file__).parents[1] / "mnist_cli" / "samples"
+    number = str(samples / "number-2024.jpg")
+    sure = [d["confidence"] for d in _predict_json(number)["digits"]]
+    low, *rest = sorted(sure)
+    assert rest and rest[0] > low  # the least sure digit alone falls under the bar between
+    bar = (low + rest[0]) / 2
+    doubted = _predict_json(number, "--min-confidence", str(bar))
+    assert doubted["text"] == "" and doubted["digit"] is None and "probabilities" not in doubted
+    assert doubted["reason"] == "read under --min-confidence"
+    assert [d["digit"] is None for d in doubted["digits"]] == [c < bar for c in sure]
+    # a lone digit under the bar is no "not a digit"; a letter still is
+    assert _predict_json(str(samples / "drawn-7.png"), "--min-confidence", "1")["reason"] == (
+        "read under --min-confidence"
+    )
+    assert _predict_json(str(samples / "drawn-A.png"), "--min-confidence", "1")["reason"] == (
+        "not a digit"
+    )
+    table = runner.invoke(app, ["predict", str(samples), "--min-confidence", "1"])
+    assert "1 not a digit, 4 under --min-confidence" in table.stderr, table.stderr
+
+
+def _predict_json(path: str, *options: str) -> dict:
+    result = runner.invoke(app, ["predict", path, "--json", *options])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def test_an_image_of_too_many_marks_is_one_error_not_minutes_of_work(tmp_path):
     import time
 

@@ -28,6 +28,9 @@ SAMPLES = PACKAGE_DIR / "samples"
 
 
 NOT_A_DIGIT = "not a digit"  # the reason given where no digit was read
+# ...and where a digit was refused only for being read under --min-confidence: a number with
+# such a digit is not given at all, rather than given short of it
+UNDER_MIN = "read under --min-confidence"
 WORD_GAP = 1.5  # digits further apart than 1.5 times their line's height are two numbers
 
 
@@ -40,6 +43,7 @@ class Reading:
     box: tuple[int, int, int, int]  # left, top, right, bottom in the image file's pixels
     line: int = 0  # which line of writing, from the top
     image: np.ndarray | None = None  # the 28x28 digit the model saw, with keep_digits=True
+    under_min: bool = False  # refused only for being read under --min-confidence
 
     @property
     def confidence(self) -> float:
@@ -69,7 +73,10 @@ class Prediction:
     @property
     def text(self) -> str:
         """The digits read: "2024", "" when none. A space parts lines, digits far apart (over
-        WORD_GAP of the line's height), and digits with something refused between them."""
+        WORD_GAP of the line's height), and digits with something refused between them; ""
+        where a digit was read under --min-confidence (UNDER_MIN)."""
+        if self.doubted:
+            return ""
         words = []
         for line in sorted({reading.line for reading in self.readings}):
             row = [reading for reading in self.readings if reading.line == line]
@@ -87,17 +94,26 @@ class Prediction:
         return " ".join(words)
 
     @property
+    def doubted(self) -> bool:
+        """Whether a digit was refused for being read under --min-confidence."""
+        return any(reading.under_min for reading in self.readings)
+
+    @property
     def reason(self) -> str | None:
-        """Why no digit was read, where none was."""
-        if self.error is not None or self.digits:
+        """Why no text was read, where none was."""
+        if self.error is not None:
+            return None
+        if self.doubted:
+            return UNDER_MIN
+        if self.digits:
             return None
         return f"{NOT_A_DIGIT} (blank)" if self.blank else NOT_A_DIGIT
 
     @property
     def one(self) -> Reading | None:
-        """The digit, where exactly one was read."""
+        """The digit, where exactly one was read (and none doubted)."""
         digits = self.digits
-        return digits[0] if len(digits) == 1 else None
+        return digits[0] if len(digits) == 1 and not self.doubted else None
 
     @property
     def digit(self) -> int | None:
@@ -178,6 +194,7 @@ def read_pages(
     ]
     probabilities = _probabilities(model, [segment.digit for segment in segments])
     best, confidence, refused = answers(probabilities, min_confidence)
+    under_min = refused & ~answers(probabilities)[2]  # refused only for --min-confidence
     results, k = [], 0
     for page, page_segments in zip(pages, found, strict=True):
         if not isinstance(page_segments, list):
@@ -207,7 +224,9 @@ def read_pages(
                 readings += _readings(model, cut, page.scale, min_confidence)
             else:
                 digit = None if refused[k] else int(best[k])
-                readings.append(_reading(digit, probabilities[k], segment, page.scale))
+                reading = _reading(digit, probabilities[k], segment, page.scale)
+                reading.under_min = bool(under_min[k])
+                readings.append(reading)
             k += 1
         results.append(Prediction(page.name, readings))
     _read_unsure_again(model, results, min_confidence)
@@ -254,6 +273,7 @@ def _read_unsure_again(model: Backend, results: list[Prediction], min_confidence
     for reading, p in zip(unsure, mean, strict=True):  # "none" is not asked again
         reading.probabilities = [float(x) for x in p]
         reading.digit = int(p.argmax()) if p.max() >= min_confidence else None
+        reading.under_min = reading.digit is None
 
 
 @dataclass(frozen=True)
@@ -357,10 +377,14 @@ def _readings(
 ) -> list[Reading]:
     probabilities = _probabilities(model, [segment.digit for segment in segments])
     best, _, refused = answers(probabilities, min_confidence)
-    return [
-        _reading(None if no else int(digit), p, segment, scale)
-        for digit, no, p, segment in zip(best, refused, probabilities, segments, strict=True)
-    ]
+    under_min = refused & ~answers(probabilities)[2]
+    readings = []
+    for digit, no, doubt, p, segment in zip(
+        best, refused, under_min, probabilities, segments, strict=True
+    ):
+        readings.append(_reading(None if no else int(digit), p, segment, scale))
+        readings[-1].under_min = bool(doubt)
+    return readings
 
 
 def _reading(
