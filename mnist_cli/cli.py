@@ -483,7 +483,12 @@ def predict(
     top_k: Annotated[
         int,
         typer.Option(
-            "--top-k", "-k", min=1, max=10, help="Show the K most likely digits of each digit read."
+            "--top-k",
+            "-k",
+            min=1,
+            max=10,
+            help="Show the K most likely digits of each digit read (in the table; --json gives "
+            "every digit's probability).",
         ),
     ] = 1,
     json_output: Annotated[

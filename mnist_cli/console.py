@@ -419,7 +419,7 @@ class PredictionOutput:
             cells = [Text(printable(result.path)), result.text, f"{result.confidence:.2%}"]
         if self.top_k > 1:  # a line per digit read: a number's digits each show theirs
             lines = [reading.top(self.top_k) for reading in result.digits]
-            cells.append("\n".join("  ".join(f"{d}: {p:.1%}" for d, p in top) for top in lines))
+            cells.append("\n".join("  ".join(f"{d}: {p:.2%}" for d, p in top) for top in lines))
         self.table.add_row(*cells)
         self.rows += 1
 

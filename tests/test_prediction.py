@@ -140,6 +140,9 @@ def test_top_k_shows_each_digit_of_a_number_on_its_own_line(tmp_path, monkeypatc
     cells = [line.split("│")[-2].strip() for line in result.stdout.splitlines() if "%" in line]
     assert [cell.split(":")[0] for cell in cells] == ["2", "0", "2", "4"], result.stdout
     assert all(cell.count("%") == 2 for cell in cells)
+    # the least sure digit's first guess is shown as the confidence column shows it
+    confidence = [line.split("│")[3].strip() for line in result.stdout.splitlines() if "%" in line]
+    assert confidence[0] in [cell.split()[1] for cell in cells], result.stdout
 
 
 def test_onnxruntime_path_never_imports_torch(models, fresh_python):
