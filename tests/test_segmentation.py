@@ -236,6 +236,27 @@ def test_pieces_one_partly_over_the_other_are_joined_though_each_reads_surely():
     assert len(join_by_recognition(beside[1], beside[0], score, "test")) == 2
 
 
+def test_a_short_piece_read_surely_is_joined_to_its_neighbour_where_the_two_read_surely():
+    # A 4 whose short arm came apart from its stem reads as two sure 1s; two 1s of a number
+    # are each as tall as the line, and stay two.
+    def pieces_of(arm_top: int):
+        def draw(page):
+            page.line([(40, arm_top), (40, 100)], fill=0, width=8)  # the arm (or a 1)
+            page.line([(52, 20), (52, 100)], fill=0, width=8)  # the stem, 4 px to its right
+
+        ink = ink_of(draw)
+        (line,) = find_pieces(ink)
+        return ink, line
+
+    def score(digits):  # every piece, and any two together, read at 97%
+        return np.full(len(digits), 0.97), np.full(len(digits), 0.03)
+
+    ink, line = pieces_of(arm_top=55)  # the arm 45 px of the stem's 80
+    assert len(line) == 2 and len(join_by_recognition(line, ink, score, "test")) == 1
+    ink, line = pieces_of(arm_top=20)  # as tall as the stem: a 1 beside a 1
+    assert len(line) == 2 and len(join_by_recognition(line, ink, score, "test")) == 2
+
+
 def test_mnist_digits_each_make_one_piece(data_dir):
     test = load_split(data_dir, "test")
     for image in test.images[:50]:

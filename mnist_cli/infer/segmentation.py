@@ -41,9 +41,10 @@ _WANDER, _BESIDE = 0.3, 0.5
 _SPECK = 0.01  # a part with under this share of the largest part's pixels is noise
 MAX_MARKS = 400  # parts left after specks at most: more is noise or text, not a number
 # A piece read less surely than this, or lying partly over its neighbour (sharing _STACKED of
-# the narrower's columns), is joined to the neighbour where the two read together as surely
-# (a 2 whose loop came apart; a 9 whose loop and stem read as a 0 over a 1).
-_JOINED, _STACKED = 0.9, 0.3
+# the narrower's columns), or shorter than _SHORT of the line's tallest, is joined to the
+# neighbour where the two read together as surely (a 2 whose loop came apart; a 9 whose loop
+# and stem read as a 0 over a 1; a 4 whose short arm and stem read as two 1s).
+_JOINED, _STACKED, _SHORT = 0.9, 0.3, 0.8
 WIDE = 1.1  # width over height from which a piece may be two touching digits
 _CUTS = 7  # candidate columns per piece: up to eight touching digits
 # A cut must make the reading this many times likelier than the whole read as one digit (the
@@ -348,10 +349,10 @@ def join_by_recognition(
     line: list[Piece], ink: np.ndarray, score: Scorer, name: str
 ) -> list[Piece]:
     """A line's pieces, each that the model calls no digit or reads under _JOINED, or that lies
-    partly over its neighbour, joined to the neighbour it touches or nearly touches where the
-    two read together as a digit at least _JOINED surely, times how likely their width is for
-    one digit (a 9 whose tail came apart, a broken 0; not a 2 and a 4 that the model reads
-    together as a wide 4)."""
+    partly over its neighbour, or is short for the line (_SHORT), joined to the neighbour it
+    touches or nearly touches where the two read together as a digit at least _JOINED surely,
+    times how likely their width is for one digit (a 9 whose tail came apart, a broken 0; not
+    a 2 and a 4 that the model reads together as a wide 4)."""
     if len(line) < 2:
         return line
     sure, _ = score([piece.digit(ink, name) for piece in line])
@@ -364,7 +365,11 @@ def join_by_recognition(
             for other in (index - 1, index + 1)
             if 0 <= other < len(pieces)
             and _gap(pieces[index], pieces[other]) <= _NEAR * tallest
-            and (sure[index] < _JOINED or _stacked(pieces[index], pieces[other]))
+            and (
+                sure[index] < _JOINED
+                or _stacked(pieces[index], pieces[other])
+                or pieces[index].height < _SHORT * tallest
+            )
         ]
         if not options:
             index += 1
