@@ -418,7 +418,7 @@ class PredictionOutput:
         else:
             cells = [Text(printable(result.path)), result.text, f"{result.confidence:.2%}"]
         if self.top_k > 1:  # a line per digit read: a number's digits each show theirs
-            lines = [reading.top(self.top_k) for reading in result.digits]
+            lines = [reading.top(self.top_k) for reading in result.readings if reading.is_digit]
             cells.append("\n".join("  ".join(f"{d}: {p:.2%}" for d, p in top) for top in lines))
         self.table.add_row(*cells)
         self.rows += 1
@@ -446,6 +446,8 @@ def digit_picture(path: str, reading: Reading, top: int) -> Table:
 
     Plain characters, no colour: it reads the same over SSH, in a pipe and in a log.
     """
+    from mnist_cli.infer.prediction import NOT_A_DIGIT, UNDER_MIN
+
     ink = reading.image >= 0.35
     rows = []
     for upper, lower in zip(ink[0::2], ink[1::2], strict=True):  # a cell holds two pixel rows
@@ -455,12 +457,12 @@ def digit_picture(path: str, reading: Reading, top: int) -> Table:
     where = " ".join(map(str, reading.box))
     guesses = Text.assemble((printable(path), "bold"), f"  [{where}]\n")
     if reading.digit is None:
-        guesses.append("not a digit\n", "yellow")
+        guesses.append(f"{UNDER_MIN if reading.under_min else NOT_A_DIGIT}\n", "yellow")
     probabilities = reading.probabilities
     for digit in sorted(range(len(probabilities)), key=lambda d: -probabilities[d])[:top]:
         probability = probabilities[digit]
         bar = "█" * round(probability * 20)
-        guesses.append(f"{digit}  {bar:<20} {probability:6.1%}\n")
+        guesses.append(f"{digit}  {bar:<20} {probability:7.2%}\n")
     grid = Table.grid(padding=(0, 2))
     grid.add_row(lines, guesses)
     return grid

@@ -324,16 +324,22 @@ def test_ctrl_c_in_a_folder_read_ends_at_once_with_130(tmp_path):
     assert "teardown" not in out
 
 
-def _number(images: np.ndarray, gaps: list[int], scale: int = 3) -> Image.Image:
+def _number(
+    images: np.ndarray, gaps: list[int], scale: int = 3, flat: int | None = None
+) -> Image.Image:
     """MNIST digits cropped to their ink, side by side `gaps` pixels apart (at 28 px a digit;
-    0 or less: touching), dark on white."""
+    0 or less: touching), dark on white; digit `flat` squashed to half its height."""
     columns = [np.flatnonzero(image.max(0) > 50) for image in images]
     crops = [image[:, c[0] : c[-1] + 1] for image, c in zip(images, columns, strict=True)]
+    if flat is not None:
+        squashed = Image.fromarray(crops[flat]).resize((crops[flat].shape[1], 14), Image.BILINEAR)
+        crops[flat] = np.asarray(squashed)
     width = sum(crop.shape[1] for crop in crops) + sum(gaps) + 20
     row = np.zeros((48, width), np.uint8)
     x = 10
     for crop, gap in zip(crops, [*gaps, 0], strict=True):
-        row[10:38, x : x + crop.shape[1]] = np.maximum(row[10:38, x : x + crop.shape[1]], crop)
+        top, right = 38 - crop.shape[0], x + crop.shape[1]  # on one baseline
+        row[top:38, x:right] = np.maximum(row[top:38, x:right], crop)
         x += crop.shape[1] + gap
     ink = Image.fromarray(255 - row)
     return ink.resize((ink.width * scale, ink.height * scale), Image.BILINEAR)
@@ -438,6 +444,37 @@ def test_a_number_with_a_digit_under_min_confidence_is_refused_whole_not_given_s
     )
     table = runner.invoke(app, ["predict", str(samples), "--min-confidence", "1"])
     assert "1 not a digit, 4 under --min-confidence" in table.stderr, table.stderr
+    # --top-k lists every digit of the refused number, --show names why its part was refused
+    shown = runner.invoke(app, ["predict", number, "--min-confidence", str(bar), "-k", "2", "-s"])
+    assert shown.stdout.count("%  ") >= 4 and "not a digit" not in shown.stdout, shown.stdout
+    refused_parts = sum(c < bar for c in sure)  # each picture says why (the table may wrap)
+    assert shown.stdout.count("read under --min-confidence") >= refused_parts, shown.stdout
+
+
+def test_min_confidence_gives_the_number_read_without_it_or_refuses_it_whole(trained):
+    """Whatever the bar, a number is read as without it, each digit shown at or over the bar,
+    or refused whole with a digit under it: never given short (a small flat digit under the
+    bar once vanished), never refused for a reading it does not show (a digit read again)."""
+    test = load_split(trained["data_dir"], "test")
+    rng = np.random.default_rng(3)
+    pages = []
+    for index in range(80):
+        picks = rng.choice(len(test.labels), size=3 + index % 3, replace=False)
+        gaps = [int(g) for g in rng.integers(1, 6, len(picks) - 1)]
+        flat = int(rng.integers(len(picks))) if index % 2 else None  # a small mark of its line
+        data = io.BytesIO()
+        _number(test.images[picks], gaps, flat=flat).save(data, "PNG")
+        pages.append(page_from_bytes(data.getvalue(), name=str(index)))
+    model = open_model(None, device="cpu")
+    free = read_pages(model, pages)
+    for bar in (0.5, 0.9, 0.95, 0.99, 0.999):
+        for plain, careful in zip(free, read_pages(model, pages, min_confidence=bar), strict=True):
+            shown = [r.confidence for r in careful.readings if r.is_digit]
+            if careful.text:
+                assert careful.text == plain.text and min(shown) >= bar, (bar, careful.path)
+            elif plain.text:
+                assert careful.reason == "read under --min-confidence", (bar, careful.path)
+                assert min(shown) < bar, (bar, careful.path)
 
 
 def _predict_json(path: str, *options: str) -> dict:

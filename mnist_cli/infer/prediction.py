@@ -46,6 +46,11 @@ class Reading:
     under_min: bool = False  # refused only for being read under --min-confidence
 
     @property
+    def is_digit(self) -> bool:
+        """Read as a digit: given, or refused only for being read under --min-confidence."""
+        return self.digit is not None or self.under_min
+
+    @property
     def confidence(self) -> float:
         return max(self.probabilities) if self.probabilities else 0.0
 
@@ -194,7 +199,10 @@ def read_pages(
     ]
     probabilities = _probabilities(model, [segment.digit for segment in segments])
     best, confidence, refused = answers(probabilities, min_confidence)
-    under_min = refused & ~answers(probabilities)[2]  # refused only for --min-confidence
+    # What is no digit decides what is cut, joined and dropped; --min-confidence only whether
+    # a digit read is given or refused (under_min).
+    no_digit = answers(probabilities)[2]
+    under_min = refused & ~no_digit
     results, k = [], 0
     for page, page_segments in zip(pages, found, strict=True):
         if not isinstance(page_segments, list):
@@ -205,7 +213,7 @@ def read_pages(
             continue
         readings = []
         alone = len(page_segments) == 1
-        page_refused = refused[k : k + len(page_segments)]
+        page_refused = no_digit[k : k + len(page_segments)]
         read_lines = {
             s.line
             for s, no in zip(page_segments, page_refused, strict=True)
@@ -213,11 +221,11 @@ def read_pages(
         }
         for segment in page_segments:
             if segment.minor and (
-                refused[k] or confidence[k] < _MINOR_SURE or segment.line not in read_lines
+                no_digit[k] or confidence[k] < _MINOR_SURE or segment.line not in read_lines
             ):
                 k += 1  # a dot, a dash or a stray mark: neither a digit nor a refusal
                 continue
-            look = _Look(bool(refused[k]), float(confidence[k]), alone, segment.line in read_lines)
+            look = _Look(bool(no_digit[k]), float(confidence[k]), alone, segment.line in read_lines)
             parts = [] if segment.minor else _second_look(segment, look, score, page.name)
             if parts:
                 cut = [_moved(part, segment, page.name) for part in parts]
@@ -263,7 +271,7 @@ def _read_unsure_again(model: Backend, results: list[Prediction], min_confidence
         for result in results
         if len(result.readings) > 1
         for reading in result.readings
-        if reading.digit is not None and reading.confidence < _READ_AGAIN
+        if reading.is_digit and reading.confidence < _READ_AGAIN
     ]
     if not unsure:
         return
