@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mnist_cli import __version__
-from mnist_cli.exits import EXIT_INTERRUPTED, end_now, user_errors
+from mnist_cli.exits import EXIT_INTERRUPTED, end_now, user_errors, watch_interrupts
 from mnist_cli.options import (
     DATA_DIR,
     EXPORT_FILE,
@@ -657,10 +657,19 @@ def serve(
 
 
 def run() -> None:
-    """The `mnist` command: the app, ended at once after Ctrl-C (exits.end_now)."""
+    """The `mnist` command: the app, ended at once after Ctrl-C (exits.end_now), wherever the
+    interrupt landed (in a library's import it surfaces as another error)."""
+    interrupted = watch_interrupts()
     try:
         app(prog_name="mnist")
     except SystemExit as done:
         if done.code == EXIT_INTERRUPTED:
             end_now(EXIT_INTERRUPTED)
         raise
+    except Exception:
+        if not interrupted():
+            raise
+        from mnist_cli import console
+
+        console.err.print("Interrupted.")
+        end_now(EXIT_INTERRUPTED)

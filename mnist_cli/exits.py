@@ -1,8 +1,9 @@
 """How a command ends when something fails: one line and an exit code, never a traceback."""
 
 import os
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 import typer
@@ -63,3 +64,17 @@ def end_now(code: int) -> None:
         with suppress(OSError, ValueError):  # a closed pipe: nothing more can reach it
             stream.flush()
     os._exit(code)
+
+
+def watch_interrupts() -> Callable[[], bool]:
+    """Note each Ctrl-C (then raise KeyboardInterrupt as Python does) and return whether one
+    came: an interrupt that lands in a library's import surfaces as its ImportError."""
+    seen: list[bool] = []
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored, not taken
+
+        def noted(signum: int, frame: object) -> None:
+            seen.append(True)
+            signal.default_int_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, noted)
+    return lambda: bool(seen)

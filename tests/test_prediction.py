@@ -324,6 +324,47 @@ def test_ctrl_c_in_a_folder_read_ends_at_once_with_130(tmp_path):
     assert "teardown" not in out
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        # Ctrl-C while Python loads the command
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def load(name, *args, **kwargs):\n"
+        "    if name == 'mnist_cli.cli':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = load\n"
+        "from mnist_cli.__main__ import main\n"
+        "main()\n",
+        # Ctrl-C inside a library's import, which turns it into an ImportError (onnxruntime)
+        "import os, signal, time\n"
+        "import mnist_cli.cli as cli\n"
+        "def app(**kwargs):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(5)\n"
+        "    except KeyboardInterrupt:\n"
+        "        raise ImportError('initialization failed') from None\n"
+        "cli.app = app\n"
+        "cli.run()\n",
+    ],
+    ids=["loading", "in-an-import"],
+)
+def test_ctrl_c_anywhere_ends_with_130_and_no_traceback(code):
+    import signal
+
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even if ignored here
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == "Interrupted.", done.stderr
+
+
 def _number(
     images: np.ndarray, gaps: list[int], scale: int = 3, flat: int | None = None
 ) -> Image.Image:
