@@ -78,7 +78,8 @@ def _decode(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(source, formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"{name}: too large to decode safely ({_reason(error)})") from error
+        # Pillow's own limit is far above ours: say ours, the one the README gives
+        raise ImageError(f"{name}: too large (over {MAX_PIXELS:,} pixels)") from error
     except PermissionError as error:
         raise ImageError(f"{name}: cannot be read (permission denied)") from error
     except (OSError, ValueError) as error:
