@@ -119,10 +119,16 @@ def parse_idx(data: bytes, *, name: str, labels: bool) -> np.ndarray:
     """Decode the bytes of an IDX images or labels file, checking every field; raise DataError."""
     header_size, dims = _header(data, name=name, labels=labels)
     expected = header_size + math.prod(dims)  # Python ints: a hostile header cannot overflow
-    if len(data) != expected:
-        state = "truncated" if len(data) < expected else "longer than its header says"
+    if len(data) < expected:
         raise DataError(
-            f"{name}: {state} ({len(data)} bytes, header says {expected} for {dims[0]} items)",
+            f"{name}: truncated ({len(data):,} bytes, header says {expected:,} for {dims[0]:,} "
+            "items)",
+            hint=_FIX,
+        )
+    if len(data) > expected:  # read no further than one byte past: its size is not known here
+        raise DataError(
+            f"{name}: longer than its header says (over the {expected:,} bytes it gives "
+            f"{dims[0]:,} items)",
             hint=_FIX,
         )
     array = np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims)
