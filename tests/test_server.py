@@ -486,11 +486,12 @@ def test_a_model_failing_in_a_request_is_a_json_500(served):
     assert response.status_code == 500 and "refused" in response.json()["error"]
 
 
-def _start_serve(path, port: int, *extra: str):
+def _start_serve(path, port: int, *extra: str, preexec_fn=None):
     return subprocess.Popen(
         [sys.executable, "-m", "mnist_cli", "serve", "-m", str(path), "--port", str(port), *extra],
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -537,6 +538,26 @@ def test_a_request_in_flight_at_sigterm_is_answered(served):
     assert answer.startswith(b"HTTP/1.1 200") and b'"digit"' in answer
     # uvicorn finishes the request, then ends by the signal it caught: 143 in a shell
     assert code == -signal.SIGTERM and "Traceback" not in log and "CancelledError" not in log
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigint_ends_serve_with_130_though_it_was_ignored_when_serve_started(served, workers):
+    """As in the background of a shell without job control: the signal stops the server, and
+    the exit code still says which one did."""
+    import signal
+
+    _, _, _, path = served
+    port = free_port()
+    ignored = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    server = _start_serve(path, port, "--workers", workers, preexec_fn=ignored)
+    try:
+        _wait_for_health(port, server)
+        server.send_signal(signal.SIGINT)
+        code = server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert code == 130 and "Traceback" not in server.stderr.read()
 
 
 def test_a_busy_port_is_one_line_and_exit_1(served):

@@ -305,7 +305,10 @@ def serve(model: Backend, sock: socket.socket, **options: Any) -> None:
 
     Example: serve(open_model(), listen("127.0.0.1", 8000), allowed_hosts=["127.0.0.1"])
     """
-    uvicorn_server(model, **options).run(sockets=[sock])
+    server = uvicorn_server(model, **options)
+    server.run(sockets=[sock])  # ends by re-raising the signal that stopped it...
+    if server.stopped_by is not None:  # ...which does nothing where it was ignored from the start
+        raise SystemExit(128 + server.stopped_by)
 
 
 def uvicorn_server(
@@ -321,9 +324,18 @@ def uvicorn_server(
     unless `access_log`."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        """uvicorn's server, remembering the first signal that stopped it (`stopped_by`)."""
+
+        stopped_by: int | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.stopped_by = sig if self.stopped_by is None else self.stopped_by
+            super().handle_exit(sig, frame)
+
     limits = limits or Limits()
     app = create_app(model, limits, allowed_hosts=allowed_hosts, corrections=corrections)
-    return uvicorn.Server(uvicorn.Config(app, **uvicorn_settings(limits, log_level, access_log)))
+    return Server(uvicorn.Config(app, **uvicorn_settings(limits, log_level, access_log)))
 
 
 def uvicorn_settings(limits: Limits, log_level: str, access_log: bool) -> dict[str, Any]:

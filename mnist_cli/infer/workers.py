@@ -76,6 +76,7 @@ def serve_workers(
         raise ServeError(f"a worker could not open {model.path}; all workers were stopped")
     if supervisor.stopped_by is not None:
         signal.raise_signal(supervisor.stopped_by)
+        raise SystemExit(128 + supervisor.stopped_by)  # where the signal was ignored from the start
 
 
 class _Supervisor(Multiprocess):
