@@ -463,6 +463,10 @@ def test_min_confidence_asks_for_more_caution(models):
     for bad in ("nan", "1.5", "-0.1", "x"):
         result = runner.invoke(app, ["predict", "--min-confidence", bad])
         assert result.exit_code == 2 and "--min-confidence" in result.output
+    model = open_model(models["onnx"], device="cpu")
+    for bad in (float("nan"), 1.5, -0.1):  # the Python API refuses them too
+        with pytest.raises(ValueError, match="min_confidence"):
+            list(predict_paths(model, [str(models["images"])], min_confidence=bad))
 
 
 def test_a_number_with_a_digit_under_min_confidence_is_refused_whole_not_given_short():

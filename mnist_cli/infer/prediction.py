@@ -187,6 +187,8 @@ def read_pages(
     small mark (`Piece.minor`) is a digit only where read surely beside digits, else dropped;
     a digit of a number read under _READ_AGAIN is read again shifted (_read_unsure_again).
     """
+    if not 0 <= min_confidence <= 1:  # NaN too
+        raise ValueError(f"min_confidence must be a probability from 0 to 1, not {min_confidence}")
     score = _scorer(model)
     found: list[list[_Segment] | None | str] = []
     for page in pages:
