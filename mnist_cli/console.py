@@ -446,8 +446,6 @@ def digit_picture(path: str, reading: Reading, top: int) -> Table:
 
     Plain characters, no colour: it reads the same over SSH, in a pipe and in a log.
     """
-    from mnist_cli.infer.prediction import NOT_A_DIGIT, UNDER_MIN
-
     ink = reading.image >= 0.35
     rows = []
     for upper, lower in zip(ink[0::2], ink[1::2], strict=True):  # a cell holds two pixel rows
@@ -456,8 +454,8 @@ def digit_picture(path: str, reading: Reading, top: int) -> Table:
     lines = Text("\n".join(rows))
     where = " ".join(map(str, reading.box))
     guesses = Text.assemble((printable(path), "bold"), f"  [{where}]\n")
-    if reading.digit is None:
-        guesses.append(f"{UNDER_MIN if reading.under_min else NOT_A_DIGIT}\n", "yellow")
+    if reading.reason is not None:
+        guesses.append(f"{reading.reason}\n", "yellow")
     probabilities = reading.probabilities
     for digit in sorted(range(len(probabilities)), key=lambda d: -probabilities[d])[:top]:
         probability = probabilities[digit]

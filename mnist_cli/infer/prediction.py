@@ -51,6 +51,13 @@ class Reading:
         return self.digit is not None or self.under_min
 
     @property
+    def reason(self) -> str | None:
+        """Why this part was refused, where it was."""
+        if self.digit is not None:
+            return None
+        return UNDER_MIN if self.under_min else NOT_A_DIGIT
+
+    @property
     def confidence(self) -> float:
         return max(self.probabilities) if self.probabilities else 0.0
 
@@ -200,11 +207,9 @@ def read_pages(
         s for page_segments in found if isinstance(page_segments, list) for s in page_segments
     ]
     probabilities = _probabilities(model, [segment.digit for segment in segments])
-    best, confidence, refused = answers(probabilities, min_confidence)
     # What is no digit decides what is cut, joined and dropped; --min-confidence only whether
     # a digit read is given or refused (under_min).
-    no_digit = answers(probabilities)[2]
-    under_min = refused & ~no_digit
+    best, confidence, no_digit, under_min = _verdicts(probabilities, min_confidence)
     results, k = [], 0
     for page, page_segments in zip(pages, found, strict=True):
         if not isinstance(page_segments, list):
@@ -233,10 +238,9 @@ def read_pages(
                 cut = [_moved(part, segment, page.name) for part in parts]
                 readings += _readings(model, cut, page.scale, min_confidence)
             else:
-                digit = None if refused[k] else int(best[k])
-                reading = _reading(digit, probabilities[k], segment, page.scale)
-                reading.under_min = bool(under_min[k])
-                readings.append(reading)
+                digit = None if no_digit[k] or under_min[k] else int(best[k])
+                doubt = bool(under_min[k])
+                readings.append(_reading(digit, probabilities[k], segment, page.scale, doubt))
             k += 1
         results.append(Prediction(page.name, readings))
     _read_unsure_again(model, results, min_confidence)
@@ -386,15 +390,23 @@ def _readings(
     min_confidence: float,
 ) -> list[Reading]:
     probabilities = _probabilities(model, [segment.digit for segment in segments])
-    best, _, refused = answers(probabilities, min_confidence)
-    under_min = refused & ~answers(probabilities)[2]
-    readings = []
-    for digit, no, doubt, p, segment in zip(
-        best, refused, under_min, probabilities, segments, strict=True
-    ):
-        readings.append(_reading(None if no else int(digit), p, segment, scale))
-        readings[-1].under_min = bool(doubt)
-    return readings
+    best, _, no_digit, under_min = _verdicts(probabilities, min_confidence)
+    return [
+        _reading(None if no or doubt else int(digit), p, segment, scale, bool(doubt))
+        for digit, no, doubt, p, segment in zip(
+            best, no_digit, under_min, probabilities, segments, strict=True
+        )
+    ]
+
+
+def _verdicts(
+    probabilities: np.ndarray, min_confidence: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the likeliest digit and its probability, whether it is no digit ("none"), and
+    whether it is a digit refused only for being read under `min_confidence`."""
+    best, confidence, refused = answers(probabilities, min_confidence)
+    no_digit = answers(probabilities)[2]
+    return best, confidence, no_digit, refused & ~no_digit
 
 
 def _reading(
@@ -402,6 +414,7 @@ def _reading(
     probabilities: np.ndarray,
     segment: _Segment,
     scale: tuple[float, float],
+    under_min: bool = False,
 ) -> Reading:
     return Reading(
         digit,
@@ -409,6 +422,7 @@ def _reading(
         _stored(segment.box, scale),
         segment.line,
         segment.digit,
+        under_min,
     )
 
 

@@ -246,21 +246,25 @@ def _lines(pieces: list[Piece]) -> list[list[Piece]]:
     lines: list[list[Piece]] = []
     for piece in sorted(pieces, key=lambda piece: piece.box[1] + piece.box[3]):
         beside, far = [], []  # lines it shares its rows with: near it across, or only far off
-        for line in lines:
+        for number, line in enumerate(lines):
             apart = [_across(piece, other) for other in line]
             reach = [_NEIGHBOURS * max(piece.height, other.height) for other in line]
-            near = [o for o, a, r in zip(line, apart, reach, strict=True) if a <= r]
-            close = bool(near)
-            if not close:  # the line's nearest digits: a number further along the line
-                near = [
-                    o for o, a, r in zip(line, apart, reach, strict=True) if a <= min(apart) + r
-                ]
+            nearest = min(apart)
+            close = [o for o, a, r in zip(line, apart, reach, strict=True) if a <= r]
+            # else the line's nearest digits: a number further along the line
+            near = close or [
+                o for o, a, r in zip(line, apart, reach, strict=True) if a <= nearest + r
+            ]
             top, bottom = min(p.box[1] for p in near), max(p.box[3] for p in near)
             shared = min(bottom, piece.box[3]) - max(top, piece.box[1])
-            if shared >= _SAME_LINE * min(piece.height, bottom - top):
-                (beside if close else far).append((min(apart), len(far), line))
+            if shared < _SAME_LINE * min(piece.height, bottom - top):
+                continue
+            if close:
+                beside.append(line)
+            else:
+                far.append((nearest, number, line))
         if beside:  # a piece between two lines' digits makes them one
-            first, *others = (line for _, _, line in beside)
+            first, *others = beside
             for other in others:
                 first.extend(other)
             lines = [line for line in lines if not any(line is other for other in others)]

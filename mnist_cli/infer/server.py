@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import signal
 import socket
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Collection
 from importlib import resources
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from starlette.applications import Starlette
@@ -306,9 +307,16 @@ def serve(model: Backend, sock: socket.socket, **options: Any) -> None:
     Example: serve(open_model(), listen("127.0.0.1", 8000), allowed_hosts=["127.0.0.1"])
     """
     server = uvicorn_server(model, **options)
-    server.run(sockets=[sock])  # ends by re-raising the signal that stopped it...
-    if server.stopped_by is not None:  # ...which does nothing where it was ignored from the start
-        raise SystemExit(128 + server.stopped_by)
+    server.run(sockets=[sock])  # ends by re-raising the signal that stopped it
+    if server.stopped_by is not None:
+        end_by_signal(server.stopped_by)
+
+
+def end_by_signal(sig: int) -> NoReturn:
+    """End the process as signal `sig` does, or with exit 128 + `sig` where it was ignored from
+    the start (the background of a shell without job control), as a shell would report it."""
+    signal.raise_signal(sig)
+    raise SystemExit(128 + sig)
 
 
 def uvicorn_server(

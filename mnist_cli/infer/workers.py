@@ -24,7 +24,7 @@ from mnist_cli.errors import MnistError
 from mnist_cli.infer.backends import Backend
 from mnist_cli.infer.feedback import Corrections
 from mnist_cli.infer.httpguard import Limits
-from mnist_cli.infer.server import ServeError, create_app, uvicorn_settings
+from mnist_cli.infer.server import ServeError, create_app, end_by_signal, uvicorn_settings
 
 _SETTINGS = "MNIST_SERVE_WORKER"  # the environment variable that carries them to each process
 
@@ -75,8 +75,7 @@ def serve_workers(
     if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
         raise ServeError(f"a worker could not open {model.path}; all workers were stopped")
     if supervisor.stopped_by is not None:
-        signal.raise_signal(supervisor.stopped_by)
-        raise SystemExit(128 + supervisor.stopped_by)  # where the signal was ignored from the start
+        end_by_signal(supervisor.stopped_by)
 
 
 class _Supervisor(Multiprocess):
